@@ -1,0 +1,125 @@
+"""``Results``: per-round metrics of an experiment with a leading seed axis.
+
+``metrics[name]`` is ``[seeds, rounds]`` (round ``t`` = after the t-th batch of duels, t = 1..T);
+``eval_metrics[name]`` is ``[seeds, evals]`` taken at ``eval_rounds`` (0 = before any learning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdb.metrics import standard_error
+
+_CUMULATIVE = "cumulative_"
+
+
+@dataclasses.dataclass
+class Results:
+    metrics: dict[str, np.ndarray]
+    eval_rounds: np.ndarray
+    eval_metrics: dict[str, np.ndarray]
+    config: dict[str, Any]
+
+    @property
+    def num_seeds(self) -> int:
+        return next(iter(self.metrics.values())).shape[0]
+
+    @property
+    def num_rounds(self) -> int:
+        return next(iter(self.metrics.values())).shape[1]
+
+    @property
+    def rounds(self) -> np.ndarray:
+        return np.arange(1, self.num_rounds + 1)
+
+    def curve(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(values [seeds, n], rounds [n])`` of a metric.
+
+        ``metric`` is a per-round metric, ``cumulative_<per-round metric>``, ``rm_accuracy``
+        (running accuracy of the reward model on the oracle pairs seen so far) or an eval metric.
+        """
+        if metric in self.metrics:
+            return np.asarray(self.metrics[metric]), self.rounds
+        if metric.startswith(_CUMULATIVE) and metric[len(_CUMULATIVE):] in self.metrics:
+            return np.cumsum(self.metrics[metric[len(_CUMULATIVE):]], axis=1), self.rounds
+        if metric == "rm_accuracy" and "rm_correct" in self.metrics:
+            seen = np.cumsum(self.metrics["queries"], axis=1)
+            return np.cumsum(self.metrics["rm_correct"], axis=1) / np.maximum(seen, 1), self.rounds
+        if metric in self.eval_metrics:
+            return np.asarray(self.eval_metrics[metric]), np.asarray(self.eval_rounds)
+        known = sorted(self.metrics) + [_CUMULATIVE + k for k in sorted(self.metrics)] + sorted(self.eval_metrics)
+        raise KeyError(f"unknown metric {metric!r}; known: {known}")
+
+    def cumulative_queries_at(self, rounds: np.ndarray) -> np.ndarray:
+        """Oracle queries made up to each of ``rounds`` (0 at round 0), ``[seeds, len(rounds)]``."""
+        cum = np.concatenate([np.zeros((self.num_seeds, 1)), np.cumsum(self.metrics["queries"], axis=1)], axis=1)
+        return cum[:, np.asarray(rounds, dtype=int)]
+
+    def final(self, metric: str) -> tuple[float, float]:
+        """Mean and standard error over seeds of the metric's last value."""
+        values, _ = self.curve(metric)
+        return float(values[:, -1].mean()), float(standard_error(values[:, -1]))
+
+    def to_dataframe(self):
+        """Long-format ``pandas.DataFrame``: one row per (seed, round), with cumulative regrets and
+        queries, and eval metrics on the rounds where they were taken (NaN elsewhere)."""
+        import pandas as pd
+
+        seeds, rounds = np.meshgrid(np.arange(self.num_seeds), self.rounds, indexing="ij")
+        columns = {"seed": seeds.ravel(), "round": rounds.ravel()}
+        for name, values in self.metrics.items():
+            columns[name] = np.asarray(values).ravel()
+        for name in ("regret", "weak_regret", "strong_regret", "queries"):
+            if name in self.metrics:
+                columns[_CUMULATIVE + name] = np.cumsum(self.metrics[name], axis=1).ravel()
+        frame = pd.DataFrame(columns)
+        if self.eval_metrics:
+            ev_seeds, ev_rounds = np.meshgrid(np.arange(self.num_seeds), self.eval_rounds, indexing="ij")
+            ev = {"seed": ev_seeds.ravel(), "round": ev_rounds.ravel()}
+            ev.update({k: np.asarray(v).ravel() for k, v in self.eval_metrics.items()})
+            frame = frame.merge(pd.DataFrame(ev), on=["seed", "round"], how="outer").sort_values(["seed", "round"])
+        return frame.reset_index(drop=True)
+
+    def save(self, path: str | Path) -> Path:
+        """Writes one ``.npz`` file (arrays exactly, config as JSON). Returns the path."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"metrics/{k}": np.asarray(v) for k, v in self.metrics.items()}
+        arrays.update({f"eval/{k}": np.asarray(v) for k, v in self.eval_metrics.items()})
+        arrays["eval_rounds"] = np.asarray(self.eval_rounds)
+        arrays["config"] = np.asarray(json.dumps(self.config, default=str))
+        np.savez(path, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Results:
+        with np.load(Path(path), allow_pickle=False) as data:
+            metrics = {k[len("metrics/"):]: data[k] for k in data.files if k.startswith("metrics/")}
+            evals = {k[len("eval/"):]: data[k] for k in data.files if k.startswith("eval/")}
+            return cls(metrics, data["eval_rounds"], evals, json.loads(str(data["config"])))
+
+    def plot(self, metric: str = "cumulative_regret", *, x: str = "round", ax=None, label: str | None = None):
+        """Mean ± one standard error over seeds of ``metric`` against rounds or oracle queries.
+
+        Returns the matplotlib figure. ``x`` is ``'round'`` or ``'queries'`` (mean cumulative queries).
+        """
+        from cdb.plotting import plot_curve
+
+        return plot_curve(self, metric, x=x, ax=ax, label=label)
+
+    def truncated(self, rounds: int) -> Results:
+        """The first ``rounds`` rounds (and the evaluations taken by then)."""
+        keep = np.asarray(self.eval_rounds) <= rounds
+        return Results(
+            {k: np.asarray(v)[:, :rounds] for k, v in self.metrics.items()},
+            np.asarray(self.eval_rounds)[keep],
+            {k: np.asarray(v)[:, keep] for k, v in self.eval_metrics.items()},
+            dict(self.config),
+        )

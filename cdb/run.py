@@ -1,0 +1,350 @@
+"""``cdb.run``: the experiment loop (purejaxrl style).
+
+For a pure-JAX environment the experiment is compiled: one round is a pure function, a block
+of ``eval_every`` rounds is a ``lax.scan``, and seeds are a ``vmap``; the compiled block is
+reused for every block, so a thousand seeds cost about one compilation. Between blocks the host
+records metrics, checks losses for NaN/inf, updates the progress bar and writes checkpoints.
+Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7).
+
+Otherwise (``env.pure_jax`` is False, e.g. an oracle on the host) a host loop calls the jitted
+agent functions and the environment round by round.
+
+Randomness: seed ``s`` gets ``k_s = split(key, seeds)[s]``; round ``t`` uses
+``fold_in(k_s, t)``, so results do not depend on how the run is cut into blocks or resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from tqdm.auto import tqdm
+
+from cdb.metrics import round_metrics, scalar_info
+from cdb.results import Results
+from cdb.types import Agent, Environment
+
+_RESET, _INIT, _ROUNDS, _EVAL = range(4)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; ``results`` holds every round completed before it."""
+
+    def __init__(self, metric: str, round_: int, seed: int, results: Results):
+        super().__init__(
+            f"{metric} is not finite at round {round_} (seed index {seed}); the run stopped. "
+            f"The {round_ - 1} rounds completed before it are in this error's `.results`."
+        )
+        self.metric, self.round, self.seed, self.results = metric, round_, seed, results
+
+
+@struct.dataclass
+class Carry:
+    """Everything one seed's experiment carries from round to round."""
+
+    env_state: Any
+    agent_state: Any
+    obs: Any
+    seed_key: jax.Array  # raw uint32 key data, so checkpoints need no typed-key support
+
+
+def describe(obj: Any) -> Any:
+    """A JSON-friendly description of a (nested) frozen-dataclass configuration."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: describe(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
+        return {"type": type(obj).__name__, **fields}
+    if isinstance(obj, list | tuple):
+        return [describe(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): describe(v) for k, v in obj.items()}
+    if isinstance(obj, bool | int | float | str) or obj is None:
+        return obj
+    if isinstance(obj, np.ndarray | jax.Array) and np.size(obj) <= 16:
+        return np.asarray(obj).tolist()
+    return repr(obj)
+
+
+def _as_key(key: Any) -> jax.Array:
+    if key is None:
+        key = 0
+    if isinstance(key, int | np.integer):
+        return jax.random.key(int(key))
+    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+
+
+def _stage_key(carry: Carry, stage: int, index) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(carry.seed_key), stage), index)
+
+
+def _make_functions(agent: Agent, env: Environment, params: Any, evaluate: bool):
+    """Pure per-seed functions: init, one round, one evaluation."""
+
+    def init(seed_key: jax.Array) -> Carry:
+        raw = jax.random.key_data(seed_key)
+        k_reset, k_init = (jax.random.fold_in(seed_key, s) for s in (_RESET, _INIT))
+        env_state, obs = env.reset(k_reset, params)
+        agent_state = agent.init(k_init, env.spec)
+        return Carry(env_state, agent_state, obs, raw)
+
+    def one_round(carry: Carry, t: jax.Array):
+        k_select, k_env, k_update = jax.random.split(_stage_key(carry, _ROUNDS, t), 3)
+        duel, select_info = agent.select(k_select, carry.agent_state, carry.obs)
+        env_state, next_obs, feedback, info = env.step(k_env, carry.env_state, duel, params)
+        agent_state, update_info = agent.update(k_update, carry.agent_state, carry.obs, duel, feedback)
+        metrics = {**scalar_info(select_info), **scalar_info(update_info), **round_metrics(info, feedback)}
+        return carry.replace(env_state=env_state, agent_state=agent_state, obs=next_obs), metrics
+
+    def evaluation(carry: Carry, index: jax.Array) -> dict[str, jax.Array]:
+        if not evaluate:
+            return {}
+        k_rec, k_eval = jax.random.split(_stage_key(carry, _EVAL, index))
+        obs = env.eval_observation(carry.env_state, params)
+        arms = agent.recommend(k_rec, carry.agent_state, obs)
+        return {k: jnp.mean(v).astype(jnp.float32) for k, v in env.evaluate(k_eval, carry.env_state, obs, arms, params).items()}
+
+    return init, one_round, evaluation
+
+
+def run(
+    agent: Agent,
+    env: Environment,
+    rounds: int,
+    seeds: int = 1,
+    *,
+    key: Any = 0,
+    env_params: Any = None,
+    eval_every: int | None = None,
+    progress: bool = True,
+    shard_seeds: bool | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    on_block: Callable[[int, Results], None] | None = None,
+) -> Results:
+    """Runs ``agent`` on ``env`` for ``rounds`` rounds and ``seeds`` independent seeds.
+
+    Args:
+      agent, env: an :class:`~cdb.types.Agent` and an :class:`~cdb.types.Environment`.
+      rounds: number of rounds T; each round plays ``env.spec.batch_size`` duels.
+      seeds: number of independent seeds (problem instance and agent randomness).
+      key: an int or a JAX key; the same key gives the same results.
+      env_params: environment parameters (default: ``env.default_params``).
+      eval_every: evaluate ``agent.recommend`` on held-out contexts (BAI regret and any other
+        metric the environment reports) at round 0 and every ``eval_every`` rounds; must divide
+        ``rounds``. ``None`` evaluates only at rounds 0 and T.
+      progress: show a tqdm progress bar.
+      shard_seeds: shard the seed axis across all local devices (default: when there is more
+        than one device and ``seeds`` is divisible by the device count).
+      checkpoint_dir: with orbax, save the state after every block; with ``resume=True``
+        continue from the last checkpoint there. Resumed runs give the same curves.
+      on_block: called after every block with ``(rounds_done, results_so_far)``.
+
+    Returns:
+      :class:`~cdb.results.Results` with ``[seeds, rounds]`` metrics.
+
+    Raises:
+      NonFiniteLossError: a recorded ``*loss*`` metric became NaN/inf; its ``.results`` keeps
+        the rounds completed before it.
+    """
+    _check_positive_int("rounds", rounds)
+    _check_positive_int("seeds", seeds)
+    eval_every = rounds if eval_every is None else eval_every
+    _check_positive_int("eval_every", eval_every)
+    if rounds % eval_every:
+        raise ValueError(f"eval_every={eval_every} must divide rounds={rounds}")
+    params = env.default_params if env_params is None else env_params
+    config = {
+        "agent": describe(agent),
+        "env": describe(env),
+        "env_params": describe(params),
+        "rounds": rounds,
+        "seeds": seeds,
+        "eval_every": eval_every,
+    }
+    seed_keys = jax.random.split(_as_key(key), seeds)
+    if getattr(env, "pure_jax", False):
+        runner = _compiled_runner(agent, env, params, seeds, shard_seeds)
+    else:
+        runner = _HostRunner(agent, env, params, seeds)
+    return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"run: {name}={value!r} is out of range; expected an integer >= 1")
+
+
+def _compiled_runner(agent, env, params, seeds, shard_seeds) -> _CompiledRunner:
+    """Reuses the jitted functions of an identical earlier configuration (no recompilation)."""
+    try:
+        return _cached_runner(agent, env, params, seeds, shard_seeds)
+    except TypeError:  # an unhashable configuration (e.g. arrays in params): build afresh
+        return _CompiledRunner(agent, env, params, seeds, shard_seeds)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_runner(agent, env, params, seeds, shard_seeds) -> _CompiledRunner:
+    return _CompiledRunner(agent, env, params, seeds, shard_seeds)
+
+
+class _CompiledRunner:
+    """Blocks of rounds as one jitted ``vmap(scan)`` over seeds."""
+
+    def __init__(self, agent, env, params, seeds, shard_seeds):
+        init, one_round, evaluation = _make_functions(agent, env, params, evaluate=True)
+
+        def block(carry: Carry, ts: jax.Array, eval_index: jax.Array):
+            carry, metrics = jax.lax.scan(one_round, carry, ts)
+            return carry, metrics, evaluation(carry, eval_index)
+
+        n_dev = jax.device_count()
+        if shard_seeds is None:
+            shard_seeds = n_dev > 1 and seeds % n_dev == 0
+        if shard_seeds and seeds % n_dev:
+            raise ValueError(f"shard_seeds needs seeds divisible by the {n_dev} devices; got seeds={seeds}")
+        jit_kwargs: dict[str, Any] = {}
+        if shard_seeds:
+            mesh = jax.make_mesh((n_dev,), ("seeds",))
+            self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+            jit_kwargs = dict(out_shardings=self.sharding)
+        else:
+            self.sharding = None
+        self.init = jax.jit(jax.vmap(init), **jit_kwargs)
+        self.block = jax.jit(jax.vmap(block, in_axes=(0, None, None)), **jit_kwargs)
+        self.evaluate = jax.jit(jax.vmap(evaluation, in_axes=(0, None)), **jit_kwargs)
+
+    def start(self, seed_keys):
+        if self.sharding is not None:
+            seed_keys = jax.device_put(seed_keys, self.sharding)
+        return self.init(seed_keys)
+
+    def run_block(self, carry, start, length, eval_index):
+        ts = jnp.arange(start, start + length, dtype=jnp.int32)
+        return self.block(carry, ts, jnp.int32(eval_index))
+
+    def run_eval(self, carry, eval_index):
+        return self.evaluate(carry, jnp.int32(eval_index))
+
+
+class _HostRunner:
+    """Round-by-round host loop for environments that cannot be traced (tier 3 oracles)."""
+
+    def __init__(self, agent, env, params, seeds):
+        self.agent, self.env, self.params = agent, env, params
+        self.select = jax.jit(jax.vmap(agent.select))
+        self.update = jax.jit(jax.vmap(agent.update))
+        self.recommend = jax.jit(jax.vmap(agent.recommend))
+        self.agent_init = jax.jit(jax.vmap(agent.init, in_axes=(0, None)), static_argnums=1)
+
+    def start(self, seed_keys):
+        carries = []
+        for k in seed_keys:
+            env_state, obs = self.env.reset(jax.random.fold_in(k, _RESET), self.params)
+            carries.append((env_state, obs))
+        init_keys = jnp.stack([jax.random.fold_in(k, _INIT) for k in seed_keys])
+        agent_state = self.agent_init(init_keys, self.env.spec)
+        return Carry([c[0] for c in carries], agent_state, [c[1] for c in carries], jax.random.key_data(seed_keys))
+
+    def run_block(self, carry, start, length, eval_index):
+        rows = []
+        for t in range(start, start + length):
+            keys = [jax.random.split(_stage_key_host(k, _ROUNDS, t), 3) for k in carry.seed_key]
+            obs = _stack(carry.obs)
+            duel, select_info = self.select(jnp.stack([k[0] for k in keys]), carry.agent_state, obs)
+            steps = [
+                self.env.step(keys[s][1], carry.env_state[s], jax.tree.map(lambda x, s=s: x[s], duel), self.params)
+                for s in range(len(carry.env_state))
+            ]
+            feedback = _stack([st[2] for st in steps])
+            agent_state, update_info = self.update(jnp.stack([k[2] for k in keys]), carry.agent_state, obs, duel, feedback)
+            metrics = [round_metrics(st[3], st[2]) for st in steps]
+            row = {**scalar_info_batched(select_info), **scalar_info_batched(update_info), **_stack(metrics)}
+            rows.append(row)
+            carry = Carry([st[0] for st in steps], agent_state, [st[1] for st in steps], carry.seed_key)
+        metrics = {k: jnp.stack([r[k] for r in rows], axis=1) for k in rows[0]}
+        return carry, metrics, self.run_eval(carry, eval_index)
+
+    def run_eval(self, carry, eval_index):
+        keys = [jax.random.split(_stage_key_host(k, _EVAL, eval_index)) for k in carry.seed_key]
+        obs = [self.env.eval_observation(s, self.params) for s in carry.env_state]
+        arms = self.recommend(jnp.stack([k[0] for k in keys]), carry.agent_state, _stack(obs))
+        out = [
+            self.env.evaluate(keys[s][1], carry.env_state[s], obs[s], arms[s], self.params)
+            for s in range(len(obs))
+        ]
+        return {k: jnp.stack([jnp.mean(o[k]) for o in out]).astype(jnp.float32) for k in out[0]}
+
+
+def _stage_key_host(raw_key, stage, index):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(raw_key), stage), index)
+
+
+def scalar_info_batched(info):
+    return {k: v for k, v in info.items() if jnp.ndim(v) == 1}
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block) -> Results:
+    from cdb import checkpoint as ckpt
+
+    blocks: list[dict[str, np.ndarray]] = []
+    evals: list[dict[str, np.ndarray]] = []
+    carry = runner.start(seed_keys)
+    done = 0
+    manager = ckpt.RunCheckpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
+    if manager is not None and resume and manager.latest() is not None:
+        carry, done, blocks, evals = manager.restore(carry)
+    if not evals:
+        evals.append(_to_numpy(runner.run_eval(carry, 0)))
+    bar = tqdm(total=rounds, initial=done, disable=not progress, desc="cdb.run", unit="round", leave=False)
+    try:
+        while done < rounds:
+            carry, metrics, evaluation = runner.run_block(carry, done, eval_every, done // eval_every + 1)
+            metrics = _to_numpy(metrics)
+            _check_finite(metrics, blocks, evals, done, eval_every, config)
+            blocks.append(metrics)
+            evals.append(_to_numpy(evaluation))
+            done += eval_every
+            bar.update(eval_every)
+            if manager is not None:
+                manager.save(done, carry, blocks, evals)
+            if on_block is not None:
+                on_block(done, _assemble(blocks, evals, eval_every, config))
+    finally:
+        bar.close()
+    return _assemble(blocks, evals, eval_every, config)
+
+
+def _to_numpy(tree):
+    return {k: np.asarray(v) for k, v in tree.items()}
+
+
+def _check_finite(metrics, blocks, evals, done, eval_every, config):
+    for name, values in metrics.items():
+        if "loss" not in name or not np.issubdtype(values.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(values)
+        if bad.any():
+            seed, offset = np.argwhere(bad)[np.argmin(np.argwhere(bad)[:, 1])]
+            partial = {k: v[:, :offset] for k, v in metrics.items()}
+            results = _assemble(blocks + [partial], evals, eval_every, config)
+            raise NonFiniteLossError(name, done + int(offset) + 1, int(seed), results)
+
+
+def _assemble(blocks, evals, eval_every, config) -> Results:
+    metrics = {k: np.concatenate([b[k] for b in blocks], axis=1) for k in blocks[0]} if blocks else {}
+    eval_metrics = {k: np.stack([e[k] for e in evals], axis=1) for k in evals[0]} if evals and evals[0] else {}
+    eval_rounds = np.arange(len(evals)) * eval_every
+    return Results(metrics, eval_rounds, eval_metrics, json.loads(json.dumps(config, default=str)))

@@ -1,0 +1,37 @@
+"""Environments of the contextual dueling bandit (DESIGN §2), importable as ``cdb.environments``.
+
+Tier 1 (pure JAX, exact regret):
+
+* :class:`LinearDuel`  — ``r*(x, a) = ⟨θ*, φ(x, a)⟩``, features ``φ ~ N(0, I/d)`` drawn each round;
+* :class:`NeuralDuel`  — ``r*`` a random one-hidden-layer tanh MLP of ``φ``;
+* :class:`KArmedDuel`  — no context, a ``K × K`` preference matrix with a Condorcet winner.
+
+All take :class:`DuelParams` (the link's inverse temperature ``scale``) and share the link
+functions of :mod:`cdb.environments.links`.
+"""
+
+from .feature_duel import (
+    FeatureDuel,
+    FeatureDuelState,
+    LinearDuel,
+    LinearReward,
+    MLPReward,
+    NeuralDuel,
+)
+from .karmed import KArmedDuel, KArmedState
+from .links import LINKS, preference_probability
+from .oracle import DuelParams
+
+__all__ = [
+    "LINKS",
+    "DuelParams",
+    "FeatureDuel",
+    "FeatureDuelState",
+    "KArmedDuel",
+    "KArmedState",
+    "LinearDuel",
+    "LinearReward",
+    "MLPReward",
+    "NeuralDuel",
+    "preference_probability",
+]

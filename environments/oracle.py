@@ -1,0 +1,87 @@
+"""The preference oracle and the exact regrets of a duel, shared by the tier-1 environments.
+
+* :class:`DuelParams` — the numeric parameters of an environment (a pytree, so they can be
+  vmapped like gymnax params).
+* :func:`oracle_feedback` — ``z ~ Bernoulli(P(a1 ≻ a2))`` for the queried rows only.
+* :func:`duel_info` — the metrics-only truth of a batch of duels, from per-arm rewards.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from cdb.types import Feedback, Info
+
+Array = jax.Array
+
+
+@struct.dataclass
+class DuelParams:
+    """Numeric parameters of a tier-1 environment.
+
+    Attributes:
+      scale: inverse temperature of the link, ``P(a1 ≻ a2) = F(scale · (r1 − r2))``; finite, ``>= 0``.
+        ``KArmedDuel`` built from an explicit ``preference_matrix`` ignores it.
+    """
+
+    scale: Array | float = 1.0
+
+
+def check_params(owner: object, params: DuelParams) -> None:
+    """Raises ``ValueError`` if concrete ``params`` are out of range; traced params are not checked."""
+    scale = params.scale
+    if isinstance(scale, jax.core.Tracer):
+        return
+    value = np.asarray(scale, dtype=np.float64)
+    if not (np.all(np.isfinite(value)) and np.all(value >= 0)):
+        raise ValueError(
+            f"{type(owner).__name__} params.scale={scale!r} is out of range; expected a finite number >= 0"
+        )
+
+
+def oracle_feedback(key: Array, probability: Array, query: Array) -> Feedback:
+    """Draws ``z ~ Bernoulli(probability)`` where ``query`` is True; zero elsewhere.
+
+    One uniform draw per row (all ``B`` rows in one call), so a row's outcome does not depend on
+    which other rows are queried.
+
+    Args:
+      key: PRNG key.
+      probability: ``[B]`` float, ``P(a1 ≻ a2)`` per row.
+      query: ``[B]`` bool, which rows are sent to the oracle.
+    """
+    query = jnp.asarray(query, bool)
+    wins = jax.random.uniform(key, probability.shape) < probability
+    return Feedback(preference=(wins & query).astype(jnp.float32), queried=query)
+
+
+def duel_info(reward_first: Array, reward_second: Array, best_reward: Array) -> Info:
+    """Exact per-duel truth: rewards and the average / weak / strong regret (DESIGN §1).
+
+    ``regret = best − (r1 + r2)/2``, ``weak_regret = best − max(r1, r2)`` (the better arm's regret),
+    ``strong_regret = best − min(r1, r2)`` (the worse arm's regret); all ``[B]`` float32.
+    """
+    r1 = jnp.asarray(reward_first, jnp.float32)
+    r2 = jnp.asarray(reward_second, jnp.float32)
+    best = jnp.asarray(best_reward, jnp.float32)
+    return {
+        "reward_first": r1,
+        "reward_second": r2,
+        "best_reward": best,
+        "regret": best - 0.5 * (r1 + r2),
+        "weak_regret": best - jnp.maximum(r1, r2),
+        "strong_regret": best - jnp.minimum(r1, r2),
+    }
+
+
+def check_duel(owner: object, arms: Array, query: Array, batch_size: int) -> None:
+    """Shape / dtype checks of a duel at the API boundary (trace time)."""
+    name = type(owner).__name__
+    if tuple(arms.shape) != (batch_size, 2) or not jnp.issubdtype(arms.dtype, jnp.integer):
+        raise ValueError(f"{name}.step: duel.arms has shape {arms.shape} and dtype {arms.dtype}; "
+                         f"expected integers of shape ({batch_size}, 2)")
+    if tuple(jnp.shape(query)) != (batch_size,):
+        raise ValueError(f"{name}.step: duel.query has shape {jnp.shape(query)}; expected ({batch_size},)")
