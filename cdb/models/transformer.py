@@ -1,0 +1,483 @@
+"""A Llama-style causal decoder in Flax NNX, and :class:`Policy`, its functional face.
+
+Architecture (Llama / Qwen2 / SmolLM2, Touvron et al. 2023)::
+
+    h = embed_tokens(tokens)
+    for layer in layers:                                   # pre-norm residual blocks
+        h = h + self_attn(input_layernorm(h))              # grouped-query attention with RoPE
+        h = h + mlp(post_attention_layernorm(h))           # SwiGLU: down(silu(gate(h)) * up(h))
+    hidden = norm(h)                                       # [B, T, D]
+    logits = hidden @ embed_tokens.embedding.T  if tie_embeddings else  lm_head(hidden)   # [B, T, V]
+
+Parameter names follow the Hugging Face module tree (``embed_tokens``, ``layers/<i>/self_attn/
+{q,k,v,o}_proj``, ``layers/<i>/mlp/{gate,up,down}_proj``, ``input_layernorm``,
+``post_attention_layernorm``, ``norm``, ``lm_head``) with Flax leaf names (``kernel`` ``[in, out]``,
+i.e. the transpose of a torch ``weight``; ``bias``; ``embedding``; ``scale``), so weight
+loaders are a rename plus a transpose. The module tree is a tree: a tied LM head reads the
+embedding matrix through ``embed_tokens.attend`` rather than sharing a module.
+
+Rotary position embeddings use the Hugging Face *rotate-half* convention: with
+``inv_freq_i = θ^(−2i/d_h)`` and angles ``a = pos · inv_freq`` (repeated twice to ``d_h``),
+``rope(x) = x · cos(a) + rotate_half(x) · sin(a)`` where ``rotate_half([x₁, x₂]) = [−x₂, x₁]``.
+
+**Padding and positions.** Rows are *left*-padded: ``attention_mask[b, t] = 1`` for real
+tokens, and ``positions = cumsum(mask) − 1`` (clipped at 0, see :func:`positions_from_mask`)
+so each row's first real token has position 0. Keys that are padding are never attended to,
+so a row's real tokens get the same logits whatever its padding. Queries at padding positions
+produce finite but meaningless outputs.
+
+**KV cache.** :class:`KVCache` is an explicit pytree preallocated to ``S`` slots; a call with a
+cache writes the new keys / values at slots ``[index, index + T)`` and attends over all ``S``
+slots (masked by which slots hold real tokens and by causality), so prefill and one-token
+decoding are the same code and the shapes never change under ``jax.jit``.
+
+**Functional design.** :class:`Policy` is a frozen dataclass holding only the
+:class:`TransformerConfig` (it is hashable, hence a valid static argument of ``jax.jit``). The
+parameters are the ``nnx.State`` of the module — a plain pytree of arrays keyed by the names
+above, which optax, ``jax.tree`` and orbax take as is::
+
+    policy = Policy(TransformerConfig(vocab_size=12, d_model=32, num_layers=2, num_heads=4,
+                                      num_kv_heads=2, d_ff=64, max_len=32))
+    params = policy.init(key)                                  # nnx.State
+    logits, hidden = policy.apply(params, tokens, attention_mask)   # [B, T, V], [B, T, D]
+
+The module graph (``nnx.GraphDef``) is rebuilt from the config on demand and cached, never
+stored in the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from cdb.validation import check_float, check_int
+
+Array = jax.Array
+PRNGKey = jax.Array
+Params = nnx.State
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of :class:`Transformer` (hashable; static under ``jax.jit``).
+
+    Attributes:
+      vocab_size: V, number of tokens.
+      d_model: D, width of the residual stream.
+      num_layers: number of decoder blocks.
+      num_heads: H, query heads; must divide ``d_model`` (head size ``d_h = D / H``, even).
+      num_kv_heads: key / value heads of grouped-query attention; must divide ``num_heads``
+        (``num_kv_heads == num_heads`` is multi-head attention, ``1`` multi-query attention).
+      d_ff: hidden width of the SwiGLU MLP.
+      max_len: longest sequence (prompt + response) the model is used on; samplers check it.
+      rope_theta: base θ of the rotary frequencies (Llama 2: 1e4, SmolLM2: 1e5, Qwen2: 1e6).
+      norm_eps: ε of RMSNorm.
+      tie_embeddings: whether the LM head is the transposed embedding matrix.
+      dtype: compute dtype of activations (logits are always returned in float32).
+      param_dtype: dtype of the parameters.
+      qkv_bias: whether the q / k / v projections have a bias (Qwen2: True, Llama: False).
+      init_std: standard deviation of the normal initialisation of every matrix (HF: 0.02).
+    """
+
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    d_ff: int
+    max_len: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    qkv_bias: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "d_ff", "max_len"):
+            check_int(self, name, getattr(self, name), low=1)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"TransformerConfig.num_kv_heads={self.num_kv_heads!r} does not divide "
+                f"num_heads={self.num_heads}; expected a divisor of num_heads"
+            )
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"TransformerConfig.d_model={self.d_model!r} is not a multiple of "
+                f"num_heads={self.num_heads}; "
+                "expected d_model = num_heads * head_dim"
+            )
+        if (self.d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"TransformerConfig.d_model={self.d_model!r} gives an odd head_dim "
+                f"{self.d_model // self.num_heads} with num_heads={self.num_heads}; "
+                "rotary embeddings need an even head_dim"
+            )
+        check_float(self, "rope_theta", self.rope_theta, low=0.0, low_inclusive=False)
+        check_float(self, "norm_eps", self.norm_eps, low=0.0, low_inclusive=False)
+        check_float(self, "init_std", self.init_std, low=0.0, low_inclusive=False)
+        for name in ("dtype", "param_dtype"):
+            value = getattr(self, name)
+            try:
+                ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"TransformerConfig.{name}={value!r} is not a floating dtype; "
+                    "expected e.g. jnp.float32 or jnp.bfloat16"
+                )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def positions_from_mask(attention_mask: Array) -> Array:
+    """Per-row positions of left-padded tokens: ``cumsum(mask) − 1`` clipped at 0, ``[B, T]`` int32."""
+    mask = jnp.asarray(attention_mask).astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+def rope_angles(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """``cos, sin`` of the rotary angles, ``[B, T, d_h]`` float32 (HF rotate-half layout)."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotates ``x`` ``[B, T, heads, d_h]`` by angles ``cos, sin`` ``[B, T, d_h]`` (rotate-half)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+@struct.dataclass
+class KVCache:
+    """Preallocated keys and values of every layer, an explicit pytree.
+
+    Attributes:
+      keys: per layer ``[B, S, num_kv_heads, d_h]`` (rotary embedding already applied).
+      values: per layer ``[B, S, num_kv_heads, d_h]``.
+      mask: ``[B, S]`` bool, which slots hold real (non-padding) tokens.
+      index: int32 scalar, the next slot to write (shared by all rows: padding is on the left).
+    """
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+    mask: Array
+    index: Array
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[1]
+
+
+def init_cache(config: TransformerConfig, batch_size: int, size: int) -> KVCache:
+    """An empty :class:`KVCache` of ``size`` slots for ``batch_size`` rows."""
+    shape = (batch_size, size, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    return KVCache(
+        keys=zeros,
+        values=tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers)),
+        mask=jnp.zeros((batch_size, size), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+def _linear(
+    config: TransformerConfig, n_in: int, n_out: int, rngs: nnx.Rngs, bias: bool = False
+) -> nnx.Linear:
+    return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=bias,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nnx.initializers.normal(config.init_std),
+        rngs=rngs,
+    )
+
+
+def _rms_norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    return nnx.RMSNorm(
+        config.d_model, epsilon=config.norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs
+    )
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with rotary embeddings (query head h reads kv head ``h // G``)."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d, hd = config.d_model, config.head_dim
+        self.q_proj = _linear(config, d, config.num_heads * hd, rngs, bias=config.qkv_bias)
+        self.k_proj = _linear(config, d, config.num_kv_heads * hd, rngs, bias=config.qkv_bias)
+        self.v_proj = _linear(config, d, config.num_kv_heads * hd, rngs, bias=config.qkv_bias)
+        self.o_proj = _linear(config, config.num_heads * hd, d, rngs)
+
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        key_mask: Array,
+        offset: Array | int,
+        cache: tuple[Array, Array] | None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """``x`` ``[B, T, D]``; ``key_mask`` ``[B, S]`` over the key slots; ``offset`` = slot of query 0.
+
+        Without a cache the keys are the T new tokens (S = T, offset 0); with a cache
+        ``(k, v)`` of S slots the new keys are written at ``[offset, offset + T)`` first.
+        """
+        cfg = self.config
+        b, t, _ = x.shape
+        hd, hkv = cfg.head_dim, cfg.num_kv_heads
+        groups = cfg.num_heads // hkv
+        q = apply_rope(self.q_proj(x).reshape(b, t, cfg.num_heads, hd), cos, sin)
+        k = apply_rope(self.k_proj(x).reshape(b, t, hkv, hd), cos, sin)
+        v = self.v_proj(x).reshape(b, t, hkv, hd)
+        new_cache = None
+        if cache is not None:
+            k_all, v_all = cache
+            k = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, offset, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, offset, 0, 0))
+            new_cache = (k, v)
+        s = k.shape[1]
+        q = q.reshape(b, t, hkv, groups, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
+        query_slot = offset + jnp.arange(t)[:, None]
+        allowed = (jnp.arange(s)[None, :] <= query_slot)[None] & key_mask[:, None, :]  # [B, T, S]
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, cfg.num_heads * hd)
+        return self.o_proj(out), new_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward block: ``down_proj(silu(gate_proj(x)) * up_proj(x))`` (Shazeer, 2020)."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.gate_proj = _linear(config, config.d_model, config.d_ff, rngs)
+        self.up_proj = _linear(config, config.d_model, config.d_ff, rngs)
+        self.down_proj = _linear(config, config.d_ff, config.d_model, rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = _rms_norm(config, rngs)
+        self.self_attn = Attention(config, rngs=rngs)
+        self.post_attention_layernorm = _rms_norm(config, rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, h, cos, sin, key_mask, offset, cache):
+        attn, cache = self.self_attn(self.input_layernorm(h), cos, sin, key_mask, offset, cache)
+        h = h + attn
+        h = h + self.mlp(self.post_attention_layernorm(h))
+        return h, cache
+
+
+class Transformer(nnx.Module):
+    """Llama-style causal decoder.
+
+    ``(tokens, positions, attention_mask, cache) -> (logits, hidden, cache)``.
+    """
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(
+            config.vocab_size,
+            config.d_model,
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+            embedding_init=nnx.initializers.normal(config.init_std),
+            rngs=rngs,
+        )
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.norm = _rms_norm(config, rngs)
+        if not config.tie_embeddings:
+            self.lm_head = _linear(config, config.d_model, config.vocab_size, rngs)
+
+    def hidden_states(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        attention_mask: Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Array, KVCache | None]:
+        """Final-normed hidden states ``[B, T, D]`` (the LM head's input) and the updated cache.
+
+        ``attention_mask`` ``[B, T]`` (1 = real token; default all ones) marks the new tokens;
+        ``positions`` ``[B, T]`` default to :func:`positions_from_mask` of it, which is right only
+        when there is no cache (with a cache, continue each row's count of real tokens).
+        """
+        cfg = self.config
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, time]; got shape {tokens.shape}")
+        mask = (
+            jnp.ones(tokens.shape, bool)
+            if attention_mask is None
+            else jnp.asarray(attention_mask).astype(bool)
+        )
+        if mask.shape != tokens.shape:
+            raise ValueError(f"attention_mask shape {mask.shape} differs from tokens shape {tokens.shape}")
+        if positions is None:
+            positions = positions_from_mask(mask)
+        cos, sin = rope_angles(jnp.asarray(positions), cfg.head_dim, cfg.rope_theta)
+        if cache is None:
+            offset, key_mask = 0, mask
+        else:
+            offset = cache.index
+            key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, offset))
+        h = self.embed_tokens(tokens)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            h, layer_cache = layer(h, cos, sin, key_mask, offset, layer_cache)
+            if cache is not None:
+                keys.append(layer_cache[0])
+                values.append(layer_cache[1])
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(tuple(keys), tuple(values), key_mask, cache.index + tokens.shape[1])
+        return self.norm(h), new_cache
+
+    def logits(self, hidden: Array) -> Array:
+        """LM head: ``[..., D] -> [..., V]`` float32 (tied: ``hidden @ embedding.T``)."""
+        out = self.embed_tokens.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        attention_mask: Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Array, Array, KVCache | None]:
+        """``tokens`` ``[B, T]`` -> ``(logits [B, T, V] float32, hidden [B, T, D], new_cache)``."""
+        hidden, cache = self.hidden_states(tokens, positions, attention_mask, cache)
+        return self.logits(hidden), hidden, cache
+
+
+# --------------------------------------------------------------------------------------------
+# Functional wrapper
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _graphdef(config: TransformerConfig) -> nnx.GraphDef:
+    """The static module graph of ``config``, built once without allocating weights."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    return graphdef
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A causal LM as pure functions of an explicit parameter pytree (hashable, jit-static).
+
+    Parameters are the ``nnx.State`` of :class:`Transformer` (see the module docstring for the
+    key names). Every method is pure and can be traced by ``jax.jit`` / ``vmap`` / ``grad``.
+    """
+
+    config: TransformerConfig
+
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        return _graphdef(self.config)
+
+    def init(self, key: PRNGKey) -> Params:
+        """Fresh parameters: every matrix ``N(0, init_std²)``, norm scales 1, biases 0."""
+        return nnx.split(Transformer(self.config, rngs=nnx.Rngs(key)))[1]
+
+    def abstract_params(self) -> Params:
+        """Shapes and dtypes of the parameters (``jax.ShapeDtypeStruct`` leaves), for loaders / orbax."""
+        return nnx.split(nnx.eval_shape(lambda: Transformer(self.config, rngs=nnx.Rngs(0))))[1]
+
+    def module(self, params: Params) -> Transformer:
+        """The NNX module holding ``params``."""
+        return nnx.merge(self.graphdef, params)
+
+    def apply(
+        self,
+        params: Params,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+    ) -> tuple[Array, Array]:
+        """Full forward pass: ``tokens`` ``[B, T]`` -> ``(logits [B, T, V] float32, hidden [B, T, D])``.
+
+        Left-padded rows: ``attention_mask`` ``[B, T]`` (default all ones); positions default to
+        ``cumsum(mask) − 1``.
+        """
+        logits, hidden, _ = self.module(params)(tokens, positions, attention_mask)
+        return logits, hidden
+
+    def hidden(
+        self,
+        params: Params,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+    ) -> Array:
+        """Final-normed hidden states ``[B, T, D]`` without the LM head."""
+        return self.module(params).hidden_states(tokens, positions, attention_mask)[0]
+
+    def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
+        """LM head alone: ``[..., D] -> [..., V]`` float32."""
+        return self.module(params).logits(hidden)
+
+    def init_cache(self, batch_size: int, size: int) -> KVCache:
+        """An empty :class:`KVCache` of ``size`` slots (at most ``config.max_len``)."""
+        check_int("Policy.init_cache", "size", size, low=1, high=self.config.max_len)
+        return init_cache(self.config, batch_size, size)
+
+    def apply_cached(
+        self,
+        params: Params,
+        tokens: Array,
+        attention_mask: Array,
+        positions: Array,
+        cache: KVCache,
+        *,
+        with_logits: bool = True,
+    ) -> tuple[Array | None, Array, KVCache]:
+        """Forward pass of ``T`` new tokens against ``cache``: ``(logits [B, T, V] | None, hidden, cache)``.
+
+        The new tokens occupy slots ``[cache.index, cache.index + T)``; ``positions`` ``[B, T]``
+        continue each row's count of real tokens. ``with_logits=False`` skips the LM head
+        (prefill only needs the last position's logits).
+        """
+        module = self.module(params)
+        hidden, cache = module.hidden_states(tokens, positions, attention_mask, cache)
+        return (module.logits(hidden) if with_logits else None), hidden, cache
