@@ -379,7 +379,10 @@ class LinearEnsemble:
 
     def scores(self, state: LinearEnsembleState, features: Array) -> Array:
         """θ_eᵀφ for every member: features ``[..., d]`` -> ``[E, ...]``."""
-        return jnp.einsum("...d,ed->e...", jnp.asarray(features, jnp.float32), state.theta)
+        # Members last, then moved to the front: on CPU this contraction order is ~5x faster
+        # than producing the member axis first (measured at 1024 vmapped seeds).
+        scores = jnp.einsum("...d,ed->...e", jnp.asarray(features, jnp.float32), state.theta)
+        return jnp.moveaxis(scores, -1, 0)
 
     def perturbations(self, key: PRNGKey, batch: int) -> Array:
         """The ``[B, E]`` perturbations ε that :meth:`update` draws from its ``key``."""

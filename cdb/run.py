@@ -184,16 +184,36 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 def _compiled_runner(agent, env, params, seeds, shard_seeds) -> _CompiledRunner:
-    """Reuses the jitted functions of an identical earlier configuration (no recompilation)."""
+    """Reuses the jitted functions of an identical earlier configuration (no recompilation).
+
+    The environment parameters are closed over as constants, so they are part of the cache key
+    by value.
+    """
     try:
-        return _cached_runner(agent, env, params, seeds, shard_seeds)
-    except TypeError:  # an unhashable configuration (e.g. arrays in params): build afresh
+        key = (agent, env, _value_key(params), seeds, shard_seeds)
+        hash(key)
+    except TypeError:  # an unhashable agent or environment: build afresh
         return _CompiledRunner(agent, env, params, seeds, shard_seeds)
+    return _cached_runner(key, params)
+
+
+def _value_key(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    arrays = [np.asarray(leaf) for leaf in leaves]
+    return (treedef, tuple((a.shape, a.dtype.str, a.tobytes()) for a in arrays))
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_runner(agent, env, params, seeds, shard_seeds) -> _CompiledRunner:
-    return _CompiledRunner(agent, env, params, seeds, shard_seeds)
+def _cached_runner_for_key(key) -> dict:
+    return {}
+
+
+def _cached_runner(key, params) -> _CompiledRunner:
+    slot = _cached_runner_for_key(key)
+    if "runner" not in slot:
+        agent, env, _, seeds, shard_seeds = key
+        slot["runner"] = _CompiledRunner(agent, env, params, seeds, shard_seeds)
+    return slot["runner"]
 
 
 class _CompiledRunner:

@@ -54,10 +54,13 @@ class Duel:
       query: ``[B]`` bool, whether the pair is sent to the oracle. Pairs with ``query=False``
         are still played (they count for regret) but are never shown to the oracle, and their
         preference in :class:`Feedback` is zero.
+      aux: agent-private data carried from ``select`` to ``update`` (e.g. the whole candidate
+        set and its scores); environments ignore it. ``None`` when unused.
     """
 
     arms: Array
     query: Array
+    aux: Any = None
 
 
 @struct.dataclass

@@ -22,10 +22,12 @@ contexts for BAI evaluation (fixed for the instance) and the first observation, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
@@ -69,6 +71,13 @@ class FeatureDuelState:
     eval_features: Array
 
 
+@functools.lru_cache(maxsize=8)
+def _context_pool(size: int, num_arms: int, feature_dim: int, seed: int) -> np.ndarray:
+    """A fixed pool of contexts ``[P, K, d]`` with features ``N(0, I/d)`` (a host constant)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((size, num_arms, feature_dim)) / np.sqrt(feature_dim)).astype(np.float32)
+
+
 def _unit_sphere(key: Array, dim: int) -> Array:
     v = jax.random.normal(key, (dim,), jnp.float32)
     return v / jnp.linalg.norm(v)
@@ -85,6 +94,12 @@ class FeatureDuel:
       eval_batch_size: held-out contexts for BAI evaluation, >= 1.
       link: ``'bradley_terry'``, ``'probit'`` or ``'deterministic'`` (see :mod:`~cdb.environments.links`).
       scale: default inverse temperature of the link (``default_params.scale``), finite and >= 0.
+      context_pool: ``None`` (default) draws fresh features every round. An integer P makes each
+        round's contexts B uniform draws from a fixed pool of P contexts ``[P, K, d]`` (same
+        distribution, drawn once from ``pool_seed`` and shared by all seeds, so a round costs B
+        random indices instead of B·K·d normals — DESIGN §9; used by the throughput benchmark).
+        Held-out contexts are always fresh draws, so BAI regret measures generalisation.
+      pool_seed: seed of the context pool.
     """
 
     num_arms: int = 10
@@ -93,6 +108,8 @@ class FeatureDuel:
     eval_batch_size: int = 64
     link: str = "bradley_terry"
     scale: float = 1.0
+    context_pool: int | None = None
+    pool_seed: int = 0
 
     pure_jax = True
 
@@ -103,6 +120,9 @@ class FeatureDuel:
         check_int(self, "eval_batch_size", self.eval_batch_size, low=1)
         check_choice(self, "link", self.link, LINKS)
         check_float(self, "scale", self.scale, low=0.0)
+        if self.context_pool is not None:
+            check_int(self, "context_pool", self.context_pool, low=1)
+        check_int(self, "pool_seed", self.pool_seed, low=0)
 
     # --- the latent reward: the only thing subclasses define -------------------------------
 
@@ -133,9 +153,16 @@ class FeatureDuel:
         """Latent rewards ``[..., K]`` of ``features`` ``[..., K, d]`` (truth, not for agents)."""
         return self.apply_reward(state.reward_params, features)
 
-    def _features(self, key: Array, batch: int) -> Array:
+    def _fresh_features(self, key: Array, batch: int) -> Array:
         shape = (batch, self.num_arms, self.feature_dim)
         return jax.random.normal(key, shape, jnp.float32) / jnp.sqrt(jnp.float32(self.feature_dim))
+
+    def _features(self, key: Array, batch: int) -> Array:
+        """A round's contexts ``[batch, K, d]``: fresh draws, or uniform draws from the pool."""
+        if self.context_pool is None:
+            return self._fresh_features(key, batch)
+        pool = _context_pool(self.context_pool, self.num_arms, self.feature_dim, self.pool_seed)
+        return jnp.asarray(pool)[jax.random.randint(key, (batch,), 0, self.context_pool)]
 
     def reset(self, key: Array, params: DuelParams) -> tuple[FeatureDuelState, Observation]:
         """Draws an instance: reward function, held-out contexts and the first round's features."""
@@ -144,7 +171,7 @@ class FeatureDuel:
         state = FeatureDuelState(
             reward_params=self.init_reward(k_reward),
             features=self._features(k_feat, self.batch_size),
-            eval_features=self._features(k_eval, self.eval_batch_size),
+            eval_features=self._fresh_features(k_eval, self.eval_batch_size),
         )
         return state, Observation(features=state.features)
 

@@ -1,0 +1,47 @@
+"""Agents, each assembled from the parts in ``cdb`` (DESIGN §4). Installed as ``cdb.agents``.
+
+Tier 1 (arm features):
+
+* reward-model agents — :func:`passive`, :func:`greedy`, :func:`ee_ts`, :func:`bai_ts`,
+  :func:`uncertainty`, :func:`infomax`, :func:`double_ts`, :func:`boltzmann`: one
+  :class:`RewardModelAgent` with different selection rules;
+* linear — :class:`MaxInP` (Saha 2021), :class:`CoLSTIM` (Bengs et al. 2022);
+* optimal design — :class:`OptimalDesignAgent` (label-free sequential D-optimal design) and
+  :func:`run_offline_design` (Scheid et al. 2024: the whole query set up front);
+* K-armed — :class:`DoubleThompsonSampling` (Wu & Liu 2016), :class:`RUCB` (Zoghi et al. 2014).
+"""
+
+from cdb.agents.karmed import RUCB, DoubleThompsonSampling
+from cdb.agents.linear import CoLSTIM, LinearDuelingAgent, MaxInP
+from cdb.agents.optimal_design import OfflineOptimalDesign, OptimalDesignAgent, run_offline_design
+from cdb.agents.reward_model_agent import (
+    RewardModelAgent,
+    bai_ts,
+    boltzmann,
+    double_ts,
+    ee_ts,
+    greedy,
+    infomax,
+    passive,
+    uncertainty,
+)
+
+__all__ = [
+    "RUCB",
+    "CoLSTIM",
+    "DoubleThompsonSampling",
+    "LinearDuelingAgent",
+    "MaxInP",
+    "OfflineOptimalDesign",
+    "OptimalDesignAgent",
+    "RewardModelAgent",
+    "bai_ts",
+    "boltzmann",
+    "double_ts",
+    "ee_ts",
+    "greedy",
+    "infomax",
+    "passive",
+    "run_offline_design",
+    "uncertainty",
+]

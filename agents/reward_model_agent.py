@@ -1,0 +1,116 @@
+"""Agents that score a fixed candidate set with an epistemic reward model (tier 1).
+
+Composition (DESIGN §4):
+
+* proposer  — all K arms of each context (their features ``obs.features [B, K, d]``);
+* scorer    — an ensemble reward model, ``r_e(x, a)`` for members e (``cdb.ensemble``);
+* selector  — a pair-selection rule on the score tensor ``[E, K]`` (``cdb.selection``);
+* labeler   — the oracle, for every pair;
+* learner   — the reward model's Bradley–Terry update on the oracle pairs.
+
+The named constructors (:func:`ee_ts`, :func:`bai_ts`, ...) differ only by the selector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from cdb import selection
+from cdb.ensemble import LinearEnsemble, MLPEnsemble, RewardModel
+from cdb.types import Duel, EnvSpec, Feedback, Observation
+
+
+def take_arm_features(features: jax.Array, arms: jax.Array) -> jax.Array:
+    """``features [B, K, d]``, ``arms [B]`` → ``[B, d]``."""
+    return jnp.take_along_axis(features, arms[:, None, None], axis=1)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelAgent:
+    """Selects a pair among all arms by ``selector`` applied to ``reward_model`` scores."""
+
+    reward_model: RewardModel
+    selector: Any
+    name: str = "reward_model_agent"
+
+    def __post_init__(self):
+        need = getattr(self.selector, "min_members", 1)
+        if self.reward_model.num_members < need:
+            raise ValueError(
+                f"{self.name}: reward_model.num_members={self.reward_model.num_members} is out of range; "
+                f"{type(self.selector).__name__} needs at least {need} members"
+            )
+
+    def init(self, key: jax.Array, spec: EnvSpec):
+        check_feature_spec(self.name, spec)
+        return self.reward_model.init(key, spec.feature_dim)
+
+    def scores(self, state, obs: Observation) -> jax.Array:
+        """Member scores ``[B, E, K]`` of every arm."""
+        return jnp.swapaxes(self.reward_model.scores(state, obs.features), 0, 1)
+
+    def select(self, key, state, obs: Observation):
+        chex.assert_rank(obs.features, 3)
+        arms = selection.select_pairs(self.selector, key, self.scores(state, obs))
+        return Duel(arms=arms, query=jnp.ones(arms.shape[0], bool)), {}
+
+    def update(self, key, state, obs: Observation, duel: Duel, feedback: Feedback):
+        first = take_arm_features(obs.features, duel.arms[:, 0])
+        second = take_arm_features(obs.features, duel.arms[:, 1])
+        return self.reward_model.update(key, state, first, second, feedback.preference, feedback.queried)
+
+    def recommend(self, key, state, obs: Observation) -> jax.Array:
+        """Greedy arm under the member-mean score."""
+        return jnp.argmax(self.scores(state, obs).mean(axis=1), axis=-1).astype(jnp.int32)
+
+
+def check_feature_spec(name: str, spec: EnvSpec) -> None:
+    """Feature-based agents need ``obs.features``; a clear error otherwise."""
+    if not spec.has_features:
+        raise ValueError(f"{name} needs an environment with arm features (EnvSpec.feature_dim); got {spec}")
+    if spec.num_arms is None or spec.num_arms < 2:
+        raise ValueError(f"{name} needs EnvSpec.num_arms >= 2; got num_arms={spec.num_arms}")
+
+
+def default_reward_model(num_members: int = 8) -> RewardModel:
+    """A small MLP ensemble with prior functions: sized for tier-1 problems on a laptop."""
+    return MLPEnsemble(num_members=num_members, hidden_sizes=(32, 32), prior_scale=1.0, anchor=0.0)
+
+
+def _constructor(rule_cls, name: str, doc: str):
+    def make(reward_model: RewardModel | None = None, **rule_kwargs) -> RewardModelAgent:
+        model = default_reward_model() if reward_model is None else reward_model
+        return RewardModelAgent(model, rule_cls(**rule_kwargs), name=name)
+
+    make.__name__ = make.__qualname__ = name
+    make.__doc__ = f"{doc}\n\nKeyword arguments other than ``reward_model`` configure :class:`cdb.selection.{rule_cls.__name__}`."
+    return make
+
+
+passive = _constructor(selection.Passive, "passive", "Uniformly random pair; the reward model learns passively (BAI by its greedy arm).")
+greedy = _constructor(selection.Greedy, "greedy", "Best two arms under the member-mean score (pure exploitation).")
+ee_ts = _constructor(selection.EETS, "ee_ts", "SEA's explore-and-exploit Thompson sampling (Liu et al. 2024) on all arms.")
+bai_ts = _constructor(selection.BAITS, "bai_ts", "SEA's best-arm-identification Thompson sampling (Liu et al. 2024) on all arms.")
+uncertainty = _constructor(selection.Uncertainty, "uncertainty", "Pair of largest logit-difference variance across members.")
+infomax = _constructor(selection.Infomax, "infomax", "Pair of largest preference-probability variance across members (EE4LLM, Dwaracherla et al. 2024).")
+double_ts = _constructor(selection.DoubleTS, "double_ts", "Double Thompson sampling over ensemble members (EE4LLM, Dwaracherla et al. 2024).")
+boltzmann = _constructor(selection.Boltzmann, "boltzmann", "Pair sampled without replacement ∝ exp(mean score / temperature).")
+
+__all__ = [
+    "RewardModelAgent",
+    "LinearEnsemble",
+    "MLPEnsemble",
+    "bai_ts",
+    "boltzmann",
+    "double_ts",
+    "ee_ts",
+    "greedy",
+    "infomax",
+    "passive",
+    "uncertainty",
+]

@@ -1,0 +1,53 @@
+"""Seeds sharded over 4 forced CPU devices give the single-device results (DESIGN §7).
+
+The device count is fixed when JAX starts, so the sharded run happens in a fresh process with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` and is compared here with a single-device run.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import cdb
+from cdb.agents import ee_ts
+from cdb.ensemble import LinearEnsemble
+from cdb.environments import LinearDuel
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax
+    import cdb
+    from cdb.agents import ee_ts
+    from cdb.ensemble import LinearEnsemble
+    from cdb.environments import LinearDuel
+    from cdb.run import _CompiledRunner
+
+    assert jax.device_count() == 4, jax.devices()
+    env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4)
+    agent = ee_ts(reward_model=LinearEnsemble(num_members=4))
+    runner = _CompiledRunner(agent, env, env.default_params, seeds=8, shard_seeds=None)
+    carry = runner.start(jax.random.split(jax.random.key(3), 8))
+    assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4, "seeds were not sharded"
+    results = cdb.run(agent, env, rounds=6, seeds=8, key=3, eval_every=3, progress=False)
+    results.save(sys.argv[1])
+    """
+)
+
+
+def test_sharded_seeds_equal_single_device(tmp_path):
+    path = tmp_path / "sharded.npz"
+    env_vars = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(path)], env=env_vars, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = cdb.Results.load(path)
+    env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4)
+    single = cdb.run(ee_ts(reward_model=LinearEnsemble(num_members=4)), env, rounds=6, seeds=8, key=3, eval_every=3,
+                     progress=False, shard_seeds=False)
+    assert set(sharded.metrics) == set(single.metrics)
+    for name in single.metrics:
+        np.testing.assert_allclose(sharded.metrics[name], single.metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(sharded.eval_metrics["bai_regret"], single.eval_metrics["bai_regret"], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,177 @@
+"""The experiment loop, Results and metrics (cdb.run, cdb.results, cdb.metrics)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cdb
+from cdb.agents import passive
+from cdb.ensemble import LinearEnsemble
+from cdb.environments import LinearDuel
+from cdb.metrics import log_log_slope, queries_to_target, standard_error
+
+ENV = LinearDuel(num_arms=4, feature_dim=3, batch_size=2, eval_batch_size=8)
+AGENT = passive(reward_model=LinearEnsemble(num_members=2))
+
+
+@pytest.fixture(scope="module")
+def results():
+    return cdb.run(AGENT, ENV, rounds=12, seeds=3, eval_every=4, progress=False)
+
+
+def test_results_shapes_and_counts(results):
+    assert results.num_seeds == 3 and results.num_rounds == 12
+    for name in ("regret", "weak_regret", "strong_regret", "queries", "rm_loss"):
+        assert results.metrics[name].shape == (3, 12), name
+    np.testing.assert_array_equal(results.metrics["duels"], 2)
+    np.testing.assert_array_equal(results.metrics["queries"], 2)
+    np.testing.assert_array_equal(results.eval_rounds, [0, 4, 8, 12])
+    assert results.eval_metrics["bai_regret"].shape == (3, 4)
+    # weak <= average <= strong, all non-negative, per round.
+    m = results.metrics
+    assert np.all(m["weak_regret"] <= m["regret"] + 1e-6) and np.all(m["regret"] <= m["strong_regret"] + 1e-6)
+    assert np.all(m["weak_regret"] >= -1e-6)
+
+
+def test_same_key_same_results_and_blocking_invariance(results):
+    again = cdb.run(AGENT, ENV, rounds=12, seeds=3, eval_every=6, progress=False)
+    for name in results.metrics:
+        np.testing.assert_array_equal(results.metrics[name], again.metrics[name])
+    other = cdb.run(AGENT, ENV, rounds=12, seeds=3, eval_every=6, key=1, progress=False)
+    assert not np.array_equal(results.metrics["regret"], other.metrics["regret"])
+
+
+def test_seeds_are_independent_problems(results):
+    assert len({tuple(r) for r in np.round(results.metrics["regret"], 5)}) == 3
+
+
+def test_save_load_roundtrip(results, tmp_path):
+    path = results.save(tmp_path / "run")
+    loaded = cdb.Results.load(path)
+    assert loaded.config == results.config
+    for name in results.metrics:
+        np.testing.assert_array_equal(loaded.metrics[name], results.metrics[name])
+        assert loaded.metrics[name].dtype == results.metrics[name].dtype
+    np.testing.assert_array_equal(loaded.eval_metrics["bai_regret"], results.eval_metrics["bai_regret"])
+    np.testing.assert_array_equal(loaded.eval_rounds, results.eval_rounds)
+    assert results.config["agent"]["selector"]["type"] == "Passive"
+    assert results.config["env"]["num_arms"] == 4
+
+
+def test_dataframe_and_curves(results):
+    frame = results.to_dataframe()
+    assert len(frame) == 3 * 13  # rounds 1..12 plus the round-0 evaluation, per seed
+    seed0 = frame[frame.seed == 0].set_index("round")
+    np.testing.assert_allclose(seed0.loc[1:, "cumulative_regret"], np.cumsum(results.metrics["regret"][0]), rtol=1e-6)
+    np.testing.assert_allclose(seed0.loc[[0, 4, 8, 12], "bai_regret"], results.eval_metrics["bai_regret"][0])
+    values, rounds = results.curve("cumulative_queries")
+    np.testing.assert_array_equal(values[:, -1], 24)
+    np.testing.assert_array_equal(rounds, np.arange(1, 13))
+    with pytest.raises(KeyError, match="unknown metric"):
+        results.curve("nope")
+
+
+def test_plot_returns_figure_with_band(results, tmp_path):
+    fig = results.plot("cumulative_regret", x="queries", label="passive")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "oracle queries"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), np.cumsum(results.metrics["regret"], 1).mean(0), rtol=1e-6)
+    assert len(ax.collections) == 1  # the standard-error band
+    fig.savefig(tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_queries_to_target_by_hand():
+    metrics = {"queries": np.full((3, 4), 2), "regret": np.zeros((3, 4))}
+    evals = {"bai_regret": np.array([[1.0, 0.5, 0.2, 0.1], [1.0, 0.9, 0.8, 0.7], [1.0, 0.3, 0.3, 0.2]])}
+    res = cdb.Results(metrics, np.array([0, 1, 2, 3]), evals, {})
+    out = queries_to_target(res, "bai_regret", 0.4)
+    np.testing.assert_array_equal(out.per_seed, [4.0, np.inf, 2.0])
+    assert out.reached == 2 and out.mean == 3.0
+    np.testing.assert_allclose(out.stderr, np.std([4.0, 2.0], ddof=1) / np.sqrt(2))
+    above = queries_to_target(res, "bai_regret", 0.95, direction="above")
+    np.testing.assert_array_equal(above.per_seed, [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="direction"):
+        queries_to_target(res, "bai_regret", 0.4, direction="up")
+
+
+def test_metric_helpers_by_hand():
+    np.testing.assert_allclose(standard_error(np.array([[1.0], [3.0]])), [np.sqrt(2) / np.sqrt(2)])
+    t = np.arange(1, 401)
+    assert abs(log_log_slope(np.sqrt(t)) - 0.5) < 1e-6
+    assert abs(log_log_slope(3.0 * t) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [(dict(rounds=0), "rounds"), (dict(rounds=10, seeds=0), "seeds"), (dict(rounds=10, eval_every=3), "eval_every")],
+)
+def test_run_rejects_bad_arguments(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        cdb.run(AGENT, ENV, progress=False, **kwargs)
+
+
+def test_checkpoint_resume_equals_uninterrupted(results, tmp_path):
+    half = cdb.run(AGENT, ENV, rounds=8, seeds=3, eval_every=4, progress=False, checkpoint_dir=tmp_path)
+    assert half.num_rounds == 8
+    resumed = cdb.run(AGENT, ENV, rounds=12, seeds=3, eval_every=4, progress=False, checkpoint_dir=tmp_path, resume=True)
+    for name in results.metrics:
+        np.testing.assert_array_equal(resumed.metrics[name], results.metrics[name])
+    np.testing.assert_array_equal(resumed.eval_metrics["bai_regret"], results.eval_metrics["bai_regret"])
+    with pytest.raises(ValueError, match="different experiment configuration"):
+        cdb.run(AGENT, ENV, rounds=12, seeds=2, eval_every=4, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplodingAgent:
+    """Passive selection whose reported loss becomes NaN at round ``bad_round``."""
+
+    bad_round: int = 6
+
+    def init(self, key, spec):
+        return jnp.zeros((), jnp.int32)
+
+    def select(self, key, state, obs):
+        return passive_duel(key, obs), {}
+
+    def update(self, key, state, obs, duel, feedback):
+        loss = jnp.where(state + 1 >= self.bad_round, jnp.nan, 1.0)
+        return state + 1, {"policy_loss": loss}
+
+    def recommend(self, key, state, obs):
+        return jnp.zeros(obs.features.shape[0], jnp.int32)
+
+
+def passive_duel(key, obs):
+    batch, arms = obs.features.shape[:2]
+    pairs = jax.vmap(lambda k: jax.random.choice(k, arms, (2,), replace=False))(jax.random.split(key, batch))
+    return cdb.Duel(pairs.astype(jnp.int32), jnp.ones(batch, bool))
+
+
+def test_nan_loss_stops_run_and_keeps_completed_rounds():
+    with pytest.raises(cdb.NonFiniteLossError, match="round 6") as err:
+        cdb.run(ExplodingAgent(), ENV, rounds=8, seeds=2, eval_every=4, progress=False)
+    partial = err.value.results
+    assert err.value.round == 6 and err.value.metric == "policy_loss"
+    assert partial.num_rounds == 5
+    assert np.all(np.isfinite(partial.metrics["policy_loss"]))
+    np.testing.assert_array_equal(partial.eval_rounds, [0, 4])
+
+
+@dataclasses.dataclass(frozen=True)
+class HostLinearDuel(LinearDuel):
+    """The same environment, declared untraceable, to exercise the host loop."""
+
+    pure_jax = False
+
+
+def test_host_loop_matches_compiled_loop():
+    compiled = cdb.run(AGENT, ENV, rounds=4, seeds=2, eval_every=2, progress=False)
+    host = cdb.run(AGENT, HostLinearDuel(**{f.name: getattr(ENV, f.name) for f in dataclasses.fields(ENV)}),
+                   rounds=4, seeds=2, eval_every=2, progress=False)
+    for name in ("regret", "queries", "rm_loss"):
+        np.testing.assert_allclose(host.metrics[name], compiled.metrics[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(host.eval_metrics["bai_regret"], compiled.eval_metrics["bai_regret"], rtol=1e-5)
