@@ -258,3 +258,97 @@ def _logps(x: Array, name: str) -> Array:
     if x.ndim not in (1, 2):
         raise ValueError(f"DAPLoss {name} has shape {x.shape}; expected [N] or [N, k] sequence log-probs")
     return x
+
+
+# ------------------------------------------------------------------------------------------ SAIL
+
+# variant -> (response term: responses sampled from π_θ, preference term: labels sampled from π_θ)
+SAIL_VARIANTS = {"pr": (True, False), "pp": (True, True), "dp": (False, True)}
+
+
+def sail_term(
+    policy_chosen: Array,
+    policy_rejected: Array,
+    ref_chosen: Array,
+    ref_rejected: Array,
+    *,
+    beta: float | Array,
+    coefficient: float | Array,
+    variant: str = "pr",
+    weight: Array | None = None,
+) -> Array:
+    """SAIL's self-improving term, a surrogate to be ADDED to the DPO loss being minimised.
+
+    Ding et al. (2024, "SAIL: Self-Improving Efficient Online Alignment of Large Language
+    Models", arXiv 2406.15567) reduce online RLHF (a bilevel problem) to the single-level DPO
+    objective taken under a distribution that itself depends on π_θ::
+
+        J(θ) = E_{x, (y_w, y_l) ~ q_θ(·|x)} [ ℓ_θ ],   ℓ_θ = log σ(β log π_θ(y_w|x)/π_ref(y_w|x)
+                                                                 − β log π_θ(y_l|x)/π_ref(y_l|x))
+
+    so ``∇J = E[∇ℓ_θ] + E[ℓ_θ ∇ log q_θ(y_w, y_l|x)]``: the first part is the DPO gradient, the
+    second the self-improving term (the score function of the sampling distribution). For the
+    loss ``−J`` (DPO ``−ℓ``, minimised) the extra gradient is ``−ℓ_θ ∇ log q_θ``. ``log q_θ`` holds
+
+    * ``log π_θ(y_w|x) + log π_θ(y_l|x)`` when the two responses are sampled from π_θ;
+    * ``log σ(βΔ) = ℓ_θ`` when the label is sampled from π_θ's own Bradley–Terry model
+      (y_w is the first response with probability ``σ(βΔ)``; ``Δ`` the log-ratio margin), whose
+      extra gradient ``−ℓ_θ ∇ℓ_θ = ∇(−½ ℓ_θ²)``.
+
+    The variants (the paper's names; the authors' code calls them DPR / DPP / DDP):
+
+    ======== ======================= ========================================= ====================
+    variant  responses               labels                                    extra gradient
+    ======== ======================= ========================================= ====================
+    ``'pr'`` sampled from π_θ        oracle / reward model (fixed)             ``−ℓ ∇(log π_w + log π_l)``
+    ``'pp'`` sampled from π_θ        sampled from π_θ's implicit BT σ(βΔ)      both terms
+    ``'dp'`` offline dataset (fixed) sampled from π_θ's implicit BT σ(βΔ)      ``−ℓ ∇ℓ``
+    ======== ======================= ========================================= ====================
+
+    each scaled by ``coefficient`` (the paper's hyper-parameters: γ for PR, π for PP, ρ for DP;
+    the exact gradient of J is coefficient = 1). Returned, with ``sg`` = stop-gradient::
+
+        coefficient · mean_w[ −sg(ℓ) · (resp · (log π_θ(y_w) + log π_θ(y_l)) + pref · ℓ) ]
+
+    Only its gradient is meaningful (its value is not a loss). Inside: ``ℓ`` multiplying the
+    log-likelihood is stop-gradient; the log-likelihood ``log π_θ(y_w) + log π_θ(y_l)`` is NOT
+    (it carries the score); the reference log-probs are constants (stop-gradient). Pass
+    **sequence** log-probs (sums over tokens) ``[N]``: the score needs the full likelihood of
+    the sampled response. For ``'pp'`` / ``'dp'`` the labels must be *sampled* from
+    ``Bernoulli(σ(βΔ))`` (not the argmax) for the term to be the score function. ``weight``
+    as in :func:`weighted_mean` (e.g. the mask of pairs from this variant's route); with
+    ``DAPLoss('dpo', beta)(…, weight=w) + sail_term(…, weight=w)`` the gradient is that of J.
+
+    Source note: the preference term matches the authors' code (johnding1996/SAIL,
+    ``cdpo_trainer.py``: ``losses -= 0.5·ρ·logsigmoid(βΔ)²``). For the response term that
+    code adds ``−c·sg(ℓ)/sg(log π_θ(y))`` to the gradient of each sequence log-prob (a division
+    by ``log π_θ(y)`` that flips the sign); here it is the score-function term ``−c·sg(ℓ)``
+    that the derivation of J gives.
+    """
+    if variant not in SAIL_VARIANTS:
+        raise ValueError(
+            f"sail_term variant={variant!r} is not allowed; expected one of {tuple(SAIL_VARIANTS)}"
+        )
+    responses_from_policy, labels_from_policy = SAIL_VARIANTS[variant]
+    policy_chosen = _sail_logps(policy_chosen, "policy_chosen")
+    policy_rejected = _sail_logps(policy_rejected, "policy_rejected")
+    ref_chosen = jax.lax.stop_gradient(_sail_logps(ref_chosen, "ref_chosen"))
+    ref_rejected = jax.lax.stop_gradient(_sail_logps(ref_rejected, "ref_rejected"))
+    delta = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    objective = jax.nn.log_sigmoid(beta * delta)  # ℓ = log σ(βΔ) ≤ 0
+    log_likelihood = jnp.zeros_like(objective)
+    if responses_from_policy:
+        log_likelihood = log_likelihood + policy_chosen + policy_rejected
+    if labels_from_policy:
+        log_likelihood = log_likelihood + objective
+    per_pair = -jax.lax.stop_gradient(objective) * log_likelihood
+    return coefficient * weighted_mean(per_pair, weight)
+
+
+def _sail_logps(x: Array, name: str) -> Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    if x.ndim != 1:
+        raise ValueError(f"sail_term {name} has shape {x.shape}; expected [N] sequence log-probs")
+    return x

@@ -345,3 +345,21 @@ def _max_variance_pair(owner, scores: Array, kind: str) -> Array:
     var = jnp.where(upper, var, -jnp.inf)
     i, j = jnp.divmod(jnp.argmax(var), num)
     return _pair(i, j)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxMargin:
+    """The pair with the largest member-mean score margin: ``(argmax_j r̄(j), argmin_j r̄(j))``.
+
+    With implicit rewards ``r̄(j) = β·log π_θ(y_j|x)/π_ref(y_j|x)`` this is APL's pair rule
+    (Muldrew et al. 2024): ``argmax_{i,j} |r̄(i) − r̄(j)|``. Ties to the lowest index; if every
+    score is equal, the first two candidates.
+    """
+
+    min_members: ClassVar[int] = 1
+
+    def __call__(self, key: PRNGKey, scores: Array) -> Array:
+        mean = jnp.mean(_as_scores(self, scores), axis=0)
+        best, worst = jnp.argmax(mean), jnp.argmin(mean)
+        worst = jnp.where(worst == best, jnp.where(best == 0, 1, 0), worst)
+        return jnp.stack([best, worst]).astype(jnp.int32)

@@ -35,3 +35,37 @@ __all__ = [
     "NeuralDuel",
     "preference_probability",
 ]
+
+# Tier 2: toy LLM alignment with an exact optimum (SequenceDuel), its chain computations and
+# its cached SFT reference policy.
+from . import chain  # noqa: E402
+from .reference_policy import ReferenceConfig, ReferencePolicy, build_reference_policy  # noqa: E402
+from .sequence_duel import (  # noqa: E402
+    ChainReward,
+    SequenceDuel,
+    SequenceDuelParams,
+    SequenceDuelState,
+    SequenceTables,
+    gold_reward,
+    optimal_response,
+    teacher_entropy,
+    teacher_log_prob,
+    teacher_sample,
+)
+
+__all__ += [
+    "ChainReward",
+    "ReferenceConfig",
+    "ReferencePolicy",
+    "SequenceDuel",
+    "SequenceDuelParams",
+    "SequenceDuelState",
+    "SequenceTables",
+    "build_reference_policy",
+    "chain",
+    "gold_reward",
+    "optimal_response",
+    "teacher_entropy",
+    "teacher_log_prob",
+    "teacher_sample",
+]

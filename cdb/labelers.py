@@ -1,0 +1,143 @@
+"""Labelers: which pairs go to the oracle, and which are labelled by the agent's own model.
+
+A labeler sees the pairs a selector chose (``[B, 2]`` candidate indices), the candidates' scores
+``[B, E, M]`` (ensemble members, or one row of implicit rewards) and, where available, the
+candidates' log-probabilities under π_θ ``[B, M]``; it returns :class:`Labels`.
+
+Only pairs with ``query=True`` are sent to the oracle and counted as queries. Model-labelled
+pairs never reach the oracle (Oat leaks oracle labels there; this library does not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from cdb.validation import check_choice, check_float, check_int
+
+Array = jax.Array
+
+
+@struct.dataclass
+class Labels:
+    """What happens to each prompt's pair.
+
+    Attributes:
+      pairs: ``[B, 2]`` int32 candidate indices of the pair played.
+      query: ``[B]`` bool, sent to the oracle (counted as a query).
+      model_label: ``[B]`` float32, 1.0 if the first arm is preferred by the model (used where
+        ``query`` is False and ``model_trained`` is True; 0.0 elsewhere).
+      model_trained: ``[B]`` bool, the policy learns from the model label of an unqueried pair.
+    """
+
+    pairs: Array
+    query: Array
+    model_label: Array
+    model_trained: Array
+
+
+def _oracle_only(pairs: Array, query: Array) -> Labels:
+    batch = pairs.shape[0]
+    return Labels(pairs, query, jnp.zeros(batch, jnp.float32), jnp.zeros(batch, bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleLabeler:
+    """Every pair goes to the oracle."""
+
+    uses_model_labels: ClassVar[bool] = False
+
+    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
+        return _oracle_only(pairs, jnp.ones(pairs.shape[0], bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryBudget:
+    """The first ``budget`` pairs go to the oracle, none after (an offline dataset of ``budget`` pairs)."""
+
+    budget: int
+    uses_model_labels: ClassVar[bool] = False
+
+    def __post_init__(self):
+        check_int(self, "budget", self.budget, low=1)
+
+    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
+        position = queries_so_far + jnp.arange(1, pairs.shape[0] + 1)
+        return _oracle_only(pairs, position <= self.budget)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedLabeler:
+    """SEA's mixed preference learning (Liu et al. 2024, §4.3): oracle with probability γ.
+
+    Per prompt, with probability ``gamma`` the selected pair is labelled by the oracle (a query);
+    otherwise a random ensemble member ``e`` labels a pair that is *not* sent to the oracle:
+
+    * ``model_pair='best_worst'`` — the pair ``(argmax_j r_e(j), argmin_j r_e(j))`` over the M
+      candidates, labelled ``first ≻ second`` (the most informative self-labelled pair);
+    * ``model_pair='selected'`` — the selector's pair, labelled ``1[r_e(a₁) > r_e(a₂)]``.
+
+    With ``gamma=1`` every pair is an oracle pair.
+    """
+
+    gamma: float = 0.5
+    model_pair: str = "best_worst"
+    uses_model_labels: ClassVar[bool] = True
+
+    def __post_init__(self):
+        check_float(self, "gamma", self.gamma, low=0.0, high=1.0)
+        check_choice(self, "model_pair", self.model_pair, ("best_worst", "selected"))
+
+    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
+        batch, members, _ = scores.shape
+        k_query, k_member = jax.random.split(key)
+        query = jax.random.uniform(k_query, (batch,)) < self.gamma
+        member = jax.random.randint(k_member, (batch,), 0, members)
+        member_scores = jnp.take_along_axis(scores, member[:, None, None], axis=1)[:, 0]  # [B, M]
+        if self.model_pair == "best_worst":
+            model_pairs = jnp.stack([jnp.argmax(member_scores, -1), jnp.argmin(member_scores, -1)], -1).astype(jnp.int32)
+            # all candidates tied: nothing to learn from this pair
+            informative = model_pairs[:, 0] != model_pairs[:, 1]
+            model_label = jnp.ones(batch, jnp.float32)
+        else:
+            model_pairs = pairs
+            pair_scores = jnp.take_along_axis(member_scores, pairs, axis=1)
+            informative = pair_scores[:, 0] != pair_scores[:, 1]
+            model_label = (pair_scores[:, 0] > pair_scores[:, 1]).astype(jnp.float32)
+        model_pairs = jnp.where(informative[:, None], model_pairs, pairs)
+        return Labels(
+            pairs=jnp.where(query[:, None], pairs, model_pairs),
+            query=query,
+            model_label=jnp.where(query, 0.0, model_label),
+            model_trained=~query & informative,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EntropyQueries:
+    """APL's prompt selection (Muldrew et al. 2024): query the highest-entropy prompts first.
+
+    The predictive entropy of π_θ on a prompt is estimated from its M candidates as
+    ``Ĥ(x) = −(1/M) Σ_m log π_θ(y_m|x)``; the ``ceil(fraction · B)`` prompts of highest Ĥ go
+    to the oracle (highest entropy first — Oat's ordering is inverted; not copied here), the
+    others are neither queried nor learnt from.
+    """
+
+    fraction: float = 0.5
+    uses_model_labels: ClassVar[bool] = False
+
+    def __post_init__(self):
+        check_float(self, "fraction", self.fraction, low=0.0, high=1.0, low_inclusive=False)
+
+    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
+        if policy_logprob is None:
+            raise ValueError("EntropyQueries needs the candidates' log-probabilities under the policy")
+        batch = pairs.shape[0]
+        entropy = -jnp.mean(policy_logprob, axis=-1)  # [B]
+        k = max(1, int(-(-self.fraction * batch // 1)))
+        rank = jnp.argsort(jnp.argsort(-entropy))  # 0 = highest entropy
+        return _oracle_only(pairs, rank < k)
