@@ -48,8 +48,9 @@ from flax import struct
 
 from cdb import selection
 from cdb.ensemble import MLPEnsemble, RewardModel
+from cdb.features import reference_hidden_features
 from cdb.labelers import EntropyQueries, Labels, MixedLabeler, OracleLabeler, QueryBudget
-from cdb.losses import DAPLoss, xpo_term
+from cdb.losses import DAPLoss, sail_term, xpo_term
 from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples, ReferenceSamples
 from cdb.sequences import ResponseScores, greedy_responses, repeat_prompts, sample_responses, score_responses
 from cdb.types import Duel, EnvSpec, Feedback, Observation
@@ -58,11 +59,6 @@ from cdb.validation import check_choice, check_float, check_int
 Array = jax.Array
 SCORERS = ("ensemble", "implicit_reward", "none")
 RECOMMENDERS = ("greedy", "best_of_n")
-
-
-def reference_hidden_features(ref: ResponseScores, prompts: Array, responses: Array) -> Array:
-    """Reward-model features: the frozen π_ref's last hidden state at the last token of (x, y), ``[N, D]``."""
-    return ref.last_hidden
 
 
 @struct.dataclass
@@ -147,7 +143,10 @@ class AlignmentAgent:
         check_float(self, "xpo_alpha", self.xpo_alpha, low=0.0)
         check_float(self, "sail_coefficient", self.sail_coefficient, low=0.0)
         check_int(self, "best_of_n", self.best_of_n, low=1)
-        needs_rm = self.scorer == "ensemble" or self.labeler.uses_model_labels or self.recommend_with == "best_of_n"
+        if self.labeler.uses_model_labels and self.scorer == "none":
+            raise ValueError(f"{self.name}: labeler={type(self.labeler).__name__} labels pairs with the scorer's "
+                             "model; scorer='none' is not allowed with it (use 'ensemble' or 'implicit_reward')")
+        needs_rm = self.scorer == "ensemble" or self.recommend_with == "best_of_n"
         if needs_rm and self.reward_model is None:
             raise ValueError(f"{self.name}: reward_model=None is not allowed with scorer={self.scorer!r}, "
                              f"labeler={type(self.labeler).__name__}, recommend_with={self.recommend_with!r}; "
@@ -192,7 +191,7 @@ class AlignmentAgent:
         opt_state = self._optimizer().init(params) if self._trains_policy else None
         rm_state = None
         if self.reward_model is not None:
-            rm_state = self.reward_model.init(key, self.policy.config.d_model)
+            rm_state = self.reward_model.init(key, self._feature_dim(spec))
         dataset = None
         if self._offline:
             n, lp, length = self.labeler.budget, spec.prompt_length, spec.response_length
@@ -205,6 +204,14 @@ class AlignmentAgent:
                 size=jnp.zeros((), jnp.int32),
             )
         return AlignmentState(params, opt_state, rm_state, jnp.zeros((), jnp.int32), dataset)
+
+    def _feature_dim(self, spec: EnvSpec) -> int:
+        """D of the feature map, from its output shape on abstract inputs (nothing is computed)."""
+        n, d_model = 1, self.policy.config.d_model
+        ref = ResponseScores(jnp.zeros((n,)), jnp.zeros((n, spec.response_length)), jnp.zeros((n, d_model)))
+        prompts = jnp.zeros((n, spec.prompt_length), jnp.int32)
+        responses = jnp.zeros((n, spec.response_length), jnp.int32)
+        return int(jax.eval_shape(self.features, ref, prompts, responses).shape[-1])
 
     def _policy_params(self, state: AlignmentState):
         return state.policy_params if self._trains_policy else self.reference.params
@@ -282,6 +289,8 @@ class AlignmentAgent:
             "ref_chosen": jnp.where(first_wins, aux["ref_logprob"][:, 0], aux["ref_logprob"][:, 1]),
             "ref_rejected": jnp.where(first_wins, aux["ref_logprob"][:, 1], aux["ref_logprob"][:, 0]),
             "weight": weight,
+            "oracle": oracle.astype(jnp.float32),
+            "model": (~oracle & aux["model_trained"]).astype(jnp.float32),
             "reference_sample": aux["reference_sample"],
         }
         if self._offline:
@@ -303,6 +312,7 @@ class AlignmentAgent:
         index = jax.random.randint(key, (batch["prompts"].shape[0],), 0, data.prompts.shape[0])
         train = {k: getattr(data, k)[index] for k in ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")}
         train["weight"] = jnp.full(index.shape, full, jnp.float32)
+        train["oracle"], train["model"] = train["weight"], jnp.zeros(index.shape, jnp.float32)
         train["reference_sample"] = None
         return state.replace(dataset=data), train
 
@@ -321,11 +331,12 @@ class AlignmentAgent:
                 ref_sample_logprob = score_responses(self.policy, p, batch["prompts"], batch["reference_sample"]).logprob
                 loss = loss + xpo_term(ref_sample_logprob, self.xpo_alpha, weight=batch["weight"])
             if self.sail_coefficient > 0:
-                from cdb.losses import sail_term
-
-                loss = loss + sail_term(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"],
-                                        beta=self.policy_loss.beta, coefficient=self.sail_coefficient,
-                                        weight=batch["weight"])
+                # oracle-labelled pairs: SAIL-PR's response term; pairs labelled by the policy's own
+                # sampled preference: SAIL-PP's response and label terms (Ding et al. 2024)
+                for variant, rows in (("pr", batch["oracle"]), ("pp", batch["model"])):
+                    loss = loss + sail_term(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"],
+                                            beta=self.policy_loss.beta, coefficient=self.sail_coefficient,
+                                            variant=variant, weight=rows)
             return loss, info
 
         def step(carry, _):
@@ -334,8 +345,9 @@ class AlignmentAgent:
             updates, o = optimizer.update(grads, o, p)
             return (optax.apply_updates(p, updates), o), (loss, info)
 
-        (params, opt_state), (losses, infos) = jax.lax.scan(step, (params, opt_state), None, length=self.policy_steps)
-        out = {"policy_loss": losses[-1]}
+        (params, opt_state), (_, infos) = jax.lax.scan(step, (params, opt_state), None, length=self.policy_steps)
+        # the DAP loss proper (XPO / SAIL add terms whose values are surrogates, not losses)
+        out = {"policy_loss": infos["dap_loss"][-1]}
         out.update({k: v[-1] for k, v in infos.items() if k in ("implicit_reward_margin", "preference_accuracy")})
         return params, opt_state, out
 
@@ -448,3 +460,29 @@ def nash_md(reference, *, mixture_beta: float = 0.125, loss: DAPLoss = DAPLoss("
     mixture π_θ^{1−β}π_ref^{β}, IPO loss."""
     return AlignmentAgent(reference, proposer=GeometricMixtureSamples(2, mixture_beta), policy_loss=loss,
                           name="nash_md", **kwargs)
+
+
+def sail(reference, *, variant: str = "pr", coefficient: float = 1.0, policy_label_fraction: float = 0.5,
+         loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
+    """SAIL (Ding et al. 2024): online DPO on two π_θ samples plus the self-improving gradient term.
+
+    The single-level objective ``J(θ) = E_{x,(y_w,y_l)~q_θ}[ℓ_θ]``, ``ℓ_θ = log σ(βΔ_θ)``, has the
+    gradient ``E[∇ℓ_θ] + E[ℓ_θ ∇log q_θ]``; the second part is added through
+    :func:`cdb.losses.sail_term` (a stop-gradient surrogate). Variants by where labels come from:
+
+    * ``'pr'`` — responses from π_θ, labels from the oracle: ``∇log q_θ = ∇log π_θ(y_w) + ∇log π_θ(y_l)``;
+    * ``'pp'`` — as ``'pr'``, but a fraction ``policy_label_fraction`` of the prompts is labelled by
+      the policy's own preference, sampled ``z ~ Bernoulli(σ(β·Δ_θ))`` (never sent to the oracle),
+      which adds the label term ``ℓ_θ ∇ℓ_θ`` for those pairs.
+
+    (SAIL-DP, on offline-dataset responses, is :func:`offline_dpo` territory and not built here.)
+    """
+    check_choice("sail", "variant", variant, ("pr", "pp"))
+    check_float("sail", "coefficient", coefficient, low=0.0, low_inclusive=False)
+    if variant == "pr":
+        return AlignmentAgent(reference, proposer=PolicySamples(2), policy_loss=loss, sail_coefficient=coefficient,
+                              name="sail_pr", **kwargs)
+    check_float("sail", "policy_label_fraction", policy_label_fraction, low=0.0, high=1.0)
+    labeler = MixedLabeler(1.0 - policy_label_fraction, model_pair="selected", label_mode="sample")
+    return AlignmentAgent(reference, proposer=PolicySamples(2), scorer="implicit_reward", labeler=labeler,
+                          policy_loss=loss, sail_coefficient=coefficient, name="sail_pp", **kwargs)

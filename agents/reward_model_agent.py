@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from cdb import selection
 from cdb.ensemble import LinearEnsemble, MLPEnsemble, RewardModel
@@ -28,6 +28,14 @@ from cdb.types import Duel, EnvSpec, Feedback, Observation
 def take_arm_features(features: jax.Array, arms: jax.Array) -> jax.Array:
     """``features [B, K, d]``, ``arms [B]`` → ``[B, d]``."""
     return jnp.take_along_axis(features, arms[:, None, None], axis=1)[:, 0]
+
+
+@struct.dataclass
+class RewardModelAgentState:
+    """The reward model's state, and the feature dimension it was built for (static)."""
+
+    reward_model: Any
+    feature_dim: int = struct.field(pytree_node=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,27 +54,40 @@ class RewardModelAgent:
                 f"{type(self.selector).__name__} needs at least {need} members"
             )
 
-    def init(self, key: jax.Array, spec: EnvSpec):
+    def init(self, key: jax.Array, spec: EnvSpec) -> RewardModelAgentState:
         check_feature_spec(self.name, spec)
-        return self.reward_model.init(key, spec.feature_dim)
+        return RewardModelAgentState(self.reward_model.init(key, spec.feature_dim), spec.feature_dim)
 
-    def scores(self, state, obs: Observation) -> jax.Array:
+    def scores(self, state: RewardModelAgentState, obs: Observation) -> jax.Array:
         """Member scores ``[B, E, K]`` of every arm."""
-        return jnp.swapaxes(self.reward_model.scores(state, obs.features), 0, 1)
+        check_observation(self.name, obs, state.feature_dim)
+        return jnp.swapaxes(self.reward_model.scores(state.reward_model, obs.features), 0, 1)
 
-    def select(self, key, state, obs: Observation):
-        chex.assert_rank(obs.features, 3)
+    def select(self, key, state: RewardModelAgentState, obs: Observation):
         arms = selection.select_pairs(self.selector, key, self.scores(state, obs))
         return Duel(arms=arms, query=jnp.ones(arms.shape[0], bool)), {}
 
-    def update(self, key, state, obs: Observation, duel: Duel, feedback: Feedback):
+    def update(self, key, state: RewardModelAgentState, obs: Observation, duel: Duel, feedback: Feedback):
+        check_observation(self.name, obs, state.feature_dim)
         first = take_arm_features(obs.features, duel.arms[:, 0])
         second = take_arm_features(obs.features, duel.arms[:, 1])
-        return self.reward_model.update(key, state, first, second, feedback.preference, feedback.queried)
+        rm_state, info = self.reward_model.update(key, state.reward_model, first, second, feedback.preference,
+                                                  feedback.queried)
+        return state.replace(reward_model=rm_state), info
 
     def recommend(self, key, state, obs: Observation) -> jax.Array:
         """Greedy arm under the member-mean score."""
         return jnp.argmax(self.scores(state, obs).mean(axis=1), axis=-1).astype(jnp.int32)
+
+
+def check_observation(name: str, obs: Observation, feature_dim: int) -> None:
+    """Arm features ``[B, K, d]`` with the ``d`` the agent was initialised for; a clear error otherwise."""
+    if obs.features is None or obs.features.ndim != 3:
+        shape = None if obs.features is None else obs.features.shape
+        raise ValueError(f"{name}: obs.features has shape {shape}; expected [batch, arms, {feature_dim}]")
+    if obs.features.shape[-1] != feature_dim:
+        raise ValueError(f"{name}: obs.features has feature dimension {obs.features.shape[-1]}; the agent was "
+                         f"initialised for feature_dim={feature_dim}")
 
 
 def check_feature_spec(name: str, spec: EnvSpec) -> None:

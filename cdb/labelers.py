@@ -79,22 +79,28 @@ class MixedLabeler:
 
     * ``model_pair='best_worst'`` — the pair ``(argmax_j r_e(j), argmin_j r_e(j))`` over the M
       candidates, labelled ``first ≻ second`` (the most informative self-labelled pair);
-    * ``model_pair='selected'`` — the selector's pair, labelled ``1[r_e(a₁) > r_e(a₂)]``.
+    * ``model_pair='selected'`` — the selector's pair, labelled ``1[r_e(a₁) > r_e(a₂)]``
+      (``label_mode='argmax'``) or ``z ~ Bernoulli(σ(r_e(a₁) − r_e(a₂)))`` (``label_mode='sample'``,
+      the model's own Bradley–Terry preference, as SAIL-PP labels with the implicit reward).
 
     With ``gamma=1`` every pair is an oracle pair.
     """
 
     gamma: float = 0.5
     model_pair: str = "best_worst"
+    label_mode: str = "argmax"
     uses_model_labels: ClassVar[bool] = True
 
     def __post_init__(self):
         check_float(self, "gamma", self.gamma, low=0.0, high=1.0)
         check_choice(self, "model_pair", self.model_pair, ("best_worst", "selected"))
+        check_choice(self, "label_mode", self.label_mode, ("argmax", "sample"))
+        if self.label_mode == "sample" and self.model_pair != "selected":
+            raise ValueError(f"MixedLabeler.label_mode={self.label_mode!r} needs model_pair='selected'")
 
     def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
         batch, members, _ = scores.shape
-        k_query, k_member = jax.random.split(key)
+        k_query, k_member, k_label = jax.random.split(key, 3)
         query = jax.random.uniform(k_query, (batch,)) < self.gamma
         member = jax.random.randint(k_member, (batch,), 0, members)
         member_scores = jnp.take_along_axis(scores, member[:, None, None], axis=1)[:, 0]  # [B, M]
@@ -106,8 +112,13 @@ class MixedLabeler:
         else:
             model_pairs = pairs
             pair_scores = jnp.take_along_axis(member_scores, pairs, axis=1)
-            informative = pair_scores[:, 0] != pair_scores[:, 1]
-            model_label = (pair_scores[:, 0] > pair_scores[:, 1]).astype(jnp.float32)
+            margin = pair_scores[:, 0] - pair_scores[:, 1]
+            if self.label_mode == "sample":
+                informative = jnp.ones(batch, bool)
+                model_label = jax.random.bernoulli(k_label, jax.nn.sigmoid(margin)).astype(jnp.float32)
+            else:
+                informative = margin != 0
+                model_label = (margin > 0).astype(jnp.float32)
         model_pairs = jnp.where(informative[:, None], model_pairs, pairs)
         return Labels(
             pairs=jnp.where(query[:, None], pairs, model_pairs),

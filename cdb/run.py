@@ -1,8 +1,8 @@
 """``cdb.run``: the experiment loop (purejaxrl style).
 
 For a pure-JAX environment the experiment is compiled: one round is a pure function, a block
-of ``eval_every`` rounds is a ``lax.scan``, and seeds are a ``vmap``; the compiled block is
-reused for every block, so a thousand seeds cost about one compilation. Between blocks the host
+of ``eval_every`` rounds is a ``lax.scan``, and seeds are a ``vmap``; the compiled block (and
+the compiled evaluation) is reused for every block, so a thousand seeds cost about one compilation. Between blocks the host
 records metrics, checks losses for NaN/inf, updates the progress bar and writes checkpoints.
 Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7).
 
@@ -222,9 +222,8 @@ class _CompiledRunner:
     def __init__(self, agent, env, params, seeds, shard_seeds):
         init, one_round, evaluation = _make_functions(agent, env, params, evaluate=True)
 
-        def block(carry: Carry, ts: jax.Array, eval_index: jax.Array):
-            carry, metrics = jax.lax.scan(one_round, carry, ts)
-            return carry, metrics, evaluation(carry, eval_index)
+        def block(carry: Carry, ts: jax.Array):
+            return jax.lax.scan(one_round, carry, ts)
 
         n_dev = jax.device_count()
         if shard_seeds is None:
@@ -239,7 +238,7 @@ class _CompiledRunner:
         else:
             self.sharding = None
         self.init = jax.jit(jax.vmap(init), **jit_kwargs)
-        self.block = jax.jit(jax.vmap(block, in_axes=(0, None, None)), **jit_kwargs)
+        self.block = jax.jit(jax.vmap(block, in_axes=(0, None)), **jit_kwargs)
         self.evaluate = jax.jit(jax.vmap(evaluation, in_axes=(0, None)), **jit_kwargs)
 
     def start(self, seed_keys):
@@ -248,8 +247,9 @@ class _CompiledRunner:
         return self.init(seed_keys)
 
     def run_block(self, carry, start, length, eval_index):
-        ts = jnp.arange(start, start + length, dtype=jnp.int32)
-        return self.block(carry, ts, jnp.int32(eval_index))
+        # the evaluation is its own compiled program, shared by round 0 and every block
+        carry, metrics = self.block(carry, jnp.arange(start, start + length, dtype=jnp.int32))
+        return carry, metrics, self.run_eval(carry, eval_index)
 
     def run_eval(self, carry, eval_index):
         return self.evaluate(carry, jnp.int32(eval_index))
@@ -366,5 +366,7 @@ def _check_finite(metrics, blocks, evals, done, eval_every, config):
 def _assemble(blocks, evals, eval_every, config) -> Results:
     metrics = {k: np.concatenate([b[k] for b in blocks], axis=1) for k in blocks[0]} if blocks else {}
     eval_metrics = {k: np.stack([e[k] for e in evals], axis=1) for k in evals[0]} if evals and evals[0] else {}
+    # an evaluation metric named like a per-round metric keeps both, the evaluation one prefixed
+    eval_metrics = {(f"eval_{k}" if k in metrics else k): v for k, v in eval_metrics.items()}
     eval_rounds = np.arange(len(evals)) * eval_every
     return Results(metrics, eval_rounds, eval_metrics, json.loads(json.dumps(config, default=str)))

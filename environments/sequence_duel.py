@@ -414,7 +414,7 @@ class SequenceDuel:
         """Plays ``duel`` (``arms`` ``[B, 2, L]``) on the current prompts, then draws the next prompts.
 
         ``info`` (each ``[B]`` float32): ``reward_first``, ``reward_second``, ``best_reward`` (Viterbi),
-        ``regret``, ``weak_regret``, ``strong_regret`` and, with a reference policy, ``win_rate`` =
+        ``regret``, ``weak_regret``, ``strong_regret`` and, with a reference policy, ``online_win_rate`` =
         ``½ Σ_{i=1,2} F(scale · (r*(y_i) − r*(y_ref)))`` for a fresh ``y_ref ~ π_ref(·|x)`` per prompt
         (an exact probability, not a coin flip).
         """
@@ -428,7 +428,7 @@ class SequenceDuel:
         if params.reference is not None:
             y_ref = self._reference_sample(k_ref, params, state.prompts)
             r_ref = gold_reward(params.tables, state.prompts, y_ref)
-            info["win_rate"] = 0.5 * (self._prob(params, r1, r_ref) + self._prob(params, r2, r_ref))
+            info["online_win_rate"] = 0.5 * (self._prob(params, r1, r_ref) + self._prob(params, r2, r_ref))
         state = state.replace(prompts=self._prompts(k_prompts, self.batch_size))
         return state, Observation(prompts=state.prompts), feedback, info
 

@@ -156,7 +156,7 @@ def test_step_info_matches_brute_force(env, params):
         np.testing.assert_allclose(info["strong_regret"][i], best - min(r1, r2), atol=1e-4)
     for k, v in info.items():
         assert v.shape == (B,) and v.dtype == jnp.float32, k
-    assert np.all((info["win_rate"] >= 0) & (info["win_rate"] <= 1))
+    assert np.all((info["online_win_rate"] >= 0) & (info["online_win_rate"] <= 1))
     assert next_obs.prompts.shape == (B, LP)
     np.testing.assert_array_equal(new_state.prompts, next_obs.prompts)
     np.testing.assert_array_equal(new_state.eval_prompts, state.eval_prompts)
@@ -172,7 +172,7 @@ def test_oracle_probability_matches_sigmoid(env, bare_params, many_steps):
     r1, r2 = np.asarray(info["reward_first"][0]), np.asarray(info["reward_second"][0])
     expected = 1 / (1 + np.exp(-0.7 * (r1 - r2)))
     np.testing.assert_allclose(freq, expected, atol=0.04)  # 4000 draws: sd <= 0.008
-    assert "win_rate" not in info  # no reference policy in these params
+    assert "online_win_rate" not in info  # no reference policy in these params
 
 
 def test_non_queried_rows_get_zero_preference(env, bare_params, many_steps):
@@ -395,7 +395,7 @@ def test_runs_under_cdb_run(env, params):
     )
     assert results.metrics["regret"].shape == (2, 4)
     assert np.all(results.metrics["regret"] > 0)
-    assert np.all((results.metrics["win_rate"] >= 0) & (results.metrics["win_rate"] <= 1))
+    assert np.all((results.metrics["online_win_rate"] >= 0) & (results.metrics["online_win_rate"] <= 1))
     for name in ("bai_regret", "win_rate", "gap_closed", "reward"):
         assert results.eval_metrics[name].shape == (2, 3), name
         assert np.all(np.isfinite(results.eval_metrics[name]))

@@ -1,0 +1,169 @@
+"""The headline experiment: oracle queries needed to align a toy LM, SEA against its baselines.
+
+Runs every agent of ``cdb.agents.alignment`` on the default ``SequenceDuel`` (V=16, Lp=4, L=8,
+B=16 prompts per round; a tiny causal transformer as the SFT reference), ``--seeds`` seeds each,
+and writes to ``--out``:
+
+* ``sample_efficiency.csv`` — every agent's per-round and per-evaluation metrics;
+* ``sample_efficiency.png`` — curves against oracle queries: E&E (cumulative regret, online win
+  rate of the duels played, smoothed) and BAI (offline win rate of greedy decoding against
+  reference samples, fraction of the reference-to-optimum gap closed);
+* ``queries_to_target.md`` — queries to reach a target on each metric, mean ± s.e., and the
+  ratio to online DPO with passive exploration (the paper's baseline),
+
+    python benchmarks/sample_efficiency.py                       # all agents, 5 seeds
+    python benchmarks/sample_efficiency.py --agents online_dpo sea_ee_ts sea_ee_ts_mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cdb  # noqa: E402
+from benchmarks.common import header, markdown_table, output_dir  # noqa: E402
+from cdb.agents import alignment as A  # noqa: E402
+from cdb.ensemble import LinearEnsemble  # noqa: E402
+from cdb.environments import SequenceDuel  # noqa: E402
+from cdb.features import ChainCountFeatures  # noqa: E402
+from cdb.losses import DAPLoss  # noqa: E402
+
+SMOOTH = 16  # rounds in the moving average of the online win rate
+
+
+def make_agents(ref, env: SequenceDuel, rounds: int) -> dict:
+    chain = ChainCountFeatures(env.vocab_size)
+    return {
+        "online_dpo": lambda: A.online_dap(ref, loss=DAPLoss("dpo")),
+        "online_ipo": lambda: A.online_dap(ref, loss=DAPLoss("ipo")),
+        "online_slic": lambda: A.online_dap(ref, loss=DAPLoss("slic")),
+        "offline_dpo": lambda: A.offline_dpo(ref, budget=rounds * env.batch_size // 2),
+        "frozen_sampler_dpo": lambda: A.frozen_sampler_dpo(ref),
+        "sea_ee_ts": lambda: A.sea(ref, rule="ee_ts"),
+        "sea_bai_ts": lambda: A.sea(ref, rule="bai_ts"),
+        "sea_ee_ts_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5),
+        "sea_ee_ts_chain": lambda: A.sea(ref, rule="ee_ts", features=chain,
+                                         reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)),
+        "sea_ee_ts_chain_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5, features=chain,
+                                               reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)),
+        "apl": lambda: A.apl(ref),
+        "xpo": lambda: A.xpo(ref),
+        "ee4llm": lambda: A.ee4llm(ref),
+        "nash_md": lambda: A.nash_md(ref),
+        "sail_pr": lambda: A.sail(ref, variant="pr"),
+    }
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average along rounds, ``[seeds, T]``."""
+    csum = np.cumsum(values, axis=1)
+    out = np.empty_like(csum)
+    out[:, :window] = csum[:, :window] / np.arange(1, min(window, values.shape[1]) + 1)
+    out[:, window:] = (csum[:, window:] - csum[:, :-window]) / window
+    return out
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=256)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--eval-every", type=int, default=8)
+    parser.add_argument("--agents", nargs="+", default=None)
+    parser.add_argument("--online-target", type=float, default=0.8, help="target online win rate (smoothed)")
+    parser.add_argument("--gap-target", type=float, default=0.5, help="target fraction of the gap closed")
+    parser.add_argument("--out", default="results/sample_efficiency")
+    parser.add_argument("--tiny", action="store_true", help="a tiny environment (for tests)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    print(header(), flush=True)
+    if args.tiny:
+        from cdb.environments.reference_policy import ReferenceConfig
+
+        env = SequenceDuel(vocab_size=6, prompt_length=2, response_length=3, batch_size=4, eval_batch_size=8,
+                           eval_reference_samples=2,
+                           reference_config=ReferenceConfig(num_layers=1, d_model=16, num_heads=2, d_ff=32,
+                                                            train_steps=60, train_batch_size=32, eval_size=64))
+    else:
+        env = SequenceDuel()
+    start = time.perf_counter()
+    ref = env.reference
+    print(f"reference policy: {'loaded' if ref.loaded_from_cache else 'trained'} in "
+          f"{time.perf_counter() - start:.1f}s; NLL {ref.report.get('nll', float('nan')):.2f} vs teacher entropy "
+          f"{ref.report.get('teacher_entropy', float('nan')):.2f}", flush=True)
+    factories = make_agents(ref, env, args.rounds)
+    names = args.agents or list(factories)
+    unknown = sorted(set(names) - set(factories))
+    if unknown:
+        raise SystemExit(f"unknown agents {unknown}; choose from {sorted(factories)}")
+    out = output_dir(args.out)
+
+    results, frames = {}, []
+    for name in names:
+        start = time.perf_counter()
+        res = cdb.run(factories[name](), env, rounds=args.rounds, seeds=args.seeds, eval_every=args.eval_every,
+                      key=0, progress=not args.no_progress)
+        res.metrics["online_win_rate_smoothed"] = smoothed(res.metrics["online_win_rate"], SMOOTH)
+        results[name] = res
+        res.save(out / f"{name}.npz")
+        frame = res.to_dataframe()
+        frame.insert(0, "agent", name)
+        frames.append(frame)
+        print(f"{name:24s} {time.perf_counter() - start:6.1f}s  final gap closed "
+              f"{res.final('gap_closed')[0]:.3f}  online win {res.final('online_win_rate_smoothed')[0]:.3f}  "
+              f"queries {res.final('cumulative_queries')[0]:.0f}", flush=True)
+    pd.concat(frames, ignore_index=True).to_csv(out / "sample_efficiency.csv", index=False)
+
+    targets = [("online_win_rate_smoothed", args.online_target, "E&E: online win rate (16-round mean)"),
+               ("gap_closed", args.gap_target, "BAI: gap closed (greedy policy)")]
+    rows = []
+    baseline = {m: results["online_dpo"] and cdb.queries_to_target(results["online_dpo"], m, t, "above")
+                for m, t, _ in targets} if "online_dpo" in results else {}
+    for name, res in results.items():
+        row = {"agent": name}
+        for metric, target, label in targets:
+            hit = cdb.queries_to_target(res, metric, target, "above")
+            ratio = ""
+            if metric in baseline and hit.reached and baseline[metric].reached:
+                ratio = f" ({hit.mean / baseline[metric].mean:.2f}× online DPO)"
+            row[f"{label} ≥ {target}"] = f"{hit}{ratio}"
+        regret, regret_se = res.final("cumulative_regret")
+        row["final cumulative regret"] = f"{regret:.0f} ± {regret_se:.0f}"
+        row["final win rate"] = "{:.3f} ± {:.3f}".format(*res.final("win_rate"))
+        rows.append(row)
+    table = markdown_table(rows, list(rows[0]))
+    (out / "queries_to_target.md").write_text(table + "\n")
+    print()
+    print(f"queries to target, {args.seeds} seeds, {args.rounds} rounds × B={env.batch_size}; mean ± s.e. over "
+          "seeds that reached it")
+    print(table)
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for name, res in results.items():
+        res.plot("cumulative_regret", x="queries", ax=axes[0, 0], label=name)
+        res.plot("online_win_rate_smoothed", x="queries", ax=axes[0, 1], label=name)
+        res.plot("win_rate", x="queries", ax=axes[1, 0], label=name)
+        res.plot("gap_closed", x="queries", ax=axes[1, 1], label=name)
+    titles = ["E&E: cumulative regret", "E&E: online win rate vs π_ref (16-round mean)",
+              "BAI: win rate of greedy π_θ vs π_ref", "BAI: fraction of the gap closed"]
+    for ax, title in zip(axes.ravel(), titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out / "sample_efficiency.png", dpi=120)
+    print(f"\nwrote {out / 'sample_efficiency.csv'}, {out / 'sample_efficiency.png'}, {out / 'queries_to_target.md'}")
+    return pd.concat(frames, ignore_index=True)
+
+
+if __name__ == "__main__":
+    main()
