@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from cdb import replay
-from cdb.agents.reward_model_agent import check_feature_spec, take_arm_features
+from cdb.agents.reward_model_agent import check_feature_spec, check_observation, take_arm_features
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -319,7 +318,7 @@ class LinearDuelingAgent:
 
     def select(self, key: Array, state: LinearState, obs: Observation) -> tuple[Duel, dict[str, Array]]:
         """One duel per context, each drawn independently from the same state (one key per context)."""
-        chex.assert_rank(obs.features, 3)
+        check_observation(self.name, obs, state.theta.shape[-1])
         batch, k = obs.features.shape[:2]
         keys = jax.random.split(key, batch)
         arms, info = jax.vmap(self._select_or_explore, in_axes=(0, None, 0))(keys, state, obs.features)
@@ -335,6 +334,7 @@ class LinearDuelingAgent:
         self, key: Array, state: LinearState, obs: Observation, duel: Duel, feedback: Feedback
     ) -> tuple[LinearState, dict[str, Array]]:
         """Adds the queried pairs to ``V``, ``V⁻¹`` and the buffer, then refits ``θ̂``. Info: ``mle_loss``."""
+        check_observation(self.name, obs, state.theta.shape[-1])
         state = learn_pairs(
             state,
             obs.features,
@@ -353,6 +353,7 @@ class LinearDuelingAgent:
 
     def recommend(self, key: Array, state: LinearState, obs: Observation) -> Array:
         """``argmax_a θ̂ᵀφ(x, a)`` per context, ``[B]`` int32."""
+        check_observation(self.name, obs, state.theta.shape[-1])
         scores = jnp.einsum("bkd,d->bk", obs.features, state.theta, precision=_HI)
         return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 

@@ -61,6 +61,7 @@ from cdb.agents.linear import (
     random_distinct_pair,
     sherman_morrison,
 )
+from cdb.agents.reward_model_agent import check_observation
 from cdb.types import Duel, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -103,6 +104,7 @@ class OptimalDesignAgent(LinearDuelingAgent):
     """
 
     def select(self, key: Array, state: LinearState, obs: Observation) -> tuple[Duel, dict[str, Array]]:
+        check_observation(self.name, obs, state.theta.shape[-1])
         batch, k = obs.features.shape[:2]
         keys = jax.random.split(key, batch)
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--agents", nargs="+", default=DEFAULT_AGENTS, choices=list(AGENTS), metavar="AGENT")
     parser.add_argument("--envs", nargs="+", default=["LinearDuel", "NeuralDuel"], choices=["LinearDuel", "NeuralDuel"])
-    parser.add_argument("--out", default="results/regret_curves")
+    parser.add_argument("--out", default="benchmarks/results/regret_curves")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     print(header(), flush=True)
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     fig.savefig(out / "regret_curves.png", dpi=120)
     print()
     print(f"{args.rounds} rounds × B={args.batch} duels, {args.seeds} seeds; mean ± s.e. at the last round")
-    print(markdown_table(rows, ["env", "agent", "cumulative regret", "BAI regret", "seconds"]))
+    table = markdown_table(rows, ["env", "agent", "cumulative regret", "BAI regret", "seconds"])
+    print(table)
+    (out / "regret_curves.md").write_text(table + "\n")
     print(f"\nwrote {out / 'regret_curves.csv'} and {out / 'regret_curves.png'}")
     return table
 

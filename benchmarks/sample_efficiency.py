@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--agents", nargs="+", default=None)
     parser.add_argument("--online-target", type=float, default=0.8, help="target online win rate (smoothed)")
     parser.add_argument("--gap-target", type=float, default=0.5, help="target fraction of the gap closed")
-    parser.add_argument("--out", default="results/sample_efficiency")
+    parser.add_argument("--out", default="benchmarks/results/sample_efficiency")
     parser.add_argument("--tiny", action="store_true", help="a tiny environment (for tests)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--from-saved", action="store_true", help="re-make table and figure from <out>/*.npz")
     args = parser.parse_args(argv)
     print(header(), flush=True)
     if args.tiny:
@@ -111,11 +112,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     results, frames = {}, []
     for name in names:
         start = time.perf_counter()
-        res = cdb.run(factories[name](), env, rounds=args.rounds, seeds=args.seeds, eval_every=args.eval_every,
-                      key=0, progress=not args.no_progress)
-        res.metrics["online_win_rate_smoothed"] = smoothed(res.metrics["online_win_rate"], SMOOTH)
+        if args.from_saved:
+            res = cdb.Results.load(out / f"{name}.npz")
+        else:
+            res = cdb.run(factories[name](), env, rounds=args.rounds, seeds=args.seeds, eval_every=args.eval_every,
+                          key=0, progress=not args.no_progress)
+            res.metrics["online_win_rate_smoothed"] = smoothed(res.metrics["online_win_rate"], SMOOTH)
+            res.save(out / f"{name}.npz")
         results[name] = res
-        res.save(out / f"{name}.npz")
         frame = res.to_dataframe()
         frame.insert(0, "agent", name)
         frames.append(frame)
@@ -148,7 +152,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           "seeds that reached it")
     print(table)
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    colors = plt.get_cmap("tab20").colors
+    for ax in axes.ravel():
+        ax.set_prop_cycle(color=colors[: len(results)])
     for name, res in results.items():
         res.plot("cumulative_regret", x="queries", ax=axes[0, 0], label=name)
         res.plot("online_win_rate_smoothed", x="queries", ax=axes[0, 1], label=name)
@@ -158,7 +165,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
               "BAI: win rate of greedy π_θ vs π_ref", "BAI: fraction of the gap closed"]
     for ax, title in zip(axes.ravel(), titles, strict=True):
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=6, frameon=False)
+    axes[0, 0].legend(fontsize=7, frameon=False, ncol=2)
+    for ax in axes.ravel()[1:]:
+        if ax.get_legend():
+            ax.get_legend().remove()
     fig.tight_layout()
     fig.savefig(out / "sample_efficiency.png", dpi=120)
     print(f"\nwrote {out / 'sample_efficiency.csv'}, {out / 'sample_efficiency.png'}, {out / 'queries_to_target.md'}")

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--numpy-seeds", type=int, default=8, help="seeds timed for the NumPy loop")
     parser.add_argument("--repeats", type=int, default=3, help="timed JAX runs; the best is reported")
-    parser.add_argument("--out", default="results/throughput")
+    parser.add_argument("--out", default="benchmarks/results/throughput")
     args = parser.parse_args(argv)
     print(header(), flush=True)
     model = LinearEnsemble(num_members=args.members, prior_scale=1.0, noise_scale=0.5, regularization=1.0)

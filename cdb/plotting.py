@@ -15,10 +15,7 @@ if TYPE_CHECKING:
 
 def plot_curve(results: Results, metric: str, *, x: str = "round", ax=None, label: str | None = None):
     """Draws one agent's curve with a one-standard-error band; returns the figure."""
-    import matplotlib
-
     if ax is None:
-        matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5, 3.5))

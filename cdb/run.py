@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from cdb.metrics import round_metrics, scalar_info
 from cdb.results import Results

@@ -158,13 +158,14 @@ class EETS:
         scores = _as_scores(self, scores)
         k_member, k_tries, k_fallback = jax.random.split(key, 3)
         member = _random_member(k_member, scores.shape[0])
-        a1 = jnp.argmax(scores[member])
+        member_best = jnp.argmax(scores, axis=-1)  # [E], each member's argmax, computed once
+        a1 = member_best[member]
         tries = _other_members(k_tries, member, scores.shape[0], self.max_tries)
         if self.fallback == "second_best":
             fallback = _argmax_excluding(scores[member], a1)
         else:
             fallback = _uniform_other(k_fallback, a1, scores.shape[1])
-        return _pair(a1, _first_different(jnp.argmax(scores[tries], axis=-1), a1, fallback))
+        return _pair(a1, _first_different(member_best[tries], a1, fallback))
 
 
 @dataclasses.dataclass(frozen=True)
