@@ -1,7 +1,8 @@
 """Decisions per second: compiled, vmapped E&E-TS against the same algorithm as a NumPy loop.
 
-Both sides run one algorithm: LinearDuel (K arms with features φ ~ N(0, I/d), θ* on the unit
-sphere, Bradley–Terry oracle), linear-Gaussian ensemble heads by ensemble sampling with
+Both sides run one algorithm: LinearDuel (K arms with features φ ~ N(0, I/d) drawn from a fixed
+pool of 4096 contexts — ``LinearDuel(context_pool=4096)``, so a round costs B random indices
+rather than B·K·d normals — θ* on the unit sphere, Bradley–Terry oracle), linear-Gaussian ensemble heads by ensemble sampling with
 Sherman–Morrison updates (``cdb.ensemble.LinearEnsemble``), and SEA's E&E-TS rule
 (``cdb.selection.EETS``: a random member's argmax, then the argmax of the first further random
 member that disagrees, else the first member's second best).
@@ -35,10 +36,14 @@ from benchmarks.common import header, output_dir  # noqa: E402
 from cdb.agents import ee_ts  # noqa: E402
 from cdb.ensemble import LinearEnsemble  # noqa: E402
 from cdb.environments import LinearDuel  # noqa: E402
+from cdb.environments.feature_duel import make_context_pool  # noqa: E402
+
+POOL = 4096
 
 
 def numpy_ee_ts(seed: int, rounds: int, arms: int, dim: int, batch: int, members: int, max_tries: int,
-                scale: float, prior_scale: float, noise_scale: float, regularization: float) -> float:
+                scale: float, prior_scale: float, noise_scale: float, regularization: float,
+                pool: np.ndarray) -> float:
     """One seed of E&E-TS with linear-Gaussian ensemble heads on LinearDuel, in NumPy.
 
     Returns the cumulative average regret (so the work cannot be optimised away).
@@ -51,7 +56,7 @@ def numpy_ee_ts(seed: int, rounds: int, arms: int, dim: int, batch: int, members
     rows = np.arange(batch)
     regret = 0.0
     for _ in range(rounds):
-        phi = rng.normal(size=(batch, arms, dim)) / np.sqrt(dim)
+        phi = pool[rng.integers(len(pool), size=batch)]
         scores = np.einsum("bkd,ed->bek", phi, theta)  # [B, E, K]
         first_member = rng.integers(members, size=batch)
         first_scores = scores[rows, first_member]  # [B, K]
@@ -92,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(header(), flush=True)
     model = LinearEnsemble(num_members=args.members, prior_scale=1.0, noise_scale=0.5, regularization=1.0)
     agent = ee_ts(reward_model=model, max_tries=8)
-    env = LinearDuel(num_arms=args.arms, feature_dim=args.dim, batch_size=args.batch, eval_batch_size=8, scale=8.0)
+    env = LinearDuel(num_arms=args.arms, feature_dim=args.dim, batch_size=args.batch, eval_batch_size=8, scale=8.0,
+                     context_pool=POOL)
+    pool = make_context_pool(POOL, args.arms, args.dim, env.pool_seed).astype(np.float64)
     decisions = args.seeds * args.rounds * args.batch
 
     start = time.perf_counter()
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     numpy_regrets = [
-        numpy_ee_ts(s, args.rounds, args.arms, args.dim, args.batch, args.members, 8, 8.0, 1.0, 0.5, 1.0)
+        numpy_ee_ts(s, args.rounds, args.arms, args.dim, args.batch, args.members, 8, 8.0, 1.0, 0.5, 1.0, pool)
         for s in range(args.numpy_seeds)
     ]
     numpy_seconds = time.perf_counter() - start

@@ -72,7 +72,7 @@ class FeatureDuelState:
 
 
 @functools.lru_cache(maxsize=8)
-def _context_pool(size: int, num_arms: int, feature_dim: int, seed: int) -> np.ndarray:
+def make_context_pool(size: int, num_arms: int, feature_dim: int, seed: int) -> np.ndarray:
     """A fixed pool of contexts ``[P, K, d]`` with features ``N(0, I/d)`` (a host constant)."""
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((size, num_arms, feature_dim)) / np.sqrt(feature_dim)).astype(np.float32)
@@ -161,7 +161,7 @@ class FeatureDuel:
         """A round's contexts ``[batch, K, d]``: fresh draws, or uniform draws from the pool."""
         if self.context_pool is None:
             return self._fresh_features(key, batch)
-        pool = _context_pool(self.context_pool, self.num_arms, self.feature_dim, self.pool_seed)
+        pool = make_context_pool(self.context_pool, self.num_arms, self.feature_dim, self.pool_seed)
         return jnp.asarray(pool)[jax.random.randint(key, (batch,), 0, self.context_pool)]
 
     def reset(self, key: Array, params: DuelParams) -> tuple[FeatureDuelState, Observation]:
