@@ -11,6 +11,8 @@ pairs never reach the oracle (Oat leaks oracle labels there; this library does n
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import math
 from typing import ClassVar
 
 import jax
@@ -149,6 +151,7 @@ class EntropyQueries:
             raise ValueError("EntropyQueries needs the candidates' log-probabilities under the policy")
         batch = pairs.shape[0]
         entropy = -jnp.mean(policy_logprob, axis=-1)  # [B]
-        k = max(1, int(-(-self.fraction * batch // 1)))
+        # exact ceil(fraction · B): in floating point 0.07 · 100 would round up to 8
+        k = max(1, math.ceil(fractions.Fraction(str(self.fraction)) * batch))
         rank = jnp.argsort(jnp.argsort(-entropy))  # 0 = highest entropy
         return _oracle_only(pairs, rank < k)

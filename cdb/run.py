@@ -203,7 +203,7 @@ def _value_key(tree) -> tuple:
     return (treedef, tuple((a.shape, a.dtype.str, a.tobytes()) for a in arrays))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _cached_runner_for_key(key) -> dict:
     return {}
 

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sequence_fixtures as seq
+from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
 import cdb
 from cdb import agents
@@ -58,9 +60,9 @@ class TraceCounted:
     agent: Any
 
     def __post_init__(self):
-        # init: once (vmapped); select/update: once inside the compiled block; recommend: the
-        # round-0 evaluation and the block's evaluation.
-        for name, n in (("init", 1), ("select", 1), ("update", 1), ("recommend", 2)):
+        # init, select, update and recommend: each traced once (init and the evaluation are
+        # compiled programs of their own; select/update live inside the compiled block).
+        for name, n in (("init", 1), ("select", 1), ("update", 1), ("recommend", 1)):
             object.__setattr__(self, name, chex.assert_max_traces(getattr(self.agent, name), n=n))
 
 
@@ -118,3 +120,63 @@ def test_feature_agents_reject_featureless_environments():
 def test_ts_rules_need_two_members():
     with pytest.raises(ValueError, match="num_members"):
         agents.ee_ts(reward_model=LinearEnsemble(num_members=1))
+
+
+# --------------------------------------------------------------------------------------------
+# Tier 2: every alignment agent on the tiny SequenceDuel (one run program per agent, shared
+# with test_alignment_agents through sequence_fixtures.checked_agent).
+# --------------------------------------------------------------------------------------------
+
+ORACLE_ONLY = {"frozen_sampler_dpo", "online_dpo", "online_ipo", "online_slic", "sea_ee_ts", "sea_bai_ts", "xpo",
+               "ee4llm", "nash_md"}
+
+
+def _expected_queries(agent_name: str, agent) -> np.ndarray | None:
+    """Oracle queries per round ``[ROUNDS]`` that the agent's labeler prescribes (None: random)."""
+    if agent_name in ORACLE_ONLY:
+        return np.full(seq.ROUNDS, seq.B)
+    if agent_name == "offline_dpo":  # the first `budget` pairs, none after
+        return np.diff(np.minimum(np.arange(seq.ROUNDS + 1) * seq.B, agent.labeler.budget))
+    if agent_name == "apl":  # ceil(fraction · B) highest-entropy prompts
+        return np.full(seq.ROUNDS, int(np.ceil(agent.labeler.fraction * seq.B)))
+    return None
+
+
+@pytest.mark.parametrize("agent_name", seq.AGENT_NAMES)
+def test_alignment_agent_contract(agent_name, tiny_env):  # noqa: F811
+    env = tiny_env
+    checked = seq.checked_agent(env, agent_name)
+    assert (env.spec.prompt_length, env.spec.response_length, env.spec.vocab_size) == (seq.LP, seq.L, seq.V)
+    chex.clear_trace_counter()
+    # Shapes, dtypes and scalar infos are asserted by CheckedAgent while cdb.run traces; tracing
+    # more than once (a retrace across the blocks) raises inside the run.
+    results = cdb.run(checked, env, rounds=seq.ROUNDS, seeds=seq.SEEDS, eval_every=seq.EVAL_EVERY, progress=False)
+    m = results.metrics
+    assert m["duels"].shape == (seq.SEEDS, seq.ROUNDS)
+    np.testing.assert_array_equal(m["duels"], seq.B)
+    assert m["duels"].sum() == seq.ROUNDS * seq.SEEDS * seq.B
+    np.testing.assert_array_equal(m["tokens_in_range"], 1)
+    # The environment's query count (feedback.queried) is the number of pairs the agent marked.
+    np.testing.assert_array_equal(m["queries"], m["marked_for_oracle"])
+    expected = _expected_queries(agent_name, checked.agent)
+    if expected is not None:
+        np.testing.assert_array_equal(m["queries"], np.broadcast_to(expected, m["queries"].shape))
+        np.testing.assert_array_equal(m["model_labelled"], 0)
+    else:  # SEA's mixed labels: model-labelled pairs are never queries
+        assert np.all(m["queries"] + m["model_labelled"] <= m["duels"])
+        assert 0 < m["queries"].sum() < m["duels"].sum()
+    if "rm_correct" in m:  # correct rankings are counted among the oracle pairs only
+        assert np.all((m["rm_correct"] >= 0) & (m["rm_correct"] <= m["queries"]))
+    for name, values in {**m, **results.eval_metrics}.items():
+        assert np.all(np.isfinite(values)), f"{agent_name}: {name} has NaN/inf"
+    assert np.all(m["regret"] >= -1e-4) and np.all(m["weak_regret"] <= m["strong_regret"] + 1e-5)
+    assert results.eval_metrics["bai_regret"].shape == (seq.SEEDS, seq.ROUNDS // seq.EVAL_EVERY + 1)
+
+    # Same key, same results; another key, other results (both reuse the compiled programs).
+    again = cdb.run(checked, env, rounds=seq.ROUNDS, seeds=seq.SEEDS, eval_every=seq.EVAL_EVERY, progress=False)
+    for name in m:
+        np.testing.assert_array_equal(again.metrics[name], m[name], err_msg=name)
+    for name in results.eval_metrics:
+        np.testing.assert_array_equal(again.eval_metrics[name], results.eval_metrics[name], err_msg=name)
+    other = cdb.run(checked, env, rounds=seq.ROUNDS, seeds=seq.SEEDS, eval_every=seq.EVAL_EVERY, key=7, progress=False)
+    assert not np.array_equal(other.metrics["regret"], m["regret"])
