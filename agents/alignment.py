@@ -3,21 +3,17 @@
 One class, :class:`AlignmentAgent`, runs every agent of the SEA paper's comparison (Liu et al.
 2024, "Sample-Efficient Alignment for LLMs"); they differ by configuration only (DESIGN §4):
 
-=====================  ====================  ==================  ==============  ====================  ===================
-agent                  proposer              scorer              selector        labeler               learners
-=====================  ====================  ==================  ==============  ====================  ===================
-offline DPO            π_ref, M=2            –                   random pair     first N pairs         DPO on the dataset
-frozen-sampler DPO     π_ref, M=2            –                   random pair     oracle                DPO online
-online DPO/IPO/SLiC    π_θ, M=2              –                   random pair     oracle                DAP online
-SEA                    π_θ, M               ensemble            E&E-/BAI-TS     oracle w.p. γ, else   DAP + reward model
-                                                                                 a random member
-APL                    π_θ, M               implicit reward     max margin      top-entropy prompts   DPO online
-XPO                    π_θ and π_ref        –                   the pair        oracle                DPO + α·log π_θ(ỹ_ref)
-EE4LLM                 π_ref, M             ensemble            double TS /     oracle                reward model only
-                                                                 infomax                               (best-of-N policy)
-Nash-MD / online IPO   π_θ^{1−β}π_ref^{β}    –                   random pair     oracle                IPO online
-SAIL                   π_θ, M=2              –                   random pair     oracle / model        DPO + self-improving term
-=====================  ====================  ==================  ==============  ====================  ===================
+* offline DPO — π_ref, M=2 → random pair → the first N pairs to the oracle → DPO on that dataset;
+* frozen-sampler DPO — π_ref, M=2 → random pair → oracle → DPO online;
+* online DPO / IPO / SLiC — π_θ, M=2 → random pair → oracle → DAP online;
+* SEA — π_θ, M → ensemble scores → E&E-TS / BAI-TS → oracle with probability γ, else a random
+  member labels the pair → DAP on both + the reward model on oracle pairs;
+* APL — π_θ, M → implicit reward → max margin → the highest-entropy prompts → DPO online;
+* XPO — one π_θ and one π_ref sample → the pair → oracle → DPO + α·log π_θ(ỹ_ref);
+* EE4LLM — π_ref, M → ensemble → double TS / infomax → oracle → the reward model only
+  (best-of-N policy);
+* Nash-MD / online IPO — the geometric mixture π_θ^{1−β}π_ref^{β}, M=2 → random pair → oracle → IPO;
+* SAIL — π_θ, M=2 → random pair → oracle / the policy's own preference → DPO + self-improving term.
 
 A round, for a batch of B prompts::
 
@@ -144,17 +140,23 @@ class AlignmentAgent:
         check_float(self, "sail_coefficient", self.sail_coefficient, low=0.0)
         check_int(self, "best_of_n", self.best_of_n, low=1)
         if self.labeler.uses_model_labels and self.scorer == "none":
-            raise ValueError(f"{self.name}: labeler={type(self.labeler).__name__} labels pairs with the scorer's "
-                             "model; scorer='none' is not allowed with it (use 'ensemble' or 'implicit_reward')")
+            raise ValueError(
+                f"{self.name}: labeler={type(self.labeler).__name__} labels pairs with the scorer's "
+                "model; scorer='none' is not allowed with it (use 'ensemble' or 'implicit_reward')"
+            )
         needs_rm = self.scorer == "ensemble" or self.recommend_with == "best_of_n"
         if needs_rm and self.reward_model is None:
-            raise ValueError(f"{self.name}: reward_model=None is not allowed with scorer={self.scorer!r}, "
-                             f"labeler={type(self.labeler).__name__}, recommend_with={self.recommend_with!r}; "
-                             "expected a cdb.ensemble reward model")
+            raise ValueError(
+                f"{self.name}: reward_model=None is not allowed with scorer={self.scorer!r}, "
+                f"labeler={type(self.labeler).__name__}, recommend_with={self.recommend_with!r}; "
+                "expected a cdb.ensemble reward model"
+            )
         members = self.reward_model.num_members if self.scorer == "ensemble" else 1
         if members < self.selector.min_members:
-            raise ValueError(f"{self.name}: reward_model.num_members={members} is out of range; "
-                             f"{type(self.selector).__name__} needs at least {self.selector.min_members}")
+            raise ValueError(
+                f"{self.name}: reward_model.num_members={members} is out of range; "
+                f"{type(self.selector).__name__} needs at least {self.selector.min_members}"
+            )
         if self.proposer.num_candidates < 2:
             raise ValueError(f"{self.name}: proposer.num_candidates={self.proposer.num_candidates}; expected >= 2")
         if self.scorer == "implicit_reward" and self.policy_loss is None:
@@ -181,12 +183,16 @@ class AlignmentAgent:
 
     def init(self, key: Array, spec: EnvSpec) -> AlignmentState:
         if spec.prompt_length is None or spec.response_length is None:
-            raise ValueError(f"{self.name} needs a token environment (EnvSpec.prompt_length, response_length); got {spec}")
+            raise ValueError(
+                f"{self.name} needs a token environment (EnvSpec.prompt_length, response_length); got {spec}"
+            )
         expected = (self.reference.prompt_length, self.reference.response_length)
         if (spec.prompt_length, spec.response_length) != expected:
-            raise ValueError(f"{self.name}: the environment has prompt_length={spec.prompt_length}, "
-                             f"response_length={spec.response_length}; the reference policy was built for "
-                             f"prompt_length={expected[0]}, response_length={expected[1]}")
+            raise ValueError(
+                f"{self.name}: the environment has prompt_length={spec.prompt_length}, "
+                f"response_length={spec.response_length}; the reference policy was built for "
+                f"prompt_length={expected[0]}, response_length={expected[1]}"
+            )
         params = self.reference.params if self._trains_policy else None
         opt_state = self._optimizer().init(params) if self._trains_policy else None
         rm_state = None
@@ -304,8 +310,10 @@ class AlignmentAgent:
         data = state.dataset
         slots = jnp.where(oracle, data.size + jnp.cumsum(oracle) - 1, data.prompts.shape[0])  # full: dropped
         data = data.replace(
-            **{k: getattr(data, k).at[slots].set(batch[k], mode="drop")
-               for k in ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")},
+            **{
+                k: getattr(data, k).at[slots].set(batch[k], mode="drop")
+                for k in ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")
+            },
             size=jnp.minimum(data.size + jnp.sum(oracle, dtype=jnp.int32), data.prompts.shape[0]),
         )
         full = data.size == data.prompts.shape[0]
@@ -325,18 +333,34 @@ class AlignmentAgent:
             scored = score_responses(self.policy, p, prompts2, responses).logprob
             chosen, rejected = jnp.split(scored, 2)
             lengths = jnp.full(chosen.shape, length, jnp.float32)
-            loss, info = self.policy_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"],
-                                          chosen_length=lengths, rejected_length=lengths, weight=batch["weight"])
+            loss, info = self.policy_loss(
+                chosen,
+                rejected,
+                batch["ref_chosen"],
+                batch["ref_rejected"],
+                chosen_length=lengths,
+                rejected_length=lengths,
+                weight=batch["weight"],
+            )
             if self.xpo_alpha > 0:
-                ref_sample_logprob = score_responses(self.policy, p, batch["prompts"], batch["reference_sample"]).logprob
+                ref_sample_logprob = score_responses(
+                    self.policy, p, batch["prompts"], batch["reference_sample"]
+                ).logprob
                 loss = loss + xpo_term(ref_sample_logprob, self.xpo_alpha, weight=batch["weight"])
             if self.sail_coefficient > 0:
                 # oracle-labelled pairs: SAIL-PR's response term; pairs labelled by the policy's own
                 # sampled preference: SAIL-PP's response and label terms (Ding et al. 2024)
                 for variant, rows in (("pr", batch["oracle"]), ("pp", batch["model"])):
-                    loss = loss + sail_term(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"],
-                                            beta=self.policy_loss.beta, coefficient=self.sail_coefficient,
-                                            variant=variant, weight=rows)
+                    loss = loss + sail_term(
+                        chosen,
+                        rejected,
+                        batch["ref_chosen"],
+                        batch["ref_rejected"],
+                        beta=self.policy_loss.beta,
+                        coefficient=self.sail_coefficient,
+                        variant=variant,
+                        weight=rows,
+                    )
             return loss, info
 
         def step(carry, _):
@@ -371,20 +395,34 @@ class AlignmentAgent:
 
 def default_ensemble(num_members: int = 8) -> MLPEnsemble:
     """SEA's epistemic reward model, sized for the toy policy's 32-dimensional features."""
-    return MLPEnsemble(num_members=num_members, hidden_sizes=(64, 64), prior_scale=1.0, steps_per_update=2,
-                       batch_size=64, buffer_capacity=4096, learning_rate=3e-3)
+    return MLPEnsemble(
+        num_members=num_members,
+        hidden_sizes=(64, 64),
+        prior_scale=1.0,
+        steps_per_update=2,
+        batch_size=64,
+        buffer_capacity=4096,
+        learning_rate=3e-3,
+    )
 
 
 def offline_dpo(reference, budget: int, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
     """Offline DPO: ``budget`` pairs from π_ref labelled once (the first rounds), then DPO on that dataset."""
-    return AlignmentAgent(reference, proposer=ReferenceSamples(2), labeler=QueryBudget(budget), policy_loss=loss,
-                          name="offline_dpo", **kwargs)
+    return AlignmentAgent(
+        reference,
+        proposer=ReferenceSamples(2),
+        labeler=QueryBudget(budget),
+        policy_loss=loss,
+        name="offline_dpo",
+        **kwargs,
+    )
 
 
 def frozen_sampler_dpo(reference, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
     """Online DPO whose sampler never moves: pairs from π_ref each round, labelled online (Oat's "offline")."""
-    return AlignmentAgent(reference, proposer=ReferenceSamples(2), policy_loss=loss, name="frozen_sampler_dpo",
-                          **kwargs)
+    return AlignmentAgent(
+        reference, proposer=ReferenceSamples(2), policy_loss=loss, name="frozen_sampler_dpo", **kwargs
+    )
 
 
 def online_dap(reference, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
@@ -428,42 +466,80 @@ def sea(
     )
 
 
-def apl(reference, *, num_candidates: int = 8, query_fraction: float = 0.5, loss: DAPLoss = DAPLoss("dpo"),
-        **kwargs) -> AlignmentAgent:
+def apl(
+    reference, *, num_candidates: int = 8, query_fraction: float = 0.5, loss: DAPLoss = DAPLoss("dpo"), **kwargs
+) -> AlignmentAgent:
     """APL (Muldrew et al. 2024): query the highest-entropy prompts, on the pair of largest implicit-reward margin."""
-    return AlignmentAgent(reference, proposer=PolicySamples(num_candidates), selector=selection.MaxMargin(),
-                          scorer="implicit_reward", labeler=EntropyQueries(query_fraction), policy_loss=loss,
-                          name="apl", **kwargs)
+    return AlignmentAgent(
+        reference,
+        proposer=PolicySamples(num_candidates),
+        selector=selection.MaxMargin(),
+        scorer="implicit_reward",
+        labeler=EntropyQueries(query_fraction),
+        policy_loss=loss,
+        name="apl",
+        **kwargs,
+    )
 
 
 def xpo(reference, *, alpha: float = 1e-2, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
     """XPO (Xie et al. 2024): one π_θ and one π_ref sample; DPO plus α·E[log π_θ(ỹ)], ỹ ~ π_ref."""
     check_float("xpo", "alpha", alpha, low=0.0, low_inclusive=False)
-    return AlignmentAgent(reference, proposer=PolicyAndReference(), selector=selection.Passive(), policy_loss=loss,
-                          xpo_alpha=alpha, name="xpo", **kwargs)
+    return AlignmentAgent(
+        reference,
+        proposer=PolicyAndReference(),
+        selector=selection.Passive(),
+        policy_loss=loss,
+        xpo_alpha=alpha,
+        name="xpo",
+        **kwargs,
+    )
 
 
-def ee4llm(reference, *, num_candidates: int = 8, rule: str = "double_ts", reward_model: RewardModel | None = None,
-           best_of_n: int = 8, **kwargs) -> AlignmentAgent:
+def ee4llm(
+    reference,
+    *,
+    num_candidates: int = 8,
+    rule: str = "double_ts",
+    reward_model: RewardModel | None = None,
+    best_of_n: int = 8,
+    **kwargs,
+) -> AlignmentAgent:
     """EE4LLM-style (Dwaracherla et al. 2024): reward ensemble only, double TS or infomax over π_ref
     candidates; the policy is never trained and is evaluated as best-of-N under the ensemble mean."""
     rules = {"double_ts": selection.DoubleTS(), "infomax": selection.Infomax()}
     check_choice("ee4llm", "rule", rule, tuple(rules))
-    return AlignmentAgent(reference, proposer=ReferenceSamples(num_candidates), selector=rules[rule],
-                          scorer="ensemble", reward_model=default_ensemble() if reward_model is None else reward_model,
-                          policy_loss=None, recommend_with="best_of_n", best_of_n=best_of_n, name=f"ee4llm_{rule}",
-                          **kwargs)
+    return AlignmentAgent(
+        reference,
+        proposer=ReferenceSamples(num_candidates),
+        selector=rules[rule],
+        scorer="ensemble",
+        reward_model=default_ensemble() if reward_model is None else reward_model,
+        policy_loss=None,
+        recommend_with="best_of_n",
+        best_of_n=best_of_n,
+        name=f"ee4llm_{rule}",
+        **kwargs,
+    )
 
 
 def nash_md(reference, *, mixture_beta: float = 0.125, loss: DAPLoss = DAPLoss("ipo"), **kwargs) -> AlignmentAgent:
     """Nash-MD / online IPO (Munos et al. 2023; Calandriello et al. 2024): pairs from the geometric
     mixture π_θ^{1−β}π_ref^{β}, IPO loss."""
-    return AlignmentAgent(reference, proposer=GeometricMixtureSamples(2, mixture_beta), policy_loss=loss,
-                          name="nash_md", **kwargs)
+    return AlignmentAgent(
+        reference, proposer=GeometricMixtureSamples(2, mixture_beta), policy_loss=loss, name="nash_md", **kwargs
+    )
 
 
-def sail(reference, *, variant: str = "pr", coefficient: float = 0.3, policy_label_fraction: float = 0.5,
-         loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
+def sail(
+    reference,
+    *,
+    variant: str = "pr",
+    coefficient: float = 0.3,
+    policy_label_fraction: float = 0.5,
+    loss: DAPLoss = DAPLoss("dpo"),
+    **kwargs,
+) -> AlignmentAgent:
     """SAIL (Ding et al. 2024): online DPO on two π_θ samples plus the self-improving gradient term.
 
     The single-level objective ``J(θ) = E_{x,(y_w,y_l)~q_θ}[ℓ_θ]``, ``ℓ_θ = log σ(βΔ_θ)``, has the
@@ -482,9 +558,23 @@ def sail(reference, *, variant: str = "pr", coefficient: float = 0.3, policy_lab
     check_choice("sail", "variant", variant, ("pr", "pp"))
     check_float("sail", "coefficient", coefficient, low=0.0, low_inclusive=False)
     if variant == "pr":
-        return AlignmentAgent(reference, proposer=PolicySamples(2), policy_loss=loss, sail_coefficient=coefficient,
-                              name="sail_pr", **kwargs)
+        return AlignmentAgent(
+            reference,
+            proposer=PolicySamples(2),
+            policy_loss=loss,
+            sail_coefficient=coefficient,
+            name="sail_pr",
+            **kwargs,
+        )
     check_float("sail", "policy_label_fraction", policy_label_fraction, low=0.0, high=1.0)
     labeler = MixedLabeler(1.0 - policy_label_fraction, model_pair="selected", label_mode="sample")
-    return AlignmentAgent(reference, proposer=PolicySamples(2), scorer="implicit_reward", labeler=labeler,
-                          policy_loss=loss, sail_coefficient=coefficient, name="sail_pp", **kwargs)
+    return AlignmentAgent(
+        reference,
+        proposer=PolicySamples(2),
+        scorer="implicit_reward",
+        labeler=labeler,
+        policy_loss=loss,
+        sail_coefficient=coefficient,
+        name="sail_pp",
+        **kwargs,
+    )

@@ -71,8 +71,9 @@ class RewardModelAgent:
         check_observation(self.name, obs, state.feature_dim)
         first = take_arm_features(obs.features, duel.arms[:, 0])
         second = take_arm_features(obs.features, duel.arms[:, 1])
-        rm_state, info = self.reward_model.update(key, state.reward_model, first, second, feedback.preference,
-                                                  feedback.queried)
+        rm_state, info = self.reward_model.update(
+            key, state.reward_model, first, second, feedback.preference, feedback.queried
+        )
         return state.replace(reward_model=rm_state), info
 
     def recommend(self, key, state, obs: Observation) -> jax.Array:
@@ -86,8 +87,10 @@ def check_observation(name: str, obs: Observation, feature_dim: int) -> None:
         shape = None if obs.features is None else obs.features.shape
         raise ValueError(f"{name}: obs.features has shape {shape}; expected [batch, arms, {feature_dim}]")
     if obs.features.shape[-1] != feature_dim:
-        raise ValueError(f"{name}: obs.features has feature dimension {obs.features.shape[-1]}; the agent was "
-                         f"initialised for feature_dim={feature_dim}")
+        raise ValueError(
+            f"{name}: obs.features has feature dimension {obs.features.shape[-1]}; the agent was "
+            f"initialised for feature_dim={feature_dim}"
+        )
 
 
 def check_feature_spec(name: str, spec: EnvSpec) -> None:
@@ -109,18 +112,36 @@ def _constructor(rule_cls, name: str, doc: str):
         return RewardModelAgent(model, rule_cls(**rule_kwargs), name=name)
 
     make.__name__ = make.__qualname__ = name
-    make.__doc__ = f"{doc}\n\nKeyword arguments other than ``reward_model`` configure :class:`cdb.selection.{rule_cls.__name__}`."
+    make.__doc__ = (
+        f"{doc}\n\nKeyword arguments other than ``reward_model`` configure :class:`cdb.selection.{rule_cls.__name__}`."
+    )
     return make
 
 
-passive = _constructor(selection.Passive, "passive", "Uniformly random pair; the reward model learns passively (BAI by its greedy arm).")
+passive = _constructor(
+    selection.Passive, "passive", "Uniformly random pair; the reward model learns passively (BAI by its greedy arm)."
+)
 greedy = _constructor(selection.Greedy, "greedy", "Best two arms under the member-mean score (pure exploitation).")
-ee_ts = _constructor(selection.EETS, "ee_ts", "SEA's explore-and-exploit Thompson sampling (Liu et al. 2024) on all arms.")
-bai_ts = _constructor(selection.BAITS, "bai_ts", "SEA's best-arm-identification Thompson sampling (Liu et al. 2024) on all arms.")
-uncertainty = _constructor(selection.Uncertainty, "uncertainty", "Pair of largest logit-difference variance across members.")
-infomax = _constructor(selection.Infomax, "infomax", "Pair of largest preference-probability variance across members (EE4LLM, Dwaracherla et al. 2024).")
-double_ts = _constructor(selection.DoubleTS, "double_ts", "Double Thompson sampling over ensemble members (EE4LLM, Dwaracherla et al. 2024).")
-boltzmann = _constructor(selection.Boltzmann, "boltzmann", "Pair sampled without replacement ∝ exp(mean score / temperature).")
+ee_ts = _constructor(
+    selection.EETS, "ee_ts", "SEA's explore-and-exploit Thompson sampling (Liu et al. 2024) on all arms."
+)
+bai_ts = _constructor(
+    selection.BAITS, "bai_ts", "SEA's best-arm-identification Thompson sampling (Liu et al. 2024) on all arms."
+)
+uncertainty = _constructor(
+    selection.Uncertainty, "uncertainty", "Pair of largest logit-difference variance across members."
+)
+infomax = _constructor(
+    selection.Infomax,
+    "infomax",
+    "Pair of largest preference-probability variance across members (EE4LLM, Dwaracherla et al. 2024).",
+)
+double_ts = _constructor(
+    selection.DoubleTS, "double_ts", "Double Thompson sampling over ensemble members (EE4LLM, Dwaracherla et al. 2024)."
+)
+boltzmann = _constructor(
+    selection.Boltzmann, "boltzmann", "Pair sampled without replacement ∝ exp(mean score / temperature)."
+)
 
 __all__ = [
     "RewardModelAgent",

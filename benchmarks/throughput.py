@@ -2,8 +2,9 @@
 
 Both sides run one algorithm: LinearDuel (K arms with features φ ~ N(0, I/d) drawn from a fixed
 pool of 4096 contexts — ``LinearDuel(context_pool=4096)``, so a round costs B random indices
-rather than B·K·d normals — θ* on the unit sphere, Bradley–Terry oracle), linear-Gaussian ensemble heads by ensemble sampling with
-Sherman–Morrison updates (``cdb.ensemble.LinearEnsemble``), and SEA's E&E-TS rule
+rather than B·K·d normals — θ* on the unit sphere, Bradley–Terry oracle), linear-Gaussian
+ensemble heads by ensemble sampling with Sherman–Morrison updates (``cdb.ensemble.LinearEnsemble``),
+and SEA's E&E-TS rule
 (``cdb.selection.EETS``: a random member's argmax, then the argmax of the first further random
 member that disagrees, else the first member's second best).
 

@@ -14,7 +14,7 @@ The whole API::
 from cdb.metrics import queries_to_target
 from cdb.results import Results
 from cdb.run import NonFiniteLossError, run
-from cdb.types import Agent, Duel, EnvSpec, Environment, Feedback, Observation
+from cdb.types import Agent, Duel, Environment, EnvSpec, Feedback, Observation
 
 __all__ = [
     "Agent",

@@ -48,5 +48,7 @@ class ChainCountFeatures:
         prompt_counts = jnp.sum(jax.nn.one_hot(prompts, v), axis=1)  # [N, V]
         response_onehot = jax.nn.one_hot(responses, v)  # [N, L, V]
         unary = jnp.einsum("nu,ntv->nutv", prompt_counts, response_onehot).reshape(prompts.shape[0], -1)
-        bigram = jnp.einsum("ntu,ntv->nuv", response_onehot[:, :-1], response_onehot[:, 1:]).reshape(prompts.shape[0], -1)
+        bigram = jnp.einsum("ntu,ntv->nuv", response_onehot[:, :-1], response_onehot[:, 1:]).reshape(
+            prompts.shape[0], -1
+        )
         return jnp.concatenate([unary, bigram], axis=-1).astype(jnp.float32)

@@ -107,7 +107,9 @@ class MixedLabeler:
         member = jax.random.randint(k_member, (batch,), 0, members)
         member_scores = jnp.take_along_axis(scores, member[:, None, None], axis=1)[:, 0]  # [B, M]
         if self.model_pair == "best_worst":
-            model_pairs = jnp.stack([jnp.argmax(member_scores, -1), jnp.argmin(member_scores, -1)], -1).astype(jnp.int32)
+            model_pairs = jnp.stack([jnp.argmax(member_scores, -1), jnp.argmin(member_scores, -1)], -1).astype(
+                jnp.int32
+            )
             # all candidates tied: nothing to learn from this pair
             informative = model_pairs[:, 0] != model_pairs[:, 1]
             model_label = jnp.ones(batch, jnp.float32)

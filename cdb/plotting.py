@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from cdb.metrics import standard_error
 
 if TYPE_CHECKING:
@@ -38,7 +36,9 @@ def plot_curve(results: Results, metric: str, *, x: str = "round", ax=None, labe
     return fig
 
 
-def plot_comparison(results: Mapping[str, Results], metric: str, *, x: str = "round", ax=None, title: str | None = None):
+def plot_comparison(
+    results: Mapping[str, Results], metric: str, *, x: str = "round", ax=None, title: str | None = None
+):
     """One curve per named ``Results`` on shared axes; returns the figure."""
     fig = None
     for name, res in results.items():

@@ -2,8 +2,9 @@
 
 For a pure-JAX environment the experiment is compiled: one round is a pure function, a block
 of ``eval_every`` rounds is a ``lax.scan``, and seeds are a ``vmap``; the compiled block (and
-the compiled evaluation) is reused for every block, so a thousand seeds cost about one compilation. Between blocks the host
-records metrics, checks losses for NaN/inf, updates the progress bar and writes checkpoints.
+the compiled evaluation) is reused for every block, so a thousand seeds cost about one
+compilation. Between blocks the host records metrics, checks losses for NaN/inf, updates the
+progress bar and writes checkpoints.
 Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7).
 
 Otherwise (``env.pure_jax`` is False, e.g. an oracle on the host) a host loop calls the jitted
@@ -110,7 +111,10 @@ def _make_functions(agent: Agent, env: Environment, params: Any, evaluate: bool)
         k_rec, k_eval = jax.random.split(_stage_key(carry, _EVAL, index))
         obs = env.eval_observation(carry.env_state, params)
         arms = agent.recommend(k_rec, carry.agent_state, obs)
-        return {k: jnp.mean(v).astype(jnp.float32) for k, v in env.evaluate(k_eval, carry.env_state, obs, arms, params).items()}
+        return {
+            k: jnp.mean(v).astype(jnp.float32)
+            for k, v in env.evaluate(k_eval, carry.env_state, obs, arms, params).items()
+        }
 
     return init, one_round, evaluation
 
@@ -285,7 +289,9 @@ class _HostRunner:
                 for s in range(len(carry.env_state))
             ]
             feedback = _stack([st[2] for st in steps])
-            agent_state, update_info = self.update(jnp.stack([k[2] for k in keys]), carry.agent_state, obs, duel, feedback)
+            agent_state, update_info = self.update(
+                jnp.stack([k[2] for k in keys]), carry.agent_state, obs, duel, feedback
+            )
             metrics = [round_metrics(st[3], st[2]) for st in steps]
             row = {**scalar_info_batched(select_info), **scalar_info_batched(update_info), **_stack(metrics)}
             rows.append(row)
@@ -297,10 +303,7 @@ class _HostRunner:
         keys = [jax.random.split(_stage_key_host(k, _EVAL, eval_index)) for k in carry.seed_key]
         obs = [self.env.eval_observation(s, self.params) for s in carry.env_state]
         arms = self.recommend(jnp.stack([k[0] for k in keys]), carry.agent_state, _stack(obs))
-        out = [
-            self.env.evaluate(keys[s][1], carry.env_state[s], obs[s], arms[s], self.params)
-            for s in range(len(obs))
-        ]
+        out = [self.env.evaluate(keys[s][1], carry.env_state[s], obs[s], arms[s], self.params) for s in range(len(obs))]
         return {k: jnp.stack([jnp.mean(o[k]) for o in out]).astype(jnp.float32) for k in out[0]}
 
 

@@ -56,7 +56,9 @@ def sample_responses(
 ) -> tuple[Array, Array]:
     """``y ~ π(·|x)``: tokens ``[N, L]`` int32 and their untempered sequence log-probs ``[N]``."""
     prompts = jnp.asarray(prompts, jnp.int32)
-    out = sample(key, policy, params, prompts, jnp.ones(prompts.shape, bool), length, temperature=temperature, top_p=top_p)
+    out = sample(
+        key, policy, params, prompts, jnp.ones(prompts.shape, bool), length, temperature=temperature, top_p=top_p
+    )
     return out.tokens, jnp.sum(out.logprobs, axis=-1)
 
 
@@ -74,8 +76,19 @@ def sample_mixture_responses(
 ) -> Array:
     """Samples from a per-token mixture of two parameter sets of one model (``'geometric'`` or ``'dera'``)."""
     prompts = jnp.asarray(prompts, jnp.int32)
-    out = sample_mixture(key, policy, params_a, policy, params_b, prompts, jnp.ones(prompts.shape, bool), length,
-                         mixture=mixture, weight=weight, temperature=temperature)
+    out = sample_mixture(
+        key,
+        policy,
+        params_a,
+        policy,
+        params_b,
+        prompts,
+        jnp.ones(prompts.shape, bool),
+        length,
+        mixture=mixture,
+        weight=weight,
+        temperature=temperature,
+    )
     return out.tokens
 
 

@@ -7,7 +7,8 @@ Every error names the field, the value received and what would be accepted, e.g.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def _where(owner: Any, name: str) -> str:
@@ -39,7 +40,9 @@ def check_float(
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{_where(owner, name)}={value!r} is not a number; expected a finite number {bounds}") from None
+        raise ValueError(
+            f"{_where(owner, name)}={value!r} is not a number; expected a finite number {bounds}"
+        ) from None
     if not math.isfinite(x):
         raise ValueError(f"{_where(owner, name)}={value!r} is not finite; expected a finite number {bounds}")
     too_low = low is not None and (x < low or (not low_inclusive and x == low))

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from cdb.environments import (
     LINKS,
     DuelParams,
@@ -18,7 +19,6 @@ from cdb.environments import (
     NeuralDuel,
     preference_probability,
 )
-
 from cdb.types import Duel, Environment, EnvSpec, Feedback, Observation
 
 K, D, B, B_EVAL = 4, 3, 6, 5

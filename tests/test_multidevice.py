@@ -42,13 +42,25 @@ def test_sharded_seeds_equal_single_device(tmp_path):
     path = tmp_path / "sharded.npz"
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"  # same XLA options as here
     env_vars = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(path)], env=env_vars, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(path)], env=env_vars, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = cdb.Results.load(path)
     env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4)
-    single = cdb.run(ee_ts(reward_model=LinearEnsemble(num_members=4)), env, rounds=6, seeds=8, key=3, eval_every=3,
-                     progress=False, shard_seeds=False)
+    single = cdb.run(
+        ee_ts(reward_model=LinearEnsemble(num_members=4)),
+        env,
+        rounds=6,
+        seeds=8,
+        key=3,
+        eval_every=3,
+        progress=False,
+        shard_seeds=False,
+    )
     assert set(sharded.metrics) == set(single.metrics)
     for name in single.metrics:
         np.testing.assert_allclose(sharded.metrics[name], single.metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    np.testing.assert_allclose(sharded.eval_metrics["bai_regret"], single.eval_metrics["bai_regret"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        sharded.eval_metrics["bai_regret"], single.eval_metrics["bai_regret"], rtol=1e-5, atol=1e-6
+    )

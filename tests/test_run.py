@@ -117,7 +117,9 @@ def test_run_rejects_bad_arguments(kwargs, field):
 def test_checkpoint_resume_equals_uninterrupted(results, tmp_path):
     half = cdb.run(AGENT, ENV, rounds=8, seeds=3, eval_every=4, progress=False, checkpoint_dir=tmp_path)
     assert half.num_rounds == 8
-    resumed = cdb.run(AGENT, ENV, rounds=12, seeds=3, eval_every=4, progress=False, checkpoint_dir=tmp_path, resume=True)
+    resumed = cdb.run(
+        AGENT, ENV, rounds=12, seeds=3, eval_every=4, progress=False, checkpoint_dir=tmp_path, resume=True
+    )
     for name in results.metrics:
         np.testing.assert_array_equal(resumed.metrics[name], results.metrics[name])
     np.testing.assert_array_equal(resumed.eval_metrics["bai_regret"], results.eval_metrics["bai_regret"])
@@ -170,8 +172,14 @@ class HostLinearDuel(LinearDuel):
 
 def test_host_loop_matches_compiled_loop():
     compiled = cdb.run(AGENT, ENV, rounds=4, seeds=2, eval_every=2, progress=False)
-    host = cdb.run(AGENT, HostLinearDuel(**{f.name: getattr(ENV, f.name) for f in dataclasses.fields(ENV)}),
-                   rounds=4, seeds=2, eval_every=2, progress=False)
+    host = cdb.run(
+        AGENT,
+        HostLinearDuel(**{f.name: getattr(ENV, f.name) for f in dataclasses.fields(ENV)}),
+        rounds=4,
+        seeds=2,
+        eval_every=2,
+        progress=False,
+    )
     for name in ("regret", "queries", "rm_loss"):
         np.testing.assert_allclose(host.metrics[name], compiled.metrics[name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(host.eval_metrics["bai_regret"], compiled.eval_metrics["bai_regret"], rtol=1e-5)
