@@ -65,6 +65,26 @@ def make_agents(ref, env: SequenceDuel, rounds: int) -> dict:
     }
 
 
+def make_ablations(ref, env: SequenceDuel) -> dict:
+    """Variations of SEA with realizable features and mixing (run with ``--agents NAME ...``)."""
+    chain = ChainCountFeatures(env.vocab_size)
+
+    def sea(**kwargs):
+        options = dict(rule="ee_ts", gamma=0.5, features=chain,
+                       reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5))
+        options.update(kwargs)
+        return lambda: A.sea(ref, **options)
+
+    return {
+        "ablation_m4": sea(num_candidates=4),
+        "ablation_m16": sea(num_candidates=16),
+        "ablation_gamma0.25": sea(gamma=0.25),
+        "ablation_bai_ts": sea(rule="bai_ts"),
+        "ablation_beta0.05": sea(loss=DAPLoss("dpo", beta=0.05)),
+        "ablation_hidden_linear": sea(features=A.reference_hidden_features),
+    }
+
+
 def smoothed(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average along rounds, ``[seeds, T]``."""
     csum = np.cumsum(values, axis=1)
@@ -104,6 +124,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"{ref.report.get('teacher_entropy', float('nan')):.2f}", flush=True)
     factories = make_agents(ref, env, args.rounds)
     names = args.agents or list(factories)
+    factories.update(make_ablations(ref, env))
     unknown = sorted(set(names) - set(factories))
     if unknown:
         raise SystemExit(f"unknown agents {unknown}; choose from {sorted(factories)}")
