@@ -83,11 +83,12 @@ def _as_key(key: Any) -> jax.Array:
     return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
 
 
-def _stage_key(carry: Carry, stage: int, index) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(carry.seed_key), stage), index)
+def _stage_key(seed_key: jax.Array, stage: int, index) -> jax.Array:
+    """The key of one stage (rounds / evaluation) at one index, from a seed's raw key data."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(seed_key), stage), index)
 
 
-def _make_functions(agent: Agent, env: Environment, params: Any, evaluate: bool):
+def _make_functions(agent: Agent, env: Environment, params: Any):
     """Pure per-seed functions: init, one round, one evaluation."""
 
     def init(seed_key: jax.Array) -> Carry:
@@ -98,7 +99,7 @@ def _make_functions(agent: Agent, env: Environment, params: Any, evaluate: bool)
         return Carry(env_state, agent_state, obs, raw)
 
     def one_round(carry: Carry, t: jax.Array):
-        k_select, k_env, k_update = jax.random.split(_stage_key(carry, _ROUNDS, t), 3)
+        k_select, k_env, k_update = jax.random.split(_stage_key(carry.seed_key, _ROUNDS, t), 3)
         duel, select_info = agent.select(k_select, carry.agent_state, carry.obs)
         env_state, next_obs, feedback, info = env.step(k_env, carry.env_state, duel, params)
         agent_state, update_info = agent.update(k_update, carry.agent_state, carry.obs, duel, feedback)
@@ -106,9 +107,7 @@ def _make_functions(agent: Agent, env: Environment, params: Any, evaluate: bool)
         return carry.replace(env_state=env_state, agent_state=agent_state, obs=next_obs), metrics
 
     def evaluation(carry: Carry, index: jax.Array) -> dict[str, jax.Array]:
-        if not evaluate:
-            return {}
-        k_rec, k_eval = jax.random.split(_stage_key(carry, _EVAL, index))
+        k_rec, k_eval = jax.random.split(_stage_key(carry.seed_key, _EVAL, index))
         obs = env.eval_observation(carry.env_state, params)
         arms = agent.recommend(k_rec, carry.agent_state, obs)
         return {
@@ -224,7 +223,7 @@ class _CompiledRunner:
     """Blocks of rounds as one jitted ``vmap(scan)`` over seeds."""
 
     def __init__(self, agent, env, params, seeds, shard_seeds):
-        init, one_round, evaluation = _make_functions(agent, env, params, evaluate=True)
+        init, one_round, evaluation = _make_functions(agent, env, params)
 
         def block(carry: Carry, ts: jax.Array):
             return jax.lax.scan(one_round, carry, ts)
@@ -281,7 +280,7 @@ class _HostRunner:
     def run_block(self, carry, start, length, eval_index):
         rows = []
         for t in range(start, start + length):
-            keys = [jax.random.split(_stage_key_host(k, _ROUNDS, t), 3) for k in carry.seed_key]
+            keys = [jax.random.split(_stage_key(k, _ROUNDS, t), 3) for k in carry.seed_key]
             obs = _stack(carry.obs)
             duel, select_info = self.select(jnp.stack([k[0] for k in keys]), carry.agent_state, obs)
             steps = [
@@ -300,15 +299,11 @@ class _HostRunner:
         return carry, metrics, self.run_eval(carry, eval_index)
 
     def run_eval(self, carry, eval_index):
-        keys = [jax.random.split(_stage_key_host(k, _EVAL, eval_index)) for k in carry.seed_key]
+        keys = [jax.random.split(_stage_key(k, _EVAL, eval_index)) for k in carry.seed_key]
         obs = [self.env.eval_observation(s, self.params) for s in carry.env_state]
         arms = self.recommend(jnp.stack([k[0] for k in keys]), carry.agent_state, _stack(obs))
         out = [self.env.evaluate(keys[s][1], carry.env_state[s], obs[s], arms[s], self.params) for s in range(len(obs))]
         return {k: jnp.stack([jnp.mean(o[k]) for o in out]).astype(jnp.float32) for k in out[0]}
-
-
-def _stage_key_host(raw_key, stage, index):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(raw_key), stage), index)
 
 
 def scalar_info_batched(info):

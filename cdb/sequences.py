@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from cdb import models
 from cdb.models import Policy, sample, sample_mixture
 
 Array = jax.Array
@@ -47,8 +48,11 @@ def score_responses(policy: Policy, params: Any, prompts: Array, responses: Arra
 
 
 def sequence_logprob(policy: Policy, params: Any, prompts: Array, responses: Array) -> Array:
-    """``log π(y|x)`` ``[N]`` (a teacher-forced pass)."""
-    return score_responses(policy, params, prompts, responses).logprob
+    """``log π(y|x)`` ``[N]``: one teacher-forced pass of :func:`cdb.models.sequence_logprob` (no padding)."""
+    prompts = jnp.asarray(prompts, jnp.int32)
+    return models.sequence_logprob(
+        policy, params, prompts, jnp.ones(prompts.shape, bool), jnp.asarray(responses, jnp.int32)
+    )
 
 
 def sample_responses(

@@ -42,7 +42,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from cdb.models import Policy, TransformerConfig, sample, sequence_logprob
+from cdb.models import Policy, TransformerConfig
+from cdb.sequences import sample_responses, sequence_logprob
 from cdb.validation import check_float, check_int
 
 Array = jax.Array
@@ -116,26 +117,7 @@ class ReferenceConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def response_log_prob(policy: Policy, params: Any, prompts: Array, responses: Array) -> Array:
-    """``log π(y|x) = Σ_t log π(y_t | x, y_{<t})`` for prompts ``[B, Lp]`` and responses ``[B, L]`` → ``[B]``.
-
-    One teacher-forced pass of :func:`cdb.models.sequence_logprob` (prompts are never padded).
-    """
-    prompts = jnp.asarray(prompts, jnp.int32)
-    return sequence_logprob(
-        policy, params, prompts, jnp.ones(prompts.shape, bool), jnp.asarray(responses, jnp.int32)
-    )
-
-
-def sample_responses(
-    policy: Policy, key: Array, params: Any, prompts: Array, response_length: int, temperature: float = 1.0
-) -> Array:
-    """Ancestral samples ``y ~ π(·|x)`` ``[B, L]`` int32 for prompts ``[B, Lp]`` (KV-cached)."""
-    prompts = jnp.asarray(prompts, jnp.int32)
-    out = sample(
-        key, policy, params, prompts, jnp.ones(prompts.shape, bool), response_length, temperature=temperature
-    )
-    return out.tokens
+# (``log π(y|x)`` and sampling come from :mod:`cdb.sequences`, shared with the agents.)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -172,12 +154,12 @@ class ReferencePolicy:
 
     def log_prob(self, prompts: Array, responses: Array, params: Any = None) -> Array:
         """``log π_ref(y|x)`` ``[B]`` (``params`` default to the trained ones)."""
-        return response_log_prob(self.policy, self.params if params is None else params, prompts, responses)
+        return sequence_logprob(self.policy, self.params if params is None else params, prompts, responses)
 
     def sample(self, key: Array, prompts: Array, params: Any = None, temperature: float = 1.0) -> Array:
         """Samples ``y ~ π_ref(·|x)`` ``[B, L]`` int32 (``params`` default to the trained ones)."""
         params = self.params if params is None else params
-        return sample_responses(self.policy, key, params, prompts, self.response_length, temperature)
+        return sample_responses(key, self.policy, params, prompts, self.response_length, temperature)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +214,7 @@ def train_reference(
         return prompts, teacher(k_y, prompts)
 
     def loss_fn(p, prompts, responses):
-        return -jnp.mean(response_log_prob(policy, p, prompts, responses))
+        return -jnp.mean(sequence_logprob(policy, p, prompts, responses))
 
     @jax.jit
     def train(params):

@@ -43,13 +43,14 @@ import jax.numpy as jnp
 from flax import struct
 
 from cdb.models.transformer import Policy
+from cdb.sequences import sample_responses
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
 from . import chain
 from .links import LINKS, preference_probability
 from .oracle import check_params, duel_info, oracle_feedback
-from .reference_policy import ReferenceConfig, ReferencePolicy, build_reference_policy, sample_responses
+from .reference_policy import ReferenceConfig, ReferencePolicy, build_reference_policy
 
 Array = jax.Array
 _EXACT = jax.lax.Precision.HIGHEST  # full float32 matmuls: regrets are exact on any accelerator
@@ -403,7 +404,7 @@ class SequenceDuel:
         return Policy(config)
 
     def _reference_sample(self, key: Array, params: SequenceDuelParams, prompts: Array) -> Array:
-        return sample_responses(self.reference_model, key, params.reference, prompts, self.response_length)
+        return sample_responses(key, self.reference_model, params.reference, prompts, self.response_length)[0]
 
     def _prob(self, params: SequenceDuelParams, r1: Array, r2: Array) -> Array:
         return preference_probability(self.link, params.scale, r1, r2)
