@@ -9,10 +9,14 @@ and SEA's E&E-TS rule
 member that disagrees, else the first member's second best).
 
 * JAX: ``cdb.run`` over all seeds at once (``lax.scan`` over rounds, ``vmap`` over seeds), timed
-  on a second call that reuses the compiled program; the first call's compile time is printed too.
+  on later calls that reuse the compiled program; the first call's compile time is printed too.
+  With ``--devices N`` (default: 2, the cores of the reference machine) the host CPU is split
+  into N XLA devices and ``cdb.run`` shards the seeds across them (DESIGN §7), one core each.
 * NumPy: a plain per-seed, per-round loop (vectorized over the batch and the members inside a
   round, as a careful NumPy user would write it), timed on a subset of seeds; its cost is
-  linear in the seeds, so decisions/s does not depend on the subset size.
+  linear in the seeds, so decisions/s does not depend on the subset size. It is timed in one
+  process (the plain loop the ratio is defined against) and, for a same-cores comparison, in
+  ``--devices`` processes at once.
 
 A decision is one duel (one pair chosen for one context). Prints both rates and their ratio,
 and writes them to ``<out>/throughput.json``.
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,19 +38,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cdb  # noqa: E402
-from benchmarks.common import header, output_dir  # noqa: E402
-from cdb.agents import ee_ts  # noqa: E402
-from cdb.ensemble import LinearEnsemble  # noqa: E402
-from cdb.environments import LinearDuel  # noqa: E402
-from cdb.environments.feature_duel import make_context_pool  # noqa: E402
-
 POOL = 4096
 
 
-def numpy_ee_ts(seed: int, rounds: int, arms: int, dim: int, batch: int, members: int, max_tries: int,
-                scale: float, prior_scale: float, noise_scale: float, regularization: float,
-                pool: np.ndarray) -> float:
+def numpy_ee_ts(
+    seed: int,
+    rounds: int,
+    arms: int,
+    dim: int,
+    batch: int,
+    members: int,
+    max_tries: int,
+    scale: float,
+    prior_scale: float,
+    noise_scale: float,
+    regularization: float,
+    pool: np.ndarray,
+) -> float:
     """One seed of E&E-TS with linear-Gaussian ensemble heads on LinearDuel, in NumPy.
 
     Returns the cumulative average regret (so the work cannot be optimised away).
@@ -83,6 +93,22 @@ def numpy_ee_ts(seed: int, rounds: int, arms: int, dim: int, batch: int, members
     return regret
 
 
+def _numpy_seeds(seeds: list[int], kwargs: dict) -> list[float]:
+    return [numpy_ee_ts(s, **kwargs) for s in seeds]
+
+
+def _use_host_devices(n: int) -> None:
+    """Splits the host CPU into ``n`` XLA devices; only possible before JAX initialises."""
+    if "jax" in sys.modules:
+        import jax
+
+        if jax.device_count() != n:
+            print(f"warning: JAX is already initialised with {jax.device_count()} device(s); --devices={n} ignored")
+        return
+    flag = f"--xla_force_host_platform_device_count={n}"
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flag]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=1024)
@@ -92,14 +118,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--numpy-seeds", type=int, default=8, help="seeds timed for the NumPy loop")
-    parser.add_argument("--repeats", type=int, default=3, help="timed JAX runs; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="timed JAX runs; the best is reported")
+    parser.add_argument("--devices", type=int, default=2, help="host CPU devices to shard the seeds over")
     parser.add_argument("--out", default="benchmarks/results/throughput")
     args = parser.parse_args(argv)
+    _use_host_devices(args.devices)
+
+    import jax
+
+    import cdb
+    from benchmarks.common import header, output_dir
+    from cdb.agents import ee_ts
+    from cdb.ensemble import LinearEnsemble
+    from cdb.environments import LinearDuel
+    from cdb.environments.feature_duel import make_context_pool
+
     print(header(), flush=True)
+    print(f"JAX devices: {jax.device_count()} ({jax.devices()[0].platform})", flush=True)
     model = LinearEnsemble(num_members=args.members, prior_scale=1.0, noise_scale=0.5, regularization=1.0)
     agent = ee_ts(reward_model=model, max_tries=8)
-    env = LinearDuel(num_arms=args.arms, feature_dim=args.dim, batch_size=args.batch, eval_batch_size=8, scale=8.0,
-                     context_pool=POOL)
+    env = LinearDuel(
+        num_arms=args.arms, feature_dim=args.dim, batch_size=args.batch, eval_batch_size=8, scale=8.0, context_pool=POOL
+    )
     pool = make_context_pool(POOL, args.arms, args.dim, env.pool_seed).astype(np.float64)
     decisions = args.seeds * args.rounds * args.batch
 
@@ -114,30 +154,68 @@ def main(argv: list[str] | None = None) -> dict:
     assert np.array_equal(first.metrics["regret"], res.metrics["regret"])
     jax_rate = decisions / min(jax_seconds)
 
+    numpy_kwargs = dict(
+        rounds=args.rounds,
+        arms=args.arms,
+        dim=args.dim,
+        batch=args.batch,
+        members=args.members,
+        max_tries=8,
+        scale=8.0,
+        prior_scale=1.0,
+        noise_scale=0.5,
+        regularization=1.0,
+        pool=pool,
+    )
     start = time.perf_counter()
-    numpy_regrets = [
-        numpy_ee_ts(s, args.rounds, args.arms, args.dim, args.batch, args.members, 8, 8.0, 1.0, 0.5, 1.0, pool)
-        for s in range(args.numpy_seeds)
-    ]
+    numpy_regrets = _numpy_seeds(list(range(args.numpy_seeds)), numpy_kwargs)
     numpy_seconds = time.perf_counter() - start
     numpy_rate = args.numpy_seeds * args.rounds * args.batch / numpy_seconds
+    # the same loop on every core: each process takes numpy_seeds seeds
+    chunks = [list(range(i * args.numpy_seeds, (i + 1) * args.numpy_seeds)) for i in range(args.devices)]
+    with multiprocessing.get_context("spawn").Pool(args.devices) as workers:
+        start = time.perf_counter()
+        workers.starmap(_numpy_seeds, [(c, numpy_kwargs) for c in chunks])
+        parallel_seconds = time.perf_counter() - start
+    numpy_parallel_rate = args.devices * args.numpy_seeds * args.rounds * args.batch / parallel_seconds
 
     jax_regret = res.final("cumulative_regret")[0] / args.batch
     numpy_regret = float(np.mean(numpy_regrets)) / args.batch
     figures = {
-        "seeds": args.seeds, "rounds": args.rounds, "arms": args.arms, "dim": args.dim, "batch": args.batch,
-        "members": args.members, "jax_decisions_per_s": jax_rate, "numpy_decisions_per_s": numpy_rate,
-        "ratio": jax_rate / numpy_rate, "jax_first_call_s": first_seconds, "jax_best_s": min(jax_seconds),
-        "numpy_seeds_timed": args.numpy_seeds, "numpy_s": numpy_seconds,
+        "seeds": args.seeds,
+        "rounds": args.rounds,
+        "arms": args.arms,
+        "dim": args.dim,
+        "batch": args.batch,
+        "members": args.members,
+        "jax_decisions_per_s": jax_rate,
+        "numpy_decisions_per_s": numpy_rate,
+        "ratio": jax_rate / numpy_rate,
+        "devices": jax.device_count(),
+        "numpy_processes": args.devices,
+        "numpy_parallel_decisions_per_s": numpy_parallel_rate,
+        "ratio_same_cores": jax_rate / numpy_parallel_rate,
+        "jax_first_call_s": first_seconds,
+        "jax_best_s": min(jax_seconds),
+        "numpy_seeds_timed": args.numpy_seeds,
+        "numpy_s": numpy_seconds,
         "mean_cumulative_regret_per_context_jax": jax_regret,
         "mean_cumulative_regret_per_context_numpy": numpy_regret,
     }
-    print(f"E&E-TS, LinearDuel d={args.dim} K={args.arms} B={args.batch}, E={args.members} linear-Gaussian heads, "
-          f"{args.rounds} rounds")
-    print(f"JAX   ({args.seeds} seeds, compiled, vmapped): {jax_rate:,.0f} decisions/s "
-          f"(best of {args.repeats}: {min(jax_seconds):.2f}s; first call with compile {first_seconds:.2f}s)")
+    print(
+        f"E&E-TS, LinearDuel d={args.dim} K={args.arms} B={args.batch}, E={args.members} linear-Gaussian heads, "
+        f"{args.rounds} rounds"
+    )
+    print(
+        f"JAX   ({args.seeds} seeds, compiled, vmapped, {jax.device_count()} device(s)): {jax_rate:,.0f} decisions/s "
+        f"(best of {args.repeats}: {min(jax_seconds):.2f}s; first call with compile {first_seconds:.2f}s)"
+    )
     print(f"NumPy ({args.numpy_seeds} seeds, per-seed loop):   {numpy_rate:,.0f} decisions/s ({numpy_seconds:.2f}s)")
-    print(f"ratio JAX / NumPy: {jax_rate / numpy_rate:,.0f}x")
+    print(f"NumPy ({args.devices} processes, same loop):  {numpy_parallel_rate:,.0f} decisions/s")
+    print(
+        f"ratio JAX / NumPy: {jax_rate / numpy_rate:,.0f}x (one process), "
+        f"{jax_rate / numpy_parallel_rate:,.0f}x ({args.devices} processes)"
+    )
     print(f"sanity: mean cumulative regret per context, JAX {jax_regret:.2f} vs NumPy {numpy_regret:.2f}")
     out = output_dir(args.out)
     (out / "throughput.json").write_text(json.dumps(figures, indent=2))

@@ -85,9 +85,7 @@ class Head(nnx.Module):
 
     def __init__(self, feature_dim: int, hidden_sizes: tuple[int, ...], *, rngs: nnx.Rngs):
         sizes = (feature_dim, *hidden_sizes)
-        self.hidden = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-        )
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
         self.out = nnx.Linear(sizes[-1], 1, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
@@ -160,15 +158,13 @@ class MLPEnsemble:
         check_int(self, "num_members", self.num_members, low=1)
         if isinstance(self.hidden_sizes, int) or not hasattr(self.hidden_sizes, "__iter__"):
             raise ValueError(
-                f"MLPEnsemble.hidden_sizes={self.hidden_sizes!r} is not a sequence; "
-                "expected a tuple of integers >= 1"
+                f"MLPEnsemble.hidden_sizes={self.hidden_sizes!r} is not a sequence; expected a tuple of integers >= 1"
             )
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         for width in self.hidden_sizes:
             if isinstance(width, bool) or not isinstance(width, int) or width < 1:
                 raise ValueError(
-                    f"MLPEnsemble.hidden_sizes={self.hidden_sizes!r} holds {width!r}; "
-                    "expected a tuple of integers >= 1"
+                    f"MLPEnsemble.hidden_sizes={self.hidden_sizes!r} holds {width!r}; expected a tuple of integers >= 1"
                 )
         check_float(self, "prior_scale", self.prior_scale, low=0.0)
         check_float(self, "anchor", self.anchor, low=0.0)
@@ -194,9 +190,7 @@ class MLPEnsemble:
     def _apply(self, params, features: Array, shared: bool = True) -> Array:
         """Heads without prior: ``[..., d] -> [E, ...]`` (``shared``) or ``[E, ..., d] -> [E, ...]``."""
         graphdef = self._graphdef(features.shape[-1])
-        return jax.vmap(lambda p, x: nnx.merge(graphdef, p)(x), in_axes=(0, None if shared else 0))(
-            params, features
-        )
+        return jax.vmap(lambda p, x: nnx.merge(graphdef, p)(x), in_axes=(0, None if shared else 0))(params, features)
 
     def _member_scores(self, params, prior_params, features: Array, shared: bool = True) -> Array:
         out = self._apply(params, features, shared)
@@ -404,7 +398,8 @@ class LinearEnsemble:
         mask = jnp.asarray(mask, bool)
         eps = self.perturbations(key, x.shape[0])
 
-        pred = x @ state.theta.T  # [B, E], before the update
+        # a multiply-add, not a dot: XLA:CPU runs this [B, d] x [E, d] product ~5x faster unfused into a library call
+        pred = jnp.sum(x[:, None, :] * state.theta[None], axis=-1)  # [B, E], before the update
         correct = _count_correct(jnp.mean(pred, axis=-1), jnp.zeros(()), label, mask)
         n_masked = jnp.sum(mask, dtype=jnp.int32)
         sq = jnp.where(mask[:, None], jnp.square(y[:, None] - pred), 0.0)
@@ -412,14 +407,13 @@ class LinearEnsemble:
 
         def absorb(carry, row):
             p, theta = carry
-            x_i, y_i, eps_i, m_i = row
+            x_i, y_i, eps_i = row
             px = p @ x_i
-            denom = 1.0 + x_i @ px
-            gain = px / denom  # = P_new x_i
-            p_new = p - jnp.outer(px, px) / denom
-            theta_new = theta + jnp.outer(y_i + eps_i - theta @ x_i, gain)
-            return (jnp.where(m_i, p_new, p), jnp.where(m_i, theta_new, theta)), None
+            gain = px / (1.0 + x_i @ px)  # = P_new x_i
+            return (p - jnp.outer(px, gain), theta + jnp.outer(y_i + eps_i - theta @ x_i, gain)), None
 
-        (p, theta), _ = jax.lax.scan(absorb, (state.precision_inverse, state.theta), (x, y, eps, mask))
+        # An unmasked row enters as x = 0, for which the update is exactly the identity (px = 0).
+        x_masked = jnp.where(mask[:, None], x, 0.0)
+        (p, theta), _ = jax.lax.scan(absorb, (state.precision_inverse, state.theta), (x_masked, y, eps))
         state = state.replace(precision_inverse=p, theta=theta, num_queries=state.num_queries + n_masked)
         return state, {"rm_loss": rm_loss.astype(jnp.float32), "rm_correct": correct}

@@ -235,7 +235,9 @@ class _CompiledRunner:
             raise ValueError(f"shard_seeds needs seeds divisible by the {n_dev} devices; got seeds={seeds}")
         jit_kwargs: dict[str, Any] = {}
         if shard_seeds:
-            mesh = jax.make_mesh((n_dev,), ("seeds",))
+            # Auto axes: agents and environments index host constants (e.g. a context pool) with
+            # seed-sharded indices, which explicit-axis meshes reject.
+            mesh = jax.make_mesh((n_dev,), ("seeds",), axis_types=(jax.sharding.AxisType.Auto,))
             self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
             jit_kwargs = dict(out_shardings=self.sharding)
         else:

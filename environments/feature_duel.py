@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cdb.rng import uniform_below
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -162,7 +163,7 @@ class FeatureDuel:
         if self.context_pool is None:
             return self._fresh_features(key, batch)
         pool = make_context_pool(self.context_pool, self.num_arms, self.feature_dim, self.pool_seed)
-        return jnp.asarray(pool)[jax.random.randint(key, (batch,), 0, self.context_pool)]
+        return jnp.asarray(pool)[uniform_below(key, (batch,), self.context_pool)]
 
     def reset(self, key: Array, params: DuelParams) -> tuple[FeatureDuelState, Observation]:
         """Draws an instance: reward function, held-out contexts and the first round's features."""
@@ -197,14 +198,13 @@ class FeatureDuel:
     def eval_observation(self, state: FeatureDuelState, params: DuelParams) -> Observation:
         return Observation(features=state.eval_features)
 
-    def evaluate(
-        self, key: Array, state: FeatureDuelState, obs: Observation, arms: Array, params: DuelParams
-    ) -> Info:
+    def evaluate(self, key: Array, state: FeatureDuelState, obs: Observation, arms: Array, params: DuelParams) -> Info:
         """``bai_regret`` ``[B_eval]`` = ``max_a r*(x, a) − r*(x, arms)`` on the contexts of ``obs``."""
         rewards = self.reward(state, obs.features)  # [B_eval, K]
         if tuple(arms.shape) != rewards.shape[:1]:
-            raise ValueError(f"{type(self).__name__}.evaluate: arms has shape {arms.shape}; "
-                             f"expected {rewards.shape[:1]}")
+            raise ValueError(
+                f"{type(self).__name__}.evaluate: arms has shape {arms.shape}; expected {rewards.shape[:1]}"
+            )
         chosen = jnp.take_along_axis(rewards, arms[:, None], axis=1)[:, 0]
         return {"bai_regret": (jnp.max(rewards, axis=1) - chosen).astype(jnp.float32)}
 

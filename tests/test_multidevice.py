@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import cdb
 from cdb.agents import ee_ts
@@ -27,7 +28,8 @@ SCRIPT = textwrap.dedent(
     from cdb.run import _CompiledRunner
 
     assert jax.device_count() == 4, jax.devices()
-    env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4)
+    pool = None if sys.argv[2] == "None" else int(sys.argv[2])
+    env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4, context_pool=pool)
     agent = ee_ts(reward_model=LinearEnsemble(num_members=4))
     runner = _CompiledRunner(agent, env, env.default_params, seeds=8, shard_seeds=None)
     carry = runner.start(jax.random.split(jax.random.key(3), 8))
@@ -38,16 +40,19 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_seeds_equal_single_device(tmp_path):
+# context_pool: the environment indexes a host constant with seed-sharded indices, which a mesh
+# with explicit axes rejects (a bug this case caught)
+@pytest.mark.parametrize("context_pool", [None, 64])
+def test_sharded_seeds_equal_single_device(tmp_path, context_pool):
     path = tmp_path / "sharded.npz"
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"  # same XLA options as here
     env_vars = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(path)], env=env_vars, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, str(path), str(context_pool)], env=env_vars, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = cdb.Results.load(path)
-    env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4)
+    env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4, context_pool=context_pool)
     single = cdb.run(
         ee_ts(reward_model=LinearEnsemble(num_members=4)),
         env,

@@ -277,3 +277,14 @@ def test_min_members():
 def test_bad_hyper_parameters_and_shapes_raise(make, where):
     with pytest.raises(ValueError, match=re.escape(where)):
         make()
+
+
+def test_first_argmax_matches_jnp_argmax_on_ties_and_nans():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 3, size=(50, 6, 9)).astype(np.float32)  # many ties
+    values[0, 0, [2, 5]] = np.nan  # NaN counts as the maximum, first NaN wins
+    values[1, 1] = -np.inf
+    values[2, 2, 4] = np.inf
+    for axis in (0, 1, 2, -1):
+        np.testing.assert_array_equal(selection.first_argmax(values, axis=axis), jnp.argmax(values, axis=axis))
+    assert int(selection.first_argmax(values[0, 0])) == 2

@@ -1,0 +1,40 @@
+"""``cdb.rng``: uniform small integers from raw words, and the exclusion map."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cdb import rng
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 32, 4096])
+def test_uniform_below_is_in_range_and_uniform(n):
+    draws = np.asarray(rng.uniform_below(jax.random.key(0), (200_000,), n))
+    assert draws.dtype == np.int32
+    assert draws.min() >= 0 and draws.max() <= n - 1
+    if n > 1:
+        counts = np.bincount(draws, minlength=n)
+        expected = len(draws) / n
+        chi2 = float(np.sum((counts - expected) ** 2 / expected))
+        # the 0.999 quantile of chi-square with n - 1 degrees of freedom is below n - 1 + 6 sqrt(n) + 10
+        assert chi2 < n - 1 + 6 * np.sqrt(n) + 10, chi2
+
+
+def test_below_reduces_words_modulo_n():
+    bits = jnp.array([0, 6, 7, 2**32 - 1], jnp.uint32)
+    np.testing.assert_array_equal(rng.below(bits, 7), [0, 6, 0, (2**32 - 1) % 7])
+
+
+def test_skip_maps_onto_the_other_values():
+    for exclude in range(5):
+        mapped = np.asarray(rng.skip(jnp.arange(4), exclude))
+        assert sorted(mapped) == [v for v in range(5) if v != exclude]
+
+
+def test_same_key_same_draws_and_different_keys_differ():
+    a = rng.uniform_below(jax.random.key(1), (64,), 10)
+    b = rng.uniform_below(jax.random.key(1), (64,), 10)
+    c = rng.uniform_below(jax.random.key(2), (64,), 10)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
