@@ -13,7 +13,11 @@ One class, :class:`AlignmentAgent`, runs every agent of the SEA paper's comparis
 * EE4LLM — π_ref, M → ensemble → double TS / infomax → oracle → the reward model only
   (best-of-N policy);
 * Nash-MD / online IPO — the geometric mixture π_θ^{1−β}π_ref^{β}, M=2 → random pair → oracle → IPO;
-* SAIL — π_θ, M=2 → random pair → oracle / the policy's own preference → DPO + self-improving term.
+* SAIL-PR / PP — π_θ, M=2 → random pair → oracle / the policy's own preference → DPO + self-improving term;
+* SAIL-DP — offline DPO's dataset → DPO + SAIL's preference term on the dataset pairs.
+
+Recommendations (``recommend``, the BAI evaluation): greedy decoding of π_θ; greedy decoding of
+DeRa's logits ``λ·h_θ + (1−λ)·h_ref`` (Liu et al. 2024); or EE4LLM's best of N π_ref samples.
 
 A round, for a batch of B prompts::
 
@@ -25,6 +29,10 @@ A round, for a batch of B prompts::
     ... the environment answers the queried pairs ...
     reward model  ← Bradley–Terry on oracle pairs only
     policy        ← DAP loss on oracle pairs (+ model-labelled pairs, + XPO / SAIL terms)
+
+SAIL's term (:func:`cdb.losses.sail_term`) follows each pair's route: π_θ's samples labelled by
+the oracle get the ``'pr'`` term, those labelled by the policy's own sampled preference the
+``'pp'`` term, and the pairs of an offline dataset (fixed π_ref responses) the ``'dp'`` term.
 
 The reference policy is given the way an SFT checkpoint would be: ``reference`` holds the model
 definition and its params (``SequenceDuel.reference``). π_θ starts as a copy of π_ref.
@@ -48,13 +56,20 @@ from cdb.features import reference_hidden_features
 from cdb.labelers import EntropyQueries, Labels, MixedLabeler, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss, sail_term, xpo_term
 from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples, ReferenceSamples
-from cdb.sequences import ResponseScores, greedy_responses, repeat_prompts, sample_responses, score_responses
+from cdb.sequences import (
+    ResponseScores,
+    greedy_responses,
+    repeat_prompts,
+    sample_mixture_responses,
+    sample_responses,
+    score_responses,
+)
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 from cdb.validation import check_choice, check_float, check_int
 
 Array = jax.Array
 SCORERS = ("ensemble", "implicit_reward", "none")
-RECOMMENDERS = ("greedy", "best_of_n")
+RECOMMENDERS = ("greedy", "best_of_n", "dera")
 
 
 @struct.dataclass
@@ -109,9 +124,15 @@ class AlignmentAgent:
       policy_steps: gradient steps on each round's pairs.
       xpo_alpha: XPO's exploration coefficient α (Xie et al. 2024), with ``PolicyAndReference``.
       sail_coefficient: weight of SAIL's self-improving term (Ding et al. 2024); 0 disables it.
-      recommend_with: ``'greedy'`` decoding of π_θ, or ``'best_of_n'`` samples of π_ref ranked by
-        the ensemble mean (EE4LLM's policy).
+        The variant follows each pair's route (module docstring): ``'pr'`` / ``'pp'`` online,
+        ``'dp'`` on the pairs of an offline dataset (``QueryBudget`` labeler).
+      recommend_with: ``'greedy'`` decoding of π_θ; ``'dera'``, greedy decoding of the DeRa logits
+        ``λ·h_θ + (1−λ)·h_ref`` per token (Liu et al. 2024, "Decoding-time Realignment of Language
+        Models"), λ = ``dera_lambda``; or ``'best_of_n'`` samples of π_ref ranked by the ensemble
+        mean (EE4LLM's policy).
       best_of_n: N for ``'best_of_n'``.
+      dera_lambda: DeRa's λ ≥ 0 for ``'dera'``: 1 decodes π_θ (= ``'greedy'``), 0 decodes π_ref,
+        λ > 1 extrapolates past π_θ (stronger alignment).
       name: a label for results.
     """
 
@@ -129,6 +150,7 @@ class AlignmentAgent:
     sail_coefficient: float = 0.0
     recommend_with: str = "greedy"
     best_of_n: int = 8
+    dera_lambda: float = 1.0
     name: str = "alignment_agent"
 
     def __post_init__(self):
@@ -139,6 +161,7 @@ class AlignmentAgent:
         check_float(self, "xpo_alpha", self.xpo_alpha, low=0.0)
         check_float(self, "sail_coefficient", self.sail_coefficient, low=0.0)
         check_int(self, "best_of_n", self.best_of_n, low=1)
+        check_float(self, "dera_lambda", self.dera_lambda, low=0.0)
         if self.labeler.uses_model_labels and self.scorer == "none":
             raise ValueError(
                 f"{self.name}: labeler={type(self.labeler).__name__} labels pairs with the scorer's "
@@ -295,8 +318,11 @@ class AlignmentAgent:
             "ref_chosen": jnp.where(first_wins, aux["ref_logprob"][:, 0], aux["ref_logprob"][:, 1]),
             "ref_rejected": jnp.where(first_wins, aux["ref_logprob"][:, 1], aux["ref_logprob"][:, 0]),
             "weight": weight,
-            "oracle": oracle.astype(jnp.float32),
-            "model": (~oracle & aux["model_trained"]).astype(jnp.float32),
+            # SAIL's variant by route: π_θ's samples with oracle labels / with the policy's own labels
+            "sail_rows": {
+                "pr": oracle.astype(jnp.float32),
+                "pp": (~oracle & aux["model_trained"]).astype(jnp.float32),
+            },
             "reference_sample": aux["reference_sample"],
         }
         if self._offline:
@@ -320,52 +346,56 @@ class AlignmentAgent:
         index = jax.random.randint(key, (batch["prompts"].shape[0],), 0, data.prompts.shape[0])
         train = {k: getattr(data, k)[index] for k in ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")}
         train["weight"] = jnp.full(index.shape, full, jnp.float32)
-        train["oracle"], train["model"] = train["weight"], jnp.zeros(index.shape, jnp.float32)
+        # SAIL-DP: fixed (offline) responses, so only the preference term
+        train["sail_rows"] = {"dp": train["weight"]}
         train["reference_sample"] = None
         return state.replace(dataset=data), train
 
-    def _policy_steps(self, params, opt_state, batch: dict):
-        optimizer, length = self._optimizer(), batch["chosen"].shape[-1]
+    def _policy_loss(self, params, batch: dict) -> tuple[Array, dict]:
+        """The policy's minimised objective on a batch of pairs: the DAP loss (+ XPO / SAIL terms)."""
+        length = batch["chosen"].shape[-1]
+        prompts2 = jnp.concatenate([batch["prompts"], batch["prompts"]])
+        responses = jnp.concatenate([batch["chosen"], batch["rejected"]])
+        scored = score_responses(self.policy, params, prompts2, responses).logprob
+        chosen, rejected = jnp.split(scored, 2)
+        lengths = jnp.full(chosen.shape, length, jnp.float32)
+        loss, info = self.policy_loss(
+            chosen,
+            rejected,
+            batch["ref_chosen"],
+            batch["ref_rejected"],
+            chosen_length=lengths,
+            rejected_length=lengths,
+            weight=batch["weight"],
+        )
+        if self.xpo_alpha > 0:
+            ref_sample_logprob = score_responses(
+                self.policy, params, batch["prompts"], batch["reference_sample"]
+            ).logprob
+            loss = loss + xpo_term(ref_sample_logprob, self.xpo_alpha, weight=batch["weight"])
+        if self.sail_coefficient > 0:
+            # each pair's SAIL variant follows its route (Ding et al. 2024): 'pr' / 'pp' for π_θ's
+            # samples labelled by the oracle / by the policy's own sampled preference, 'dp' for the
+            # pairs of an offline dataset
+            for variant, rows in batch["sail_rows"].items():
+                loss = loss + sail_term(
+                    chosen,
+                    rejected,
+                    batch["ref_chosen"],
+                    batch["ref_rejected"],
+                    beta=self.policy_loss.beta,
+                    coefficient=self.sail_coefficient,
+                    variant=variant,
+                    weight=rows,
+                )
+        return loss, info
 
-        def loss_fn(p):
-            prompts2 = jnp.concatenate([batch["prompts"], batch["prompts"]])
-            responses = jnp.concatenate([batch["chosen"], batch["rejected"]])
-            scored = score_responses(self.policy, p, prompts2, responses).logprob
-            chosen, rejected = jnp.split(scored, 2)
-            lengths = jnp.full(chosen.shape, length, jnp.float32)
-            loss, info = self.policy_loss(
-                chosen,
-                rejected,
-                batch["ref_chosen"],
-                batch["ref_rejected"],
-                chosen_length=lengths,
-                rejected_length=lengths,
-                weight=batch["weight"],
-            )
-            if self.xpo_alpha > 0:
-                ref_sample_logprob = score_responses(
-                    self.policy, p, batch["prompts"], batch["reference_sample"]
-                ).logprob
-                loss = loss + xpo_term(ref_sample_logprob, self.xpo_alpha, weight=batch["weight"])
-            if self.sail_coefficient > 0:
-                # oracle-labelled pairs: SAIL-PR's response term; pairs labelled by the policy's own
-                # sampled preference: SAIL-PP's response and label terms (Ding et al. 2024)
-                for variant, rows in (("pr", batch["oracle"]), ("pp", batch["model"])):
-                    loss = loss + sail_term(
-                        chosen,
-                        rejected,
-                        batch["ref_chosen"],
-                        batch["ref_rejected"],
-                        beta=self.policy_loss.beta,
-                        coefficient=self.sail_coefficient,
-                        variant=variant,
-                        weight=rows,
-                    )
-            return loss, info
+    def _policy_steps(self, params, opt_state, batch: dict):
+        optimizer = self._optimizer()
 
         def step(carry, _):
             p, o = carry
-            (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+            (loss, info), grads = jax.value_and_grad(self._policy_loss, has_aux=True)(p, batch)
             updates, o = optimizer.update(grads, o, p)
             return (optax.apply_updates(p, updates), o), (loss, info)
 
@@ -376,10 +406,23 @@ class AlignmentAgent:
         return params, opt_state, out
 
     def recommend(self, key: Array, state: AlignmentState, obs: Observation) -> Array:
-        """Greedy decoding of π_θ, or (EE4LLM) the best of N π_ref samples under the ensemble mean."""
+        """Greedy decoding of π_θ or of DeRa's logits, or (EE4LLM) the best of N π_ref samples (ensemble mean)."""
         prompts, length = obs.prompts, self.reference.response_length
         if self.recommend_with == "greedy":
             return greedy_responses(self.policy, self._policy_params(state), prompts, length)
+        if self.recommend_with == "dera":
+            # argmax_v [λ·h_θ + (1−λ)·h_ref]_v per token: DeRa at temperature 0 (``key`` is unused)
+            return sample_mixture_responses(
+                key,
+                self.policy,
+                self._policy_params(state),
+                self.reference.params,
+                prompts,
+                length,
+                mixture="dera",
+                weight=self.dera_lambda,
+                temperature=0.0,
+            )
         n, batch = self.best_of_n, prompts.shape[0]
         flat_prompts = repeat_prompts(prompts, n)
         samples, _ = sample_responses(key, self.policy, self.reference.params, flat_prompts, length)
@@ -537,26 +580,47 @@ def sail(
     variant: str = "pr",
     coefficient: float = 0.3,
     policy_label_fraction: float = 0.5,
+    budget: int | None = None,
     loss: DAPLoss = DAPLoss("dpo"),
     **kwargs,
 ) -> AlignmentAgent:
-    """SAIL (Ding et al. 2024): online DPO on two π_θ samples plus the self-improving gradient term.
+    """SAIL (Ding et al. 2024, "SAIL: Self-Improving Efficient Online Alignment of Large Language
+    Models", arXiv 2406.15567): DPO plus the self-improving gradient term.
 
     The single-level objective ``J(θ) = E_{x,(y_w,y_l)~q_θ}[ℓ_θ]``, ``ℓ_θ = log σ(βΔ_θ)``, has the
     gradient ``E[∇ℓ_θ] + E[ℓ_θ ∇log q_θ]``; the second part is added through
-    :func:`cdb.losses.sail_term` (a stop-gradient surrogate). Variants by where labels come from:
+    :func:`cdb.losses.sail_term` (a stop-gradient surrogate). Variants by where responses and
+    labels come from:
 
-    * ``'pr'`` — responses from π_θ, labels from the oracle: ``∇log q_θ = ∇log π_θ(y_w) + ∇log π_θ(y_l)``;
+    * ``'pr'`` — online DPO on two π_θ samples, labels from the oracle:
+      ``∇log q_θ = ∇log π_θ(y_w) + ∇log π_θ(y_l)``;
     * ``'pp'`` — as ``'pr'``, but a fraction ``policy_label_fraction`` of the prompts is labelled by
       the policy's own preference, sampled ``z ~ Bernoulli(σ(β·Δ_θ))`` (never sent to the oracle),
-      which adds the label term ``ℓ_θ ∇ℓ_θ`` for those pairs.
+      which adds the label term ``ℓ_θ ∇ℓ_θ`` for those pairs;
+    * ``'dp'`` (name ``sail_dp``) — offline DPO's composition (:func:`offline_dpo`): a fixed dataset
+      of ``budget`` pairs of π_ref samples, labelled once by the oracle in the first rounds
+      (``budget`` queries in all, none after), and on each minibatch of it the loss::
+
+          −log σ(βΔ_θ) + ρ · sg(−ℓ_θ) · ℓ_θ,   gradient   −∇ℓ_θ − ρ ℓ_θ ∇ℓ_θ = ∇[−ℓ_θ − ½ρ ℓ_θ²]
+
+      (ρ = ``coefficient``; :func:`cdb.losses.sail_term` with ``variant='dp'``). The responses are
+      fixed, so only the label term remains; as in the authors' code (``−½ρ·logsigmoid(βΔ)²``) it
+      is evaluated at the dataset's oracle labels, whereas the derivation takes labels sampled from
+      π_θ's own Bradley–Terry model.
 
     ``coefficient`` defaults to 0.3, the authors' released configuration (their DPR γ); with 1.0
     the surrogate's variance destabilised training on SequenceDuel (measured in the benchmark).
-    (SAIL-DP, on offline-dataset responses, is not built here.)
+    The same default is used for ``'dp'``'s ρ without a measured reason. ``budget`` (the dataset
+    size N) is required by ``'dp'`` and refused by the others.
     """
-    check_choice("sail", "variant", variant, ("pr", "pp"))
+    check_choice("sail", "variant", variant, ("pr", "pp", "dp"))
     check_float("sail", "coefficient", coefficient, low=0.0, low_inclusive=False)
+    if variant == "dp":
+        check_int("sail", "budget", budget, low=1)
+        agent = offline_dpo(reference, budget, loss=loss, sail_coefficient=coefficient, **kwargs)
+        return dataclasses.replace(agent, name="sail_dp")
+    if budget is not None:
+        raise ValueError(f"sail.budget={budget!r} is not allowed with variant={variant!r}; expected None (or 'dp')")
     if variant == "pr":
         return AlignmentAgent(
             reference,

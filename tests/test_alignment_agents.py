@@ -6,6 +6,9 @@
 3. SEA's reward ensemble ranks *held-out* pairs of reference samples (fresh prompts) in the
    gold reward's order better than chance.
 4. Bad configurations fail at construction with an error naming the field.
+5. DeRa recommendations (``recommend_with='dera'``): λ = 1 is exactly ``'greedy'``, λ = 0 exactly
+   greedy decoding of π_ref, and λ = 2 picks ``argmax(2·h_θ − h_ref)`` at every token of its own
+   output, recomputed by a teacher-forced pass.
 
 The runs reuse the compiled programs of the contract test (``sequence_fixtures.checked_agent``
 with the shared ``SEEDS`` / ``EVAL_EVERY``): longer runs are only more blocks.
@@ -15,6 +18,7 @@ import dataclasses
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sequence_fixtures as seq
@@ -27,7 +31,8 @@ from cdb.environments.sequence_duel import SequenceDuel
 from cdb.labelers import EntropyQueries, MixedLabeler, QueryBudget
 from cdb.losses import DAPLoss
 from cdb.proposers import GeometricMixtureSamples, PolicySamples
-from cdb.types import EnvSpec
+from cdb.sequences import greedy_responses
+from cdb.types import EnvSpec, Observation
 
 # --------------------------------------------------------------------------------------------
 # 1. SEA's model-labelled pairs never reach the oracle
@@ -103,8 +108,15 @@ SEA_ROUNDS = 200
 
 def _run(env, name, rounds, key):
     chex.clear_trace_counter()  # CheckedAgent's trace counters are shared (see sequence_fixtures)
-    return cdb.run(seq.checked_agent(env, name), env, rounds=rounds, seeds=seq.SEEDS, eval_every=seq.EVAL_EVERY,
-                   key=key, progress=False)
+    return cdb.run(
+        seq.checked_agent(env, name),
+        env,
+        rounds=rounds,
+        seeds=seq.SEEDS,
+        eval_every=seq.EVAL_EVERY,
+        key=key,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +248,9 @@ def test_xpo_alpha_without_policy_and_reference_is_rejected(reference):
         ({"policy_steps": 0}, "policy_steps"),
         ({"best_of_n": 0}, "best_of_n"),
         ({"sail_coefficient": -1.0}, "sail_coefficient"),
+        ({"recommend_with": "dera", "dera_lambda": -0.5}, "dera_lambda"),
+        ({"recommend_with": "dera", "dera_lambda": float("nan")}, "dera_lambda"),
+        ({"recommend_with": "dera", "dera_lambda": float("inf")}, "dera_lambda"),
         ({"scorer": "implicit_reward", "policy_loss": None}, "policy_loss"),
         ({"labeler": MixedLabeler(0.5)}, "scorer"),  # model labels need a model to label with
     ],
@@ -266,3 +281,61 @@ def test_unknown_rules_are_rejected(reference):
         alignment.sea(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
     with pytest.raises(ValueError, match=r"ee4llm\.rule"):
         alignment.ee4llm(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. DeRa recommendations
+# --------------------------------------------------------------------------------------------
+
+DERA_PROMPTS = 64
+
+
+@pytest.fixture(scope="module")
+def dera_setup(tiny_env):  # noqa: F811
+    """An online DPO agent whose π_θ is π_ref with noise on every weight, its state, and 64 prompts."""
+    ref = tiny_env.reference
+    agent = alignment.online_dap(ref)
+    leaves, treedef = jax.tree.flatten(ref.params)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    theta = jax.tree.unflatten(
+        treedef, [x + 0.5 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)]
+    )
+    state = agent.init(jax.random.key(1), tiny_env.spec).replace(policy_params=theta)
+    prompts = jax.random.randint(jax.random.key(2), (DERA_PROMPTS, seq.LP), 0, seq.V, jnp.int32)
+    return agent, state, Observation(prompts=prompts)
+
+
+def _recommend(agent, state, obs, **fields):
+    return np.asarray(dataclasses.replace(agent, **fields).recommend(jax.random.key(3), state, obs))
+
+
+def test_dera_with_lambda_one_is_greedy_and_zero_is_the_reference(dera_setup, tiny_env):  # noqa: F811
+    agent, state, obs = dera_setup
+    ref = tiny_env.reference
+    greedy = _recommend(agent, state, obs)
+    reference_greedy = np.asarray(greedy_responses(ref.policy, ref.params, obs.prompts, seq.L))
+    assert agent.recommend_with == "greedy"
+    assert not np.array_equal(greedy, reference_greedy)  # π_θ and π_ref decode differently here
+    np.testing.assert_array_equal(_recommend(agent, state, obs, recommend_with="dera", dera_lambda=1.0), greedy)
+    np.testing.assert_array_equal(
+        _recommend(agent, state, obs, recommend_with="dera", dera_lambda=0.0), reference_greedy
+    )
+
+
+def test_dera_extrapolation_is_the_argmax_of_the_mixed_logits(dera_setup, tiny_env):  # noqa: F811
+    """λ = 2: each token of the recommendation is the argmax of 2·h_θ − h_ref given its own prefix, with
+    h_θ and h_ref from one teacher-forced pass of each model (not the KV-cached decoder)."""
+    agent, state, obs = dera_setup
+    ref = tiny_env.reference
+    lam = 2.0
+    out = _recommend(agent, state, obs, recommend_with="dera", dera_lambda=lam)
+    assert out.shape == (DERA_PROMPTS, seq.L) and out.dtype == np.int32
+    tokens = jnp.concatenate([obs.prompts, jnp.asarray(out)], axis=1)
+    h_theta = ref.policy.apply(state.policy_params, tokens)[0][:, seq.LP - 1 : seq.LP - 1 + seq.L]
+    h_ref = ref.policy.apply(ref.params, tokens)[0][:, seq.LP - 1 : seq.LP - 1 + seq.L]
+    mixed = np.asarray(lam * h_theta + (1.0 - lam) * h_ref)  # [N, L, V]
+    picked = np.take_along_axis(mixed, out[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(picked, mixed.max(axis=-1), rtol=0, atol=1e-4)  # argmax up to float ties
+    # and λ = 2 is neither end: it decodes differently from π_θ and from π_ref on some prompts
+    assert not np.array_equal(out, _recommend(agent, state, obs))
+    assert not np.array_equal(out, _recommend(agent, state, obs, recommend_with="dera", dera_lambda=0.0))

@@ -10,6 +10,7 @@ import pytest
 
 import cdb
 from cdb.agents import CoLSTIM, MaxInP, OptimalDesignAgent, ee_ts, passive
+from cdb.agents.alignment import AlignmentAgent
 from cdb.ensemble import LinearEnsemble, MLPEnsemble
 from cdb.environments import DuelParams, KArmedDuel, LinearDuel, SequenceDuel
 from cdb.losses import DAPLoss
@@ -37,6 +38,22 @@ def test_thompson_sampling_with_a_single_member_is_rejected():
     with pytest.raises(ValueError, match=r"num_members=1 .*out of range") as err:
         ee_ts(reward_model=LinearEnsemble(num_members=1))
     assert "2" in str(err.value)  # the allowed minimum is stated
+
+
+def test_negative_dera_lambda_is_rejected():
+    # checked at construction, before the reference policy is touched (hence None)
+    with pytest.raises(ValueError, match=r"AlignmentAgent\.dera_lambda=-0\.5 .*out of range.*>= 0"):
+        AlignmentAgent(None, recommend_with="dera", dera_lambda=-0.5)
+
+
+def test_nan_dera_lambda_is_rejected():
+    with pytest.raises(ValueError, match=r"AlignmentAgent\.dera_lambda=nan .*not finite"):
+        AlignmentAgent(None, recommend_with="dera", dera_lambda=float("nan"))
+
+
+def test_unknown_recommender_is_rejected_and_dera_is_offered():
+    with pytest.raises(ValueError, match=r"AlignmentAgent\.recommend_with='beam' .*not allowed.*'dera'"):
+        AlignmentAgent(None, recommend_with="beam")
 
 
 def test_linear_duel_with_one_arm_is_rejected():

@@ -7,6 +7,7 @@ rounds (``chex.assert_max_traces`` on the agent's functions while the run spans 
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import chex
@@ -19,6 +20,7 @@ from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
 import cdb
 from cdb import agents
+from cdb.agents import alignment
 from cdb.ensemble import LinearEnsemble, MLPEnsemble
 from cdb.environments import KArmedDuel, LinearDuel, NeuralDuel
 
@@ -127,25 +129,51 @@ def test_ts_rules_need_two_members():
 # with test_alignment_agents through sequence_fixtures.checked_agent).
 # --------------------------------------------------------------------------------------------
 
-ORACLE_ONLY = {"frozen_sampler_dpo", "online_dpo", "online_ipo", "online_slic", "sea_ee_ts", "sea_bai_ts", "xpo",
-               "ee4llm", "nash_md"}
+# Tier-2 cases beyond the shared set of sequence_fixtures, each built and wrapped once per
+# environment (so the repeated runs below reuse one compiled program).
+EXTRA_AGENTS = {
+    "sail_dp": lambda ref: alignment.sail(ref, variant="dp", budget=8),
+    "online_dpo_dera": lambda ref: alignment.online_dap(ref, recommend_with="dera", dera_lambda=2.0),
+}
+
+
+@functools.cache
+def _checked(env, agent_name: str) -> seq.CheckedAgent:
+    if agent_name in seq.AGENT_NAMES:
+        return seq.checked_agent(env, agent_name)
+    agent = EXTRA_AGENTS[agent_name](env.reference)
+    return seq.CheckedAgent(agent, env.batch_size, env.response_length, env.vocab_size)
+
+
+ORACLE_ONLY = {
+    "frozen_sampler_dpo",
+    "online_dpo",
+    "online_ipo",
+    "online_slic",
+    "sea_ee_ts",
+    "sea_bai_ts",
+    "xpo",
+    "ee4llm",
+    "nash_md",
+    "online_dpo_dera",
+}
 
 
 def _expected_queries(agent_name: str, agent) -> np.ndarray | None:
     """Oracle queries per round ``[ROUNDS]`` that the agent's labeler prescribes (None: random)."""
     if agent_name in ORACLE_ONLY:
         return np.full(seq.ROUNDS, seq.B)
-    if agent_name == "offline_dpo":  # the first `budget` pairs, none after
+    if agent_name in ("offline_dpo", "sail_dp"):  # the first `budget` pairs, none after
         return np.diff(np.minimum(np.arange(seq.ROUNDS + 1) * seq.B, agent.labeler.budget))
     if agent_name == "apl":  # ceil(fraction · B) highest-entropy prompts
         return np.full(seq.ROUNDS, int(np.ceil(agent.labeler.fraction * seq.B)))
     return None
 
 
-@pytest.mark.parametrize("agent_name", seq.AGENT_NAMES)
+@pytest.mark.parametrize("agent_name", seq.AGENT_NAMES + tuple(EXTRA_AGENTS))
 def test_alignment_agent_contract(agent_name, tiny_env):  # noqa: F811
     env = tiny_env
-    checked = seq.checked_agent(env, agent_name)
+    checked = _checked(env, agent_name)
     assert (env.spec.prompt_length, env.spec.response_length, env.spec.vocab_size) == (seq.LP, seq.L, seq.V)
     chex.clear_trace_counter()
     # Shapes, dtypes and scalar infos are asserted by CheckedAgent while cdb.run traces; tracing

@@ -6,16 +6,25 @@
 3. The same policy: DPO loss + SAIL term (both weighted by the stop-gradient sampling
    probabilities) has the exact gradient of the expected loss −J(θ) = −E_{q_θ}[log σ(βΔ)],
    differentiated through q_θ, for every variant; the DPO loss alone does not.
+4. The SAIL-DP agent (``alignment.sail(variant='dp')``) on the tiny SequenceDuel: offline DPO's
+   composition, exactly ``budget`` oracle queries, and a policy objective that is offline DPO's
+   plus the 'dp' term on the same minibatch (value by hand, gradient against the authors' form).
 """
 
+import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sequence_fixtures as seq
+from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
+from cdb.agents import alignment
 from cdb.losses import SAIL_VARIANTS, DAPLoss, sail_term
+from cdb.sequences import score_responses
 
 BETA = 0.5
 COEF = 0.7
@@ -188,3 +197,119 @@ def test_dpo_plus_sail_term_has_the_exact_online_gradient(variant):
     dpo_only = np.asarray(jax.grad(_surrogate_loss)(theta, variant, 0.0))
     np.testing.assert_allclose(with_sail, exact, rtol=1e-4, atol=1e-6)
     assert np.abs(dpo_only - exact).max() > 1e-3  # the term is what closes the gap
+
+
+# ------------------------------------------------------------------- SAIL-DP, the agent (tier 2)
+
+SAIL_DP_BUDGET = 8  # two rounds of seq.B = 4 prompts
+SAIL_DP_ROUNDS = 4
+
+
+@pytest.fixture(scope="module")
+def sail_dp_run(tiny_env):  # noqa: F811
+    """``sail_dp`` played by hand on the tiny SequenceDuel: (agent, final state, oracle queries per round)."""
+    agent = alignment.sail(tiny_env.reference, variant="dp", budget=SAIL_DP_BUDGET, coefficient=COEF)
+    params = tiny_env.default_params
+    select, update, step = jax.jit(agent.select), jax.jit(agent.update), jax.jit(tiny_env.step)
+    key = jax.random.key(0)
+    env_state, obs = tiny_env.reset(jax.random.fold_in(key, 0), params)
+    state = agent.init(jax.random.fold_in(key, 1), tiny_env.spec)
+    queried = []
+    for t in range(SAIL_DP_ROUNDS):
+        k_select, k_step, k_update = jax.random.split(jax.random.fold_in(key, 10 + t), 3)
+        duel, _ = select(k_select, state, obs)
+        next_env_state, next_obs, feedback, _ = step(k_step, env_state, duel, params)
+        np.testing.assert_array_equal(feedback.queried, duel.query)
+        queried.append(int(np.sum(feedback.queried)))
+        state, _ = update(k_update, state, obs, duel, feedback)
+        env_state, obs = next_env_state, next_obs
+    return agent, state, queried
+
+
+def test_sail_dp_is_offline_dpo_with_the_coefficient(tiny_env):  # noqa: F811
+    ref = tiny_env.reference
+    agent = alignment.sail(ref, variant="dp", budget=SAIL_DP_BUDGET, coefficient=COEF)
+    offline = alignment.offline_dpo(ref, SAIL_DP_BUDGET)
+    assert agent.name == "sail_dp" and agent.sail_coefficient == COEF and offline.sail_coefficient == 0.0
+    for field in dataclasses.fields(alignment.AlignmentAgent):
+        if field.name not in ("name", "sail_coefficient"):
+            assert getattr(agent, field.name) == getattr(offline, field.name), field.name
+
+
+def test_sail_dp_queries_exactly_its_dataset(sail_dp_run):
+    """N = budget oracle queries, all in the first rounds (B per round), none once the dataset is full."""
+    _, state, queried = sail_dp_run
+    assert queried == [seq.B, seq.B, 0, 0]
+    assert int(state.queries) == SAIL_DP_BUDGET == sum(queried)
+    assert int(state.dataset.size) == SAIL_DP_BUDGET
+
+
+def test_sail_dp_loss_is_offline_dpo_plus_the_dp_term(tiny_env, sail_dp_run):  # noqa: F811
+    """On the same minibatch of the dataset and the same (trained) π_θ, sail_dp's objective is
+    offline DPO's plus ``sail_term(variant='dp')`` — and nothing else (no 'pr' / 'pp' term) — and
+    its extra gradient is that of the authors' form ``−½ρ·mean ℓ²``, ``ℓ = log σ(βΔ)``."""
+    agent, state, _ = sail_dp_run
+    offline = alignment.offline_dpo(tiny_env.reference, SAIL_DP_BUDGET)
+    data = state.dataset
+    fields = ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")
+    # a minibatch as update draws it (nothing new is stored: no pair is queried)
+    new_state, batch = agent._offline_batch(
+        jax.random.key(3), state, {k: getattr(data, k)[: seq.B] for k in fields}, jnp.zeros(seq.B, bool)
+    )
+    np.testing.assert_array_equal(new_state.dataset.prompts, data.prompts)
+    np.testing.assert_array_equal(batch["weight"], 1.0)  # the dataset is full
+    params, beta = state.policy_params, agent.policy_loss.beta
+
+    def logps(p):
+        prompts2 = jnp.concatenate([batch["prompts"], batch["prompts"]])
+        responses = jnp.concatenate([batch["chosen"], batch["rejected"]])
+        return jnp.split(score_responses(agent.policy, p, prompts2, responses).logprob, 2)
+
+    def authors_form(p):  # the extra loss of the authors' DDP code, −½ρ·mean ℓ²
+        chosen, rejected = logps(p)
+        delta = (chosen - batch["ref_chosen"]) - (rejected - batch["ref_rejected"])
+        return -0.5 * COEF * jnp.mean(jax.nn.log_sigmoid(beta * delta) ** 2)
+
+    def term(p):
+        chosen, rejected = logps(p)
+        return sail_term(
+            chosen,
+            rejected,
+            batch["ref_chosen"],
+            batch["ref_rejected"],
+            beta=beta,
+            coefficient=COEF,
+            variant="dp",
+            weight=batch["weight"],
+        )
+
+    (got, got_info), got_grad = jax.value_and_grad(agent._policy_loss, has_aux=True)(params, batch)
+    (base, base_info), base_grad = jax.value_and_grad(offline._policy_loss, has_aux=True)(params, batch)
+    # π_θ has left π_ref (trained on the dataset for two rounds), so the pairs' margins are not 0
+    chosen, rejected = logps(params)
+    delta = np.asarray((chosen - batch["ref_chosen"]) - (rejected - batch["ref_rejected"]))
+    assert np.abs(delta).min() > 1e-4
+    ell = np.log(1.0 / (1.0 + np.exp(-beta * delta.astype(np.float64))))
+    # the value: the term's surrogate value ρ·mean(−ℓ·ℓ), by hand
+    assert float(got - base) == pytest.approx(COEF * np.mean(-(ell**2)), rel=1e-4)
+    assert float(got - base) == pytest.approx(float(term(params)), rel=1e-5, abs=1e-7)
+    assert float(got_info["dap_loss"]) == float(base_info["dap_loss"])  # the DAP loss proper is untouched
+    # the gradient: offline DPO's + the dp term's = offline DPO's + ∇(−½ρ·mean ℓ²)
+    extra = jax.tree.map(lambda a, b: a - b, got_grad, base_grad)
+    want = jax.grad(authors_form)(params)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want)) > 1e-4
+    chex.assert_trees_all_close(extra, want, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(extra, jax.grad(term)(params), rtol=1e-4, atol=1e-6)
+
+
+def test_sail_constructor_checks_variant_and_budget(tiny_env):  # noqa: F811
+    ref = tiny_env.reference
+    with pytest.raises(ValueError, match=r"sail\.variant='dd'"):
+        alignment.sail(ref, variant="dd")
+    with pytest.raises(ValueError, match=r"sail\.budget=None"):
+        alignment.sail(ref, variant="dp")
+    with pytest.raises(ValueError, match=r"sail\.budget=0"):
+        alignment.sail(ref, variant="dp", budget=0)
+    for variant in ("pr", "pp"):
+        with pytest.raises(ValueError, match=r"sail\.budget=8"):
+            alignment.sail(ref, variant=variant, budget=8)
