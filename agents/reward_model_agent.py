@@ -65,12 +65,19 @@ class RewardModelAgent:
 
     def select(self, key, state: RewardModelAgentState, obs: Observation):
         arms = selection.select_pairs(self.selector, key, self.scores(state, obs))
-        return Duel(arms=arms, query=jnp.ones(arms.shape[0], bool)), {}
+        # The pair's features travel to ``update`` in ``aux``: then the round's [B, K, d] features
+        # are dead once the pair is chosen, and a compiled loop can draw the next round's in place
+        # (reading them again in ``update`` cost two copies of that array per round).
+        pair_features = (take_arm_features(obs.features, arms[:, 0]), take_arm_features(obs.features, arms[:, 1]))
+        return Duel(arms=arms, query=jnp.ones(arms.shape[0], bool), aux=pair_features), {}
 
     def update(self, key, state: RewardModelAgentState, obs: Observation, duel: Duel, feedback: Feedback):
         check_observation(self.name, obs, state.feature_dim)
-        first = take_arm_features(obs.features, duel.arms[:, 0])
-        second = take_arm_features(obs.features, duel.arms[:, 1])
+        if duel.aux is None:  # a duel built elsewhere (e.g. by hand): read the pair from ``obs``
+            first = take_arm_features(obs.features, duel.arms[:, 0])
+            second = take_arm_features(obs.features, duel.arms[:, 1])
+        else:
+            first, second = duel.aux
         rm_state, info = self.reward_model.update(
             key, state.reward_model, first, second, feedback.preference, feedback.queried
         )

@@ -101,7 +101,11 @@ def _make_functions(agent: Agent, env: Environment, params: Any):
     def one_round(carry: Carry, t: jax.Array):
         k_select, k_env, k_update = jax.random.split(_stage_key(carry.seed_key, _ROUNDS, t), 3)
         duel, select_info = agent.select(k_select, carry.agent_state, carry.obs)
-        env_state, next_obs, feedback, info = env.step(k_env, carry.env_state, duel, params)
+        # The environment steps only once the duel is complete. Agents that keep what they need
+        # of ``obs`` in ``duel.aux`` leave the round's observation dead here, so XLA can draw the
+        # next one into the same buffer instead of copying a [seeds, B, K, d] array every round.
+        duel, env_state = jax.lax.optimization_barrier((duel, carry.env_state))
+        env_state, next_obs, feedback, info = env.step(k_env, env_state, duel, params)
         agent_state, update_info = agent.update(k_update, carry.agent_state, carry.obs, duel, feedback)
         metrics = {**scalar_info(select_info), **scalar_info(update_info), **round_metrics(info, feedback)}
         return carry.replace(env_state=env_state, agent_state=agent_state, obs=next_obs), metrics

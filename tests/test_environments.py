@@ -230,8 +230,7 @@ def test_same_keys_give_identical_outputs(name):
 @pytest.mark.parametrize("name", ["linear", "neural", "karmed"])
 def test_different_seeds_draw_different_instances(name):
     states = [play(name, seed=s)[0] for s in (0, 1)]
-    truths = [np.asarray(jax.tree.leaves(s.reward_params if name in FEATURE_ENVS else s.utilities)[0])
-              for s in states]
+    truths = [np.asarray(jax.tree.leaves(s.reward_params if name in FEATURE_ENVS else s.utilities)[0]) for s in states]
     assert not np.allclose(truths[0], truths[1])
     if name == "linear":
         for s in states:
@@ -302,30 +301,30 @@ def _frequencies(name: str, arms: np.ndarray, draws: int):
     """Per-row frequency of 'first arm wins' over `draws` oracle calls on one fixed state."""
     env = compiled(name)[0]
     params = env.default_params
-    state, _ = env.reset(jax.random.key(5), params)
+    state, obs = env.reset(jax.random.key(5), params)
     keys = jax.random.split(jax.random.key(6), draws)
     many_steps = jax.jit(jax.vmap(env.step, in_axes=(0, None, None, None)))
     fb = many_steps(keys, state, duel(arms, np.ones(B, bool)), params)[2]
-    return state, np.asarray(fb.preference).mean(axis=0)
+    return state, obs, np.asarray(fb.preference).mean(axis=0)
 
 
 def test_empirical_preference_frequency_matches_probability_linear():
     arms = np.tile([[0, 1]], (B, 1)).astype(np.int32)
-    state, freq = _frequencies("linear", arms, draws=2000)
-    r = np_rewards("linear", state, state.features)
+    state, obs, freq = _frequencies("linear", arms, draws=2000)
+    r = np_rewards("linear", state, obs.features)
     p = np.array([np_link("bradley_terry", r[b, 0] - r[b, 1]) for b in range(B)])
     assert np.all(np.abs(freq - p) < 0.05), (freq, p)  # 4.5 standard errors at n = 2000
 
 
 def test_empirical_preference_frequency_matches_matrix():
-    state, freq = _frequencies("karmed_matrix", ARMS, draws=2000)
+    _, _, freq = _frequencies("karmed_matrix", ARMS, draws=2000)
     p = np.array([0.5 if a1 == a2 else MATRIX[a1, a2] for a1, a2 in ARMS])
     assert np.all(np.abs(freq - p) < 0.05), (freq, p)
 
 
 def test_self_duel_is_a_fair_coin_even_for_the_deterministic_link():
     arms = np.stack([np.arange(B) % K] * 2, axis=1).astype(np.int32)
-    _, freq = _frequencies("deterministic", arms, draws=1000)
+    _, _, freq = _frequencies("deterministic", arms, draws=1000)
     assert np.all(np.abs(freq - 0.5) < 0.07), freq
     for link in LINKS:
         assert float(preference_probability(link, 3.0, jnp.float32(0.3), jnp.float32(0.3))) == 0.5

@@ -48,7 +48,11 @@ def test_sharded_seeds_equal_single_device(tmp_path, context_pool):
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"  # same XLA options as here
     env_vars = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(path), str(context_pool)], env=env_vars, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, str(path), str(context_pool)],
+        env=env_vars,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = cdb.Results.load(path)
