@@ -132,6 +132,8 @@ def test_ts_rules_need_two_members():
 # Tier-2 cases beyond the shared set of sequence_fixtures, each built and wrapped once per
 # environment (so the repeated runs below reuse one compiled program).
 EXTRA_AGENTS = {
+    "sail_pr": lambda ref: alignment.sail(ref, variant="pr"),
+    "sail_pp": lambda ref: alignment.sail(ref, variant="pp"),
     "sail_dp": lambda ref: alignment.sail(ref, variant="dp", budget=8),
     "online_dpo_dera": lambda ref: alignment.online_dap(ref, recommend_with="dera", dera_lambda=2.0),
 }
@@ -156,6 +158,7 @@ ORACLE_ONLY = {
     "ee4llm",
     "nash_md",
     "online_dpo_dera",
+    "sail_pr",
 }
 
 
