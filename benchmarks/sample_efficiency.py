@@ -18,6 +18,7 @@ and writes to ``--out``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -62,12 +63,17 @@ def make_agents(ref, env: SequenceDuel, rounds: int) -> dict:
         "ee4llm": lambda: A.ee4llm(ref),
         "nash_md": lambda: A.nash_md(ref),
         "sail_pr": lambda: A.sail(ref, variant="pr"),
+        "sail_pp": lambda: A.sail(ref, variant="pp"),
+        "sail_dp": lambda: A.sail(ref, variant="dp", budget=rounds * env.batch_size // 2),
     }
 
 
 def make_ablations(ref, env: SequenceDuel) -> dict:
     """Variations of SEA with realizable features and mixing (run with ``--agents NAME ...``)."""
     chain = ChainCountFeatures(env.vocab_size)
+
+    def mlp(**kwargs):
+        return dataclasses.replace(A.default_ensemble(), **kwargs)
 
     def sea(**kwargs):
         options = dict(rule="ee_ts", gamma=0.5, features=chain,
@@ -82,6 +88,14 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         "ablation_bai_ts": sea(rule="bai_ts"),
         "ablation_beta0.05": sea(loss=DAPLoss("dpo", beta=0.05)),
         "ablation_hidden_linear": sea(features=A.reference_hidden_features),
+        # the default SEA (MLP heads on π_ref's hidden state, γ = 1), one knob at a time
+        "ablation_mlp_e16": lambda: A.sea(ref, rule="ee_ts", reward_model=A.default_ensemble(16)),
+        "ablation_mlp_prior3": lambda: A.sea(ref, rule="ee_ts", reward_model=mlp(prior_scale=3.0)),
+        "ablation_mlp_lr1e-2": lambda: A.sea(ref, rule="ee_ts", reward_model=mlp(learning_rate=1e-2)),
+        "ablation_mlp_rm_steps8": lambda: A.sea(ref, rule="ee_ts", reward_model=mlp(steps_per_update=8)),
+        "ablation_mlp_policy_steps4": lambda: A.sea(ref, rule="ee_ts", policy_steps=4),
+        # its control: the baseline with the same policy steps per round
+        "ablation_online_dpo_policy_steps4": lambda: A.online_dap(ref, loss=DAPLoss("dpo"), policy_steps=4),
     }
 
 
@@ -100,6 +114,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--eval-every", type=int, default=8)
     parser.add_argument("--agents", nargs="+", default=None)
+    parser.add_argument("--key", type=int, default=0, help="base key of the run (other keys: other seeds)")
     parser.add_argument("--online-target", type=float, default=0.8, help="target online win rate (smoothed)")
     parser.add_argument("--gap-target", type=float, default=0.5, help="target fraction of the gap closed")
     parser.add_argument("--out", default="benchmarks/results/sample_efficiency")
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             res = cdb.Results.load(out / f"{name}.npz")
         else:
             res = cdb.run(factories[name](), env, rounds=args.rounds, seeds=args.seeds, eval_every=args.eval_every,
-                          key=0, progress=not args.no_progress)
+                          key=args.key, progress=not args.no_progress)
             res.metrics["online_win_rate_smoothed"] = smoothed(res.metrics["online_win_rate"], SMOOTH)
             res.save(out / f"{name}.npz")
         results[name] = res
