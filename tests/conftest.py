@@ -10,7 +10,9 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import jax  # noqa: E402
 
-jax.config.update(
-    "jax_compilation_cache_dir", os.environ.get("CDB_TEST_JAX_CACHE", os.path.expanduser("~/.cache/cdb/jax_test_cache"))
-)
+# One cache directory per xdist worker: JAX writes cache entries without an atomic rename, so a
+# worker reading an entry the other is still writing can deserialize a truncated executable (a
+# segfault seen once in a fresh clone's `pytest -n 2`).
+_cache_root = os.environ.get("CDB_TEST_JAX_CACHE", os.path.expanduser("~/.cache/cdb/jax_test_cache"))
+jax.config.update("jax_compilation_cache_dir", os.path.join(_cache_root, os.environ.get("PYTEST_XDIST_WORKER", "main")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
