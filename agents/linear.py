@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from cdb import replay
-from cdb.agents.reward_model_agent import check_feature_spec, check_observation, take_arm_features
+from cdb.agents.reward_model_agent import check_feature_spec, check_observation, take_pair_features
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -364,8 +364,7 @@ def learn_pairs(state: LinearState, features: Array, arms: Array, mask: Array, l
     Args:
       features: ``[B, K, d]``; arms: ``[B, 2]``; mask: ``[B]`` bool; label: ``[B]`` 1.0 if the first arm won.
     """
-    first = take_arm_features(features, arms[:, 0])
-    second = take_arm_features(features, arms[:, 1])
+    first, second = take_pair_features(features, arms)
     z = first - second
     w = mask.astype(jnp.float32)
     return state.replace(

@@ -30,6 +30,11 @@ def take_arm_features(features: jax.Array, arms: jax.Array) -> jax.Array:
     return jnp.take_along_axis(features, arms[:, None, None], axis=1)[:, 0]
 
 
+def take_pair_features(features: jax.Array, arms: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``features [B, K, d]``, duels ``arms [B, 2]`` → the two arms' features, each ``[B, d]``."""
+    return take_arm_features(features, arms[:, 0]), take_arm_features(features, arms[:, 1])
+
+
 @struct.dataclass
 class RewardModelAgentState:
     """The reward model's state, and the feature dimension it was built for (static)."""
@@ -68,16 +73,12 @@ class RewardModelAgent:
         # The pair's features travel to ``update`` in ``aux``: then the round's [B, K, d] features
         # are dead once the pair is chosen, and a compiled loop can draw the next round's in place
         # (reading them again in ``update`` cost two copies of that array per round).
-        pair_features = (take_arm_features(obs.features, arms[:, 0]), take_arm_features(obs.features, arms[:, 1]))
-        return Duel(arms=arms, query=jnp.ones(arms.shape[0], bool), aux=pair_features), {}
+        return Duel(arms=arms, query=jnp.ones(arms.shape[0], bool), aux=take_pair_features(obs.features, arms)), {}
 
     def update(self, key, state: RewardModelAgentState, obs: Observation, duel: Duel, feedback: Feedback):
         check_observation(self.name, obs, state.feature_dim)
-        if duel.aux is None:  # a duel built elsewhere (e.g. by hand): read the pair from ``obs``
-            first = take_arm_features(obs.features, duel.arms[:, 0])
-            second = take_arm_features(obs.features, duel.arms[:, 1])
-        else:
-            first, second = duel.aux
+        # a duel built elsewhere (e.g. by hand) has no ``aux``: read the pair from ``obs``
+        first, second = take_pair_features(obs.features, duel.arms) if duel.aux is None else duel.aux
         rm_state, info = self.reward_model.update(
             key, state.reward_model, first, second, feedback.preference, feedback.queried
         )

@@ -398,8 +398,7 @@ class LinearEnsemble:
         mask = jnp.asarray(mask, bool)
         eps = self.perturbations(key, x.shape[0])
 
-        # a multiply-add, not a dot: XLA:CPU runs this [B, d] x [E, d] product ~5x faster unfused into a library call
-        pred = jnp.sum(x[:, None, :] * state.theta[None], axis=-1)  # [B, E], before the update
+        pred = x @ state.theta.T  # [B, E], before the update
         correct = _count_correct(jnp.mean(pred, axis=-1), jnp.zeros(()), label, mask)
         n_masked = jnp.sum(mask, dtype=jnp.int32)
         sq = jnp.where(mask[:, None], jnp.square(y[:, None] - pred), 0.0)

@@ -27,6 +27,11 @@ def uniform_below(key: Array, shape: tuple[int, ...], n: int) -> Array:
     return below(jax.random.bits(key, shape), n)
 
 
-def skip(r: Array, exclude: Array) -> Array:
-    """Maps ``{0, …, n − 2}`` onto ``{0, …, n − 1} \\ {exclude}``, preserving uniformity."""
+def below_except(bits: Array, n: int, exclude: Array) -> Array:
+    """Integers uniform over ``{0, …, n − 1} \\ {exclude}`` from uniform ``uint32`` words.
+
+    ``r = bits mod (n − 1)`` (see :func:`below`), then ``r + [r ≥ exclude]`` maps ``{0, …, n − 2}``
+    one-to-one onto the values other than ``exclude``; ``n`` must be ``≥ 2``.
+    """
+    r = below(bits, n - 1)
     return r + (r >= exclude)

@@ -23,7 +23,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from cdb.rng import below, skip, uniform_below
+from cdb.rng import below, below_except, uniform_below
 from cdb.validation import check_choice, check_float, check_int
 
 Array = jax.Array
@@ -113,7 +113,7 @@ class Passive:
         num = scores.shape[1]
         bits = jax.random.bits(key, (2,))
         a1 = below(bits[0], num)
-        return _pair(a1, skip(below(bits[1], num - 1), a1))
+        return _pair(a1, below_except(bits[1], num, a1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,13 +163,13 @@ class EETS:
         member_best = first_argmax(scores, axis=-1)  # [E], each member's argmax, computed once
         a1 = member_best[member]
         if num_members > 1:  # static; a lone member's tries all agree with it
-            tries = skip(below(bits[1:-1], num_members - 1), member)
+            tries = below_except(bits[1:-1], num_members, member)
         else:
             tries = jnp.zeros((self.max_tries,), jnp.int32)
         if self.fallback == "second_best":
             fallback = _argmax_excluding(scores[member], a1)
         else:
-            fallback = skip(below(bits[-1], num - 1), a1)
+            fallback = below_except(bits[-1], num, a1)
         return _pair(a1, _first_different(member_best[tries], a1, fallback))
 
 
@@ -195,7 +195,7 @@ class BAITS:
 
     def __call__(self, key: PRNGKey, scores: Array) -> Array:
         scores = _as_scores(self, scores)
-        member = _random_member(key, scores.shape[0])
+        member = uniform_below(key, (), scores.shape[0])
         a1 = first_argmax(scores[member])
         diff = scores[:, a1][:, None] - scores  # [E, K]: r_e(a1) − r_e(j)
         var = jnp.var(_preference(diff, self.variance), axis=0)  # one row of the [K, K] variance
@@ -259,7 +259,7 @@ class DoubleTS:
         member_best = first_argmax(scores, axis=-1)
         a1 = member_best[below(bits[0], num_members)]
         draws = below(bits[1:-1], num_members)
-        fallback = skip(below(bits[-1], num - 1), a1)
+        fallback = below_except(bits[-1], num, a1)
         return _pair(a1, _first_different(member_best[draws], a1, fallback))
 
 
@@ -317,9 +317,10 @@ def _pair(a1: Array, a2: Array) -> Array:
 def first_argmax(values: Array, axis: int = -1) -> Array:
     """``jnp.argmax``: the first index of the maximum along ``axis``, a NaN counting as the maximum.
 
-    Computed as a max and a min over a masked iota: XLA:CPU lowers ``argmax`` to a variadic
-    (value, index) reduction that costs ~2.5x as much (measured on ``[4096, 8, 32]`` scores), and
-    selection runs every round for every context.
+    Computed as a max and a min over a masked iota. XLA:CPU lowers ``argmax`` to a variadic
+    (value, index) reduction: on ``[1024, 4, 32, 8]`` scores reduced over the 32 arms it took
+    1.9 ms against 0.7 ms for this form (about the same, 1.85 vs 1.73 ms, with the arms axis
+    minor), and selection runs every round for every context.
     """
     values = jnp.asarray(values)
     axis = axis % values.ndim
@@ -333,15 +334,6 @@ def _argmax_excluding(values: Array, exclude: Array) -> Array:
     """``argmax_{j ≠ exclude} values[j]``; never returns ``exclude`` (NaN counts as the maximum)."""
     masked = jnp.where(jnp.arange(values.shape[0]) == exclude, -jnp.inf, values)
     return first_argmax(masked)
-
-
-def _uniform_other(key: PRNGKey, exclude: Array, num: int) -> Array:
-    """Uniform over ``{0, …, num − 1} \\ {exclude}``."""
-    return skip(uniform_below(key, (), num - 1), exclude)
-
-
-def _random_member(key: PRNGKey, num_members: int) -> Array:
-    return uniform_below(key, (), num_members)
 
 
 def _first_different(candidates: Array, a1: Array, fallback: Array) -> Array:

@@ -169,15 +169,20 @@ class FeatureDuel:
         pool = make_context_pool(self.context_pool, self.num_arms, self.feature_dim, self.pool_seed)
         return jnp.asarray(pool)[uniform_below(key, (batch,), self.context_pool)]
 
+    def _next_round(self, key: Array, reward_params: Any) -> tuple[Array, Array]:
+        """A round's contexts ``[B, K, d]`` and their latent rewards ``[B, K]``."""
+        features = self._features(key, self.batch_size)
+        return features, self.apply_reward(reward_params, features)
+
     def reset(self, key: Array, params: DuelParams) -> tuple[FeatureDuelState, Observation]:
         """Draws an instance: reward function, held-out contexts and the first round's features."""
         check_params(self, params)
         k_reward, k_eval, k_feat = jax.random.split(key, 3)
         reward_params = self.init_reward(k_reward)
-        features = self._features(k_feat, self.batch_size)
+        features, rewards = self._next_round(k_feat, reward_params)
         state = FeatureDuelState(
             reward_params=reward_params,
-            rewards=self.apply_reward(reward_params, features),
+            rewards=rewards,
             eval_features=self._fresh_features(k_eval, self.eval_batch_size),
         )
         return state, Observation(features=features)
@@ -198,9 +203,8 @@ class FeatureDuel:
         prob = jnp.where(duel.arms[:, 0] == duel.arms[:, 1], 0.5, prob)
         feedback = oracle_feedback(k_pref, prob, duel.query)
         info = duel_info(r1, r2, jnp.max(rewards, axis=1))
-        features = self._features(k_feat, self.batch_size)
-        state = state.replace(rewards=self.apply_reward(state.reward_params, features))
-        return state, Observation(features=features), feedback, info
+        features, next_rewards = self._next_round(k_feat, state.reward_params)
+        return state.replace(rewards=next_rewards), Observation(features=features), feedback, info
 
     def eval_observation(self, state: FeatureDuelState, params: DuelParams) -> Observation:
         return Observation(features=state.eval_features)
