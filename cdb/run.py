@@ -5,7 +5,9 @@ of ``eval_every`` rounds is a ``lax.scan``, and seeds are a ``vmap``; the compil
 the compiled evaluation) is reused for every block, so a thousand seeds cost about one
 compilation. Between blocks the host records metrics, checks losses for NaN/inf, updates the
 progress bar and writes checkpoints.
-Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7).
+Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7). On a
+CPU, each device runs its seeds in chunks (``seed_chunk``): all rounds of a block for one chunk,
+then the next, so a round's working set stays in cache.
 
 Otherwise (``env.pure_jax`` is False, e.g. an oracle on the host) a host loop calls the jitted
 agent functions and the environment round by round.
@@ -133,6 +135,7 @@ def run(
     eval_every: int | None = None,
     progress: bool = True,
     shard_seeds: bool | None = None,
+    seed_chunk: int | str | None = "auto",
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_block: Callable[[int, Results], None] | None = None,
@@ -151,6 +154,12 @@ def run(
       progress: show a tqdm progress bar.
       shard_seeds: shard the seed axis across all local devices (default: when there is more
         than one device and ``seeds`` is divisible by the device count).
+      seed_chunk: each device runs its seeds ``seed_chunk`` at a time (``lax.map`` over chunks of
+        a ``vmap``), a whole block of rounds per chunk; results do not change, only speed and
+        memory. ``"auto"``: chunks of about :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
+        for all seeds at once falls out of cache (1.7× faster at 1024 seeds in
+        ``benchmarks/throughput.py``), and no chunking on accelerators, which want the whole
+        batch; ``None``: no chunking. Ignored for host-loop environments.
       checkpoint_dir: with orbax, save the state after every block; with ``resume=True``
         continue from the last checkpoint there. Resumed runs give the same curves.
       on_block: called after every block with ``(rounds_done, results_so_far)``.
@@ -179,7 +188,7 @@ def run(
     }
     seed_keys = jax.random.split(_as_key(key), seeds)
     if getattr(env, "pure_jax", False):
-        runner = _compiled_runner(agent, env, params, seeds, shard_seeds)
+        runner = _compiled_runner(agent, env, params, seeds, shard_seeds, _resolve_seed_chunk(seed_chunk))
     else:
         runner = _HostRunner(agent, env, params, seeds)
     return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block)
@@ -190,17 +199,61 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"run: {name}={value!r} is out of range; expected an integer >= 1")
 
 
-def _compiled_runner(agent, env, params, seeds, shard_seeds) -> _CompiledRunner:
+CPU_SEED_CHUNK = 128
+"""Seeds per chunk that ``seed_chunk="auto"`` aims for on a CPU (the fastest of 32–256 in
+``benchmarks/throughput.py``: 128 seeds' features and scores fit in a 1 MiB L2 cache)."""
+
+
+def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
+    if seed_chunk == "auto":
+        return CPU_SEED_CHUNK if jax.default_backend() == "cpu" else None
+    if seed_chunk is None:
+        return None
+    if isinstance(seed_chunk, bool) or not isinstance(seed_chunk, int | np.integer) or seed_chunk < 1:
+        raise ValueError(f'run: seed_chunk={seed_chunk!r} is out of range; expected "auto", None or an integer >= 1')
+    return int(seed_chunk)
+
+
+def _in_chunks(batched: Callable, seeds: int, chunk: int | None) -> Callable:
+    """``batched(carry, ts)`` (vmapped over ``seeds``) run on chunks of at most ``chunk`` seeds.
+
+    The chunks are a ``lax.map``: XLA runs every round of the block for one chunk before the
+    next, so that chunk's features, scores and state stay in cache across rounds. The seeds are
+    split into ``n = ceil(seeds / chunk)`` equal chunks, the last seed repeated to fill them
+    (fewer than ``n`` copies, dropped from the output).
+    """
+    if chunk is None or chunk >= seeds:
+        return batched
+    n_chunks = -(-seeds // chunk)
+    size = -(-seeds // n_chunks)
+    pad = n_chunks * size - seeds
+
+    def split(x):
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
+        return x.reshape(n_chunks, size, *x.shape[1:])
+
+    def merge(x):
+        return x.reshape(n_chunks * size, *x.shape[2:])[:seeds]
+
+    def chunked(carry, ts):
+        out = jax.lax.map(lambda c: batched(c, ts), jax.tree.map(split, carry))
+        return jax.tree.map(merge, out)
+
+    return chunked
+
+
+def _compiled_runner(agent, env, params, seeds, shard_seeds, seed_chunk) -> _CompiledRunner:
     """Reuses the jitted functions of an identical earlier configuration (no recompilation).
 
     The environment parameters are closed over as constants, so they are part of the cache key
     by value.
     """
     try:
-        key = (agent, env, _value_key(params), seeds, shard_seeds)
+        key = (agent, env, _value_key(params), seeds, shard_seeds, seed_chunk)
         hash(key)
     except TypeError:  # an unhashable agent or environment: build afresh
-        return _CompiledRunner(agent, env, params, seeds, shard_seeds)
+        return _CompiledRunner(agent, env, params, seeds, shard_seeds, seed_chunk)
     return _cached_runner(key, params)
 
 
@@ -218,15 +271,15 @@ def _cached_runner_for_key(key) -> dict:
 def _cached_runner(key, params) -> _CompiledRunner:
     slot = _cached_runner_for_key(key)
     if "runner" not in slot:
-        agent, env, _, seeds, shard_seeds = key
-        slot["runner"] = _CompiledRunner(agent, env, params, seeds, shard_seeds)
+        agent, env, _, seeds, shard_seeds, seed_chunk = key
+        slot["runner"] = _CompiledRunner(agent, env, params, seeds, shard_seeds, seed_chunk)
     return slot["runner"]
 
 
 class _CompiledRunner:
     """Blocks of rounds as one jitted ``vmap(scan)`` over seeds."""
 
-    def __init__(self, agent, env, params, seeds, shard_seeds):
+    def __init__(self, agent, env, params, seeds, shard_seeds, seed_chunk=None):
         init, one_round, evaluation = _make_functions(agent, env, params)
 
         def block(carry: Carry, ts: jax.Array):
@@ -238,16 +291,27 @@ class _CompiledRunner:
         if shard_seeds and seeds % n_dev:
             raise ValueError(f"shard_seeds needs seeds divisible by the {n_dev} devices; got seeds={seeds}")
         jit_kwargs: dict[str, Any] = {}
+        batched_block = jax.vmap(block, in_axes=(0, None))
         if shard_seeds:
             # Auto axes: agents and environments index host constants (e.g. a context pool) with
             # seed-sharded indices, which explicit-axis meshes reject.
             mesh = jax.make_mesh((n_dev,), ("seeds",), axis_types=(jax.sharding.AxisType.Auto,))
-            self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+            seeds_spec = jax.sharding.PartitionSpec("seeds")
+            self.sharding = jax.sharding.NamedSharding(mesh, seeds_spec)
             jit_kwargs = dict(out_shardings=self.sharding)
+            if seed_chunk is not None and seed_chunk < seeds // n_dev:
+                # chunks of each device's own seeds: a lax.map over a sharded axis would gather it
+                batched_block = jax.shard_map(
+                    _in_chunks(batched_block, seeds // n_dev, seed_chunk),
+                    mesh=mesh,
+                    in_specs=(seeds_spec, jax.sharding.PartitionSpec()),
+                    out_specs=seeds_spec,
+                )
         else:
             self.sharding = None
+            batched_block = _in_chunks(batched_block, seeds, seed_chunk)
         self.init = jax.jit(jax.vmap(init), **jit_kwargs)
-        self.block = jax.jit(jax.vmap(block, in_axes=(0, None)), **jit_kwargs)
+        self.block = jax.jit(batched_block, **jit_kwargs)
         self.evaluate = jax.jit(jax.vmap(evaluation, in_axes=(0, None)), **jit_kwargs)
 
     def start(self, seed_keys):

@@ -1,4 +1,5 @@
-"""Seeds sharded over 4 forced CPU devices give the single-device results (DESIGN §7).
+"""Seeds sharded over 4 forced CPU devices give the single-device results (DESIGN §7), also
+when each device runs its seeds in chunks (``seed_chunk``).
 
 The device count is fixed when JAX starts, so the sharded run happens in a fresh process with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` and is compared here with a single-device run.
@@ -35,7 +36,10 @@ SCRIPT = textwrap.dedent(
     carry = runner.start(jax.random.split(jax.random.key(3), 8))
     assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4, "seeds were not sharded"
     results = cdb.run(agent, env, rounds=6, seeds=8, key=3, eval_every=3, progress=False)
-    results.save(sys.argv[1])
+    results.save(sys.argv[1] + "/sharded.npz")
+    # each device's 2 seeds run one at a time (lax.map inside shard_map)
+    chunked = cdb.run(agent, env, rounds=6, seeds=8, key=3, eval_every=3, progress=False, seed_chunk=1)
+    chunked.save(sys.argv[1] + "/chunked.npz")
     """
 )
 
@@ -44,18 +48,16 @@ SCRIPT = textwrap.dedent(
 # with explicit axes rejects (a bug this case caught)
 @pytest.mark.parametrize("context_pool", [None, 64])
 def test_sharded_seeds_equal_single_device(tmp_path, context_pool):
-    path = tmp_path / "sharded.npz"
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"  # same XLA options as here
     env_vars = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(path), str(context_pool)],
+        [sys.executable, "-c", SCRIPT, str(tmp_path), str(context_pool)],
         env=env_vars,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded = cdb.Results.load(path)
     env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4, context_pool=context_pool)
     single = cdb.run(
         ee_ts(reward_model=LinearEnsemble(num_members=4)),
@@ -67,9 +69,13 @@ def test_sharded_seeds_equal_single_device(tmp_path, context_pool):
         progress=False,
         shard_seeds=False,
     )
-    assert set(sharded.metrics) == set(single.metrics)
-    for name in single.metrics:
-        np.testing.assert_allclose(sharded.metrics[name], single.metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    np.testing.assert_allclose(
-        sharded.eval_metrics["bai_regret"], single.eval_metrics["bai_regret"], rtol=1e-5, atol=1e-6
-    )
+    for run in ("sharded", "chunked"):
+        sharded = cdb.Results.load(tmp_path / f"{run}.npz")
+        assert set(sharded.metrics) == set(single.metrics)
+        for name in single.metrics:
+            np.testing.assert_allclose(
+                sharded.metrics[name], single.metrics[name], rtol=1e-5, atol=1e-6, err_msg=f"{run}: {name}"
+            )
+        np.testing.assert_allclose(
+            sharded.eval_metrics["bai_regret"], single.eval_metrics["bai_regret"], rtol=1e-5, atol=1e-6, err_msg=run
+        )

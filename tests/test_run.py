@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cdb
-from cdb.agents import passive
+from cdb.agents import ee_ts, passive
 from cdb.ensemble import LinearEnsemble
 from cdb.environments import LinearDuel
 from cdb.metrics import log_log_slope, queries_to_target, standard_error
@@ -107,11 +107,33 @@ def test_metric_helpers_by_hand():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [(dict(rounds=0), "rounds"), (dict(rounds=10, seeds=0), "seeds"), (dict(rounds=10, eval_every=3), "eval_every")],
+    [
+        (dict(rounds=0), "rounds"),
+        (dict(rounds=10, seeds=0), "seeds"),
+        (dict(rounds=10, eval_every=3), "eval_every"),
+        (dict(rounds=10, seed_chunk=0), "seed_chunk"),
+        (dict(rounds=10, seed_chunk="big"), "seed_chunk"),
+        (dict(rounds=10, seed_chunk=True), "seed_chunk"),
+    ],
 )
 def test_run_rejects_bad_arguments(kwargs, field):
     with pytest.raises(ValueError, match=field):
         cdb.run(AGENT, ENV, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("seed_chunk", [1, 3])
+def test_seed_chunks_give_the_unchunked_results(seed_chunk):
+    # 7 seeds in chunks of 3: three chunks of 3, the last seed repeated twice to fill them
+    agent = ee_ts(reward_model=LinearEnsemble(num_members=3))
+    kwargs = dict(rounds=6, seeds=7, key=2, eval_every=3, progress=False, shard_seeds=False)
+    whole = cdb.run(agent, ENV, seed_chunk=None, **kwargs)
+    chunked = cdb.run(agent, ENV, seed_chunk=seed_chunk, **kwargs)
+    assert set(chunked.metrics) == set(whole.metrics)
+    for name in whole.metrics:
+        assert chunked.metrics[name].shape == (7, 6), name
+        np.testing.assert_allclose(chunked.metrics[name], whole.metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(chunked.eval_metrics["bai_regret"], whole.eval_metrics["bai_regret"], rtol=1e-5)
+    assert len({tuple(r) for r in np.round(chunked.metrics["regret"], 5)}) == 7  # no seed copied into another
 
 
 def test_checkpoint_resume_equals_uninterrupted(results, tmp_path):
