@@ -288,3 +288,14 @@ def test_first_argmax_matches_jnp_argmax_on_ties_and_nans():
     for axis in (0, 1, 2, -1):
         np.testing.assert_array_equal(selection.first_argmax(values, axis=axis), jnp.argmax(values, axis=axis))
     assert int(selection.first_argmax(values[0, 0])) == 2
+
+
+def test_members_argmax_is_each_members_first_argmax():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 3, size=(7, 4, 9)).astype(np.float32)  # [B, E, K], many ties
+    scores[0, 1, [3, 6]] = np.nan
+    scores[2, 0] = -np.inf
+    expected = np.array([[int(np.argmax(scores[b, e])) for e in range(4)] for b in range(7)])
+    np.testing.assert_array_equal(selection.members_argmax(scores), expected)
+    np.testing.assert_array_equal(selection.members_argmax(scores[3]), expected[3])
+    assert selection.members_argmax(scores).dtype == jnp.int32
