@@ -186,6 +186,13 @@ class AlignmentAgent:
             raise ValueError(f"{self.name}: scorer='implicit_reward' needs a policy_loss (its β)")
         if self.xpo_alpha > 0 and not isinstance(self.proposer, PolicyAndReference):
             raise ValueError(f"{self.name}: xpo_alpha={self.xpo_alpha} needs proposer=PolicyAndReference()")
+        if self.sail_coefficient > 0 and not (self.proposer.from_policy or self._offline):
+            # SAIL-PR/PP's term is ℓ·∇log π_θ of the pair, which assumes π_θ sampled it
+            raise ValueError(
+                f"{self.name}: sail_coefficient={self.sail_coefficient} needs π_θ's own samples "
+                f"(a proposer with from_policy, e.g. PolicySamples: SAIL-PR/PP) or an offline dataset "
+                f"(labeler=QueryBudget: SAIL-DP); proposer={type(self.proposer).__name__} is not sampled from π_θ"
+            )
 
     # --- pieces --------------------------------------------------------------------------------
 

@@ -322,7 +322,9 @@ class LinearDuelingAgent:
         batch, k = obs.features.shape[:2]
         keys = jax.random.split(key, batch)
         arms, info = jax.vmap(self._select_or_explore, in_axes=(0, None, 0))(keys, state, obs.features)
-        return Duel(arms=arms, query=jnp.ones((batch,), bool)), jax.tree.map(jnp.mean, info)
+        # the pair's features travel to ``update`` in ``aux``, as in RewardModelAgent.select
+        duel = Duel(arms=arms, query=jnp.ones((batch,), bool), aux=take_pair_features(obs.features, arms))
+        return duel, jax.tree.map(jnp.mean, info)
 
     def _select_or_explore(self, key, state, features):
         k_rule, k_explore = jax.random.split(key)
@@ -335,13 +337,10 @@ class LinearDuelingAgent:
     ) -> tuple[LinearState, dict[str, Array]]:
         """Adds the queried pairs to ``V``, ``V⁻¹`` and the buffer, then refits ``θ̂``. Info: ``mle_loss``."""
         check_observation(self.name, obs, state.theta.shape[-1])
-        state = learn_pairs(
-            state,
-            obs.features,
-            duel.arms,
-            feedback.queried & (duel.arms[:, 0] != duel.arms[:, 1]),
-            feedback.preference,
-        )
+        # a duel built elsewhere (e.g. by hand) has no ``aux``: read the pair from ``obs``
+        first, second = take_pair_features(obs.features, duel.arms) if duel.aux is None else duel.aux
+        mask = feedback.queried & (duel.arms[:, 0] != duel.arms[:, 1])
+        state = learn_pairs(state, first, second, mask, feedback.preference)
         theta, nll = self.fit(state)
         return state.replace(theta=theta, t=state.t + 1), {"mle_loss": nll}
 
@@ -358,13 +357,13 @@ class LinearDuelingAgent:
         return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 
 
-def learn_pairs(state: LinearState, features: Array, arms: Array, mask: Array, label: Array) -> LinearState:
+def learn_pairs(state: LinearState, first: Array, second: Array, mask: Array, label: Array) -> LinearState:
     """Adds the rows with ``mask`` of a batch of duels to ``V``, ``V⁻¹`` and the buffer (``θ̂`` unchanged).
 
     Args:
-      features: ``[B, K, d]``; arms: ``[B, 2]``; mask: ``[B]`` bool; label: ``[B]`` 1.0 if the first arm won.
+      first, second: ``[B, d]`` features of each duel's two arms; mask: ``[B]`` bool; label: ``[B]``
+        1.0 if the first arm won.
     """
-    first, second = take_pair_features(features, arms)
     z = first - second
     w = mask.astype(jnp.float32)
     return state.replace(

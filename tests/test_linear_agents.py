@@ -210,6 +210,23 @@ def test_unqueried_rows_are_not_learned():
     assert int(new.buffer.size) == 2
 
 
+@pytest.mark.parametrize("make", [lambda: MaxInP(**SMALL), CoLSTIM], ids=["maxinp", "colstim"])
+def test_select_passes_the_pair_in_aux_and_update_without_it_reads_obs(make):
+    agent = make()
+    env = LinearDuel(num_arms=5, feature_dim=2, batch_size=3)
+    env_state, obs = env.reset(jax.random.key(0), env.default_params)
+    state = agent.init(jax.random.key(1), env.spec)
+    duel, _ = agent.select(jax.random.key(2), state, obs)
+    f, arms = np.asarray(obs.features), np.asarray(duel.arms)
+    np.testing.assert_array_equal(duel.aux[0], f[np.arange(3), arms[:, 0]])
+    np.testing.assert_array_equal(duel.aux[1], f[np.arange(3), arms[:, 1]])
+    _, _, feedback, _ = env.step(jax.random.key(3), env_state, duel, env.default_params)
+    with_aux, _ = agent.update(jax.random.key(4), state, obs, duel, feedback)
+    without, _ = agent.update(jax.random.key(4), state, obs, cdb.Duel(arms=duel.arms, query=duel.query), feedback)
+    assert int(with_aux.buffer.size) == 3
+    jax.tree.map(np.testing.assert_array_equal, with_aux, without)
+
+
 def test_recommend_is_greedy_under_theta():
     agent = CoLSTIM()
     state = agent.init(jax.random.key(0), LinearDuel(num_arms=3, feature_dim=2).spec).replace(theta=THETA)

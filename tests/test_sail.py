@@ -313,3 +313,16 @@ def test_sail_constructor_checks_variant_and_budget(tiny_env):  # noqa: F811
     for variant in ("pr", "pp"):
         with pytest.raises(ValueError, match=r"sail\.budget=8"):
             alignment.sail(ref, variant=variant, budget=8)
+
+
+def test_sail_term_on_responses_not_sampled_from_the_policy_is_rejected(tiny_env):  # noqa: F811
+    from cdb.proposers import PolicyAndReference, ReferenceSamples
+
+    ref = tiny_env.reference
+    for proposer in (ReferenceSamples(2), PolicyAndReference()):
+        with pytest.raises(ValueError, match=r"sail_coefficient=0\.3 needs π_θ's own samples"):
+            alignment.AlignmentAgent(ref, proposer=proposer, sail_coefficient=0.3)
+    # the three SAIL agents themselves are allowed, and so is a coefficient of 0 anywhere
+    for variant, budget in (("pr", None), ("pp", None), ("dp", 8)):
+        assert alignment.sail(ref, variant=variant, budget=budget).sail_coefficient == 0.3
+    alignment.AlignmentAgent(ref, proposer=ReferenceSamples(2), sail_coefficient=0.0)
