@@ -34,7 +34,12 @@ import jax.numpy as jnp
 from flax import struct
 
 from cdb import replay
-from cdb.agents.reward_model_agent import check_feature_spec, check_observation, take_pair_features
+from cdb.agents.reward_model_agent import (
+    check_feature_spec,
+    check_observation,
+    duel_pair_features,
+    take_pair_features,
+)
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -337,8 +342,7 @@ class LinearDuelingAgent:
     ) -> tuple[LinearState, dict[str, Array]]:
         """Adds the queried pairs to ``V``, ``V⁻¹`` and the buffer, then refits ``θ̂``. Info: ``mle_loss``."""
         check_observation(self.name, obs, state.theta.shape[-1])
-        # a duel built elsewhere (e.g. by hand) has no ``aux``: read the pair from ``obs``
-        first, second = take_pair_features(obs.features, duel.arms) if duel.aux is None else duel.aux
+        first, second = duel_pair_features(obs, duel)
         mask = feedback.queried & (duel.arms[:, 0] != duel.arms[:, 1])
         state = learn_pairs(state, first, second, mask, feedback.preference)
         theta, nll = self.fit(state)

@@ -35,6 +35,12 @@ def take_pair_features(features: jax.Array, arms: jax.Array) -> tuple[jax.Array,
     return take_arm_features(features, arms[:, 0]), take_arm_features(features, arms[:, 1])
 
 
+def duel_pair_features(obs: Observation, duel: Duel) -> tuple[jax.Array, jax.Array]:
+    """The two arms' features of each duel, for ``update``: ``duel.aux`` as ``select`` left it, or
+    read from ``obs`` for a duel built elsewhere (e.g. by hand) that has no ``aux``."""
+    return take_pair_features(obs.features, duel.arms) if duel.aux is None else duel.aux
+
+
 @struct.dataclass
 class RewardModelAgentState:
     """The reward model's state, and the feature dimension it was built for (static)."""
@@ -77,8 +83,7 @@ class RewardModelAgent:
 
     def update(self, key, state: RewardModelAgentState, obs: Observation, duel: Duel, feedback: Feedback):
         check_observation(self.name, obs, state.feature_dim)
-        # a duel built elsewhere (e.g. by hand) has no ``aux``: read the pair from ``obs``
-        first, second = take_pair_features(obs.features, duel.arms) if duel.aux is None else duel.aux
+        first, second = duel_pair_features(obs, duel)
         rm_state, info = self.reward_model.update(
             key, state.reward_model, first, second, feedback.preference, feedback.queried
         )

@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--numpy-seeds", type=int, default=32, help="seeds timed for the NumPy loop (per process)")
     parser.add_argument("--repeats", type=int, default=5, help="timed JAX runs; the best is reported")
     parser.add_argument("--devices", type=int, default=2, help="host CPU devices to shard the seeds over")
+    parser.add_argument(
+        "--seed-chunks", type=int, nargs="*", default=[], help="further seed_chunk sizes to time side by side"
+    )
     parser.add_argument("--out", default="benchmarks/results/throughput")
     args = parser.parse_args(argv)
     _use_host_devices(args.devices)
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cdb.ensemble import LinearEnsemble
     from cdb.environments import LinearDuel
     from cdb.environments.feature_duel import make_context_pool
-    from cdb.run import CPU_SEED_CHUNK
+    from cdb.run import resolve_seed_chunk
 
     print(header(), flush=True)
     print(f"JAX devices: {jax.device_count()} ({jax.devices()[0].platform})", flush=True)
@@ -148,22 +151,23 @@ def main(argv: list[str] | None = None) -> dict:
     decisions = args.seeds * args.rounds * args.batch
 
     # the default (seeds in chunks of cdb.run.CPU_SEED_CHUNK per device) and, side by side with
-    # it, every seed of a device at once; the repeats alternate so that noise hits both alike
-    variants = {"chunked": "auto", "unchunked": None}
+    # it, every seed of a device at once and any --seed-chunks; the repeats alternate so that
+    # noise hits all of them alike
+    variants = {"chunked": "auto", "unchunked": None, **{f"chunks of {c}": c for c in args.seed_chunks}}
     first_seconds, jax_seconds, results = {}, {v: [] for v in variants}, {}
     for name, seed_chunk in variants.items():
         start = time.perf_counter()
         results[name] = cdb.run(agent, env, rounds=args.rounds, seeds=args.seeds, progress=False, seed_chunk=seed_chunk)
         first_seconds[name] = time.perf_counter() - start
+    reference = results["unchunked"].metrics["regret"]
     for _ in range(args.repeats):
         for name, seed_chunk in variants.items():
             start = time.perf_counter()
             res = cdb.run(agent, env, rounds=args.rounds, seeds=args.seeds, progress=False, seed_chunk=seed_chunk)
             jax_seconds[name].append(time.perf_counter() - start)
-            reference = results["unchunked"].metrics["regret"]
             np.testing.assert_allclose(res.metrics["regret"], reference, rtol=1e-5, atol=1e-5)
-    jax_rate = decisions / min(jax_seconds["chunked"])
-    unchunked_rate = decisions / min(jax_seconds["unchunked"])
+    rates = {name: decisions / min(seconds) for name, seconds in jax_seconds.items()}
+    jax_rate, unchunked_rate = rates["chunked"], rates["unchunked"]
     res = results["chunked"]
 
     numpy_kwargs = dict(
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         "numpy_parallel_decisions_per_s": numpy_parallel_rate,
         "ratio_same_cores": jax_rate / numpy_parallel_rate,
         "jax_unchunked_decisions_per_s": unchunked_rate,
-        "seed_chunk": CPU_SEED_CHUNK if jax.default_backend() == "cpu" else None,
+        "seed_chunk": resolve_seed_chunk("auto"),
+        "jax_decisions_per_s_by_variant": rates,
         "jax_first_call_s": first_seconds["chunked"],
         "jax_best_s": min(jax_seconds["chunked"]),
         "numpy_seeds_timed": args.numpy_seeds,
@@ -230,6 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"      the same, all of a device's seeds at once (seed_chunk=None): {unchunked_rate:,.0f} decisions/s "
         f"(chunks: {jax_rate / unchunked_rate:.2f}x)"
     )
+    for name, rate in rates.items():
+        if name not in ("chunked", "unchunked"):
+            print(f"      the same in {name} seeds (--seed-chunks): {rate:,.0f} decisions/s")
     print(f"NumPy ({args.numpy_seeds} seeds, per-seed loop):   {numpy_rate:,.0f} decisions/s ({numpy_seconds:.2f}s)")
     print(f"NumPy ({args.devices} processes, same loop):  {numpy_parallel_rate:,.0f} decisions/s")
     print(

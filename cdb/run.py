@@ -188,7 +188,7 @@ def run(
     }
     seed_keys = jax.random.split(_as_key(key), seeds)
     if getattr(env, "pure_jax", False):
-        runner = _compiled_runner(agent, env, params, seeds, shard_seeds, _resolve_seed_chunk(seed_chunk))
+        runner = _compiled_runner(agent, env, params, seeds, shard_seeds, resolve_seed_chunk(seed_chunk))
     else:
         runner = _HostRunner(agent, env, params, seeds)
     return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block)
@@ -204,7 +204,8 @@ CPU_SEED_CHUNK = 128
 ``benchmarks/throughput.py``: 128 seeds' features and scores fit in a 1 MiB L2 cache)."""
 
 
-def _resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
+def resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
+    """The seeds per chunk that ``run(..., seed_chunk=seed_chunk)`` uses (``None``: no chunks)."""
     if seed_chunk == "auto":
         return CPU_SEED_CHUNK if jax.default_backend() == "cpu" else None
     if seed_chunk is None:

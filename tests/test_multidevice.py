@@ -70,12 +70,12 @@ def test_sharded_seeds_equal_single_device(tmp_path, context_pool):
         shard_seeds=False,
     )
     for run in ("sharded", "chunked"):
-        sharded = cdb.Results.load(tmp_path / f"{run}.npz")
-        assert set(sharded.metrics) == set(single.metrics)
+        loaded = cdb.Results.load(tmp_path / f"{run}.npz")
+        assert set(loaded.metrics) == set(single.metrics)
         for name in single.metrics:
             np.testing.assert_allclose(
-                sharded.metrics[name], single.metrics[name], rtol=1e-5, atol=1e-6, err_msg=f"{run}: {name}"
+                loaded.metrics[name], single.metrics[name], rtol=1e-5, atol=1e-6, err_msg=f"{run}: {name}"
             )
         np.testing.assert_allclose(
-            sharded.eval_metrics["bai_regret"], single.eval_metrics["bai_regret"], rtol=1e-5, atol=1e-6, err_msg=run
+            loaded.eval_metrics["bai_regret"], single.eval_metrics["bai_regret"], rtol=1e-5, atol=1e-6, err_msg=run
         )
