@@ -157,7 +157,7 @@ def run(
       seed_chunk: each device runs its seeds ``seed_chunk`` at a time (``lax.map`` over chunks of
         a ``vmap``), a whole block of rounds per chunk; results do not change, only speed and
         memory. ``"auto"``: chunks of about :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
-        for all seeds at once falls out of cache (1.7× faster at 1024 seeds in
+        for all seeds at once falls out of cache (1.45–1.67× faster at 1024 seeds on two devices in
         ``benchmarks/throughput.py``), and no chunking on accelerators, which want the whole
         batch; ``None``: no chunking. Ignored for host-loop environments.
       checkpoint_dir: with orbax, save the state after every block; with ``resume=True``
