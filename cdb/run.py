@@ -85,13 +85,13 @@ def _as_key(key: Any) -> jax.Array:
     return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
 
 
-def _stage_key(seed_key: jax.Array, stage: int, index) -> jax.Array:
+def _stage_key(seed_key: jax.Array, stage: int, index, impl: str) -> jax.Array:
     """The key of one stage (rounds / evaluation) at one index, from a seed's raw key data."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(seed_key), stage), index)
+    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(seed_key, impl=impl), stage), index)
 
 
-def _make_functions(agent: Agent, env: Environment, params: Any):
-    """Pure per-seed functions: init, one round, one evaluation."""
+def _make_functions(agent: Agent, env: Environment, params: Any, impl: str):
+    """Pure per-seed functions: init, one round, one evaluation; ``impl`` names the PRNG."""
 
     def init(seed_key: jax.Array) -> Carry:
         raw = jax.random.key_data(seed_key)
@@ -101,7 +101,7 @@ def _make_functions(agent: Agent, env: Environment, params: Any):
         return Carry(env_state, agent_state, obs, raw)
 
     def one_round(carry: Carry, t: jax.Array):
-        k_select, k_env, k_update = jax.random.split(_stage_key(carry.seed_key, _ROUNDS, t), 3)
+        k_select, k_env, k_update = jax.random.split(_stage_key(carry.seed_key, _ROUNDS, t, impl), 3)
         duel, select_info = agent.select(k_select, carry.agent_state, carry.obs)
         # The environment steps only once the duel is complete. Agents that keep what they need
         # of ``obs`` in ``duel.aux`` leave the round's observation dead here, so XLA can draw the
@@ -113,7 +113,7 @@ def _make_functions(agent: Agent, env: Environment, params: Any):
         return carry.replace(env_state=env_state, agent_state=agent_state, obs=next_obs), metrics
 
     def evaluation(carry: Carry, index: jax.Array) -> dict[str, jax.Array]:
-        k_rec, k_eval = jax.random.split(_stage_key(carry.seed_key, _EVAL, index))
+        k_rec, k_eval = jax.random.split(_stage_key(carry.seed_key, _EVAL, index, impl))
         obs = env.eval_observation(carry.env_state, params)
         arms = agent.recommend(k_rec, carry.agent_state, obs)
         return {
@@ -136,6 +136,7 @@ def run(
     progress: bool = True,
     shard_seeds: bool | None = None,
     seed_chunk: int | str | None = "auto",
+    compiler_options: dict[str, Any] | str | None = "auto",
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_block: Callable[[int, Results], None] | None = None,
@@ -146,7 +147,10 @@ def run(
       agent, env: an :class:`~cdb.types.Agent` and an :class:`~cdb.types.Environment`.
       rounds: number of rounds T; each round plays ``env.spec.batch_size`` duels.
       seeds: number of independent seeds (problem instance and agent randomness).
-      key: an int or a JAX key; the same key gives the same results.
+      key: an int or a JAX key; the same key gives the same results. Every key the agent and
+        the environment are handed is of the same PRNG as ``key`` (an int means JAX's default,
+        threefry). In jax 0.10, ``"philox4x32"`` keys do not compile with seeds sharded over
+        several devices (XLA cannot convert Philox's ``mulhi``); use them with one device.
       env_params: environment parameters (default: ``env.default_params``).
       eval_every: evaluate ``agent.recommend`` on held-out contexts (BAI regret and any other
         metric the environment reports) at round 0 and every ``eval_every`` rounds; must divide
@@ -160,6 +164,11 @@ def run(
         for all seeds at once falls out of cache (1.45–1.67× faster at 1024 seeds on two devices in
         ``benchmarks/throughput.py``), and no chunking on accelerators, which want the whole
         batch; ``None``: no chunking. Ignored for host-loop environments.
+      compiler_options: XLA options for the compiled programs (``jax.jit(compiler_options=)``).
+        ``"auto"``: :data:`CPU_COMPILER_OPTIONS` on a CPU when this XLA accepts them, else none;
+        ``None``: XLA's defaults; a dict: exactly those. Results agree to float rounding (the
+        order of a sum may change), and the same options always give the same results.
+        Ignored for host-loop environments.
       checkpoint_dir: with orbax, save the state after every block; with ``resume=True``
         continue from the last checkpoint there. Resumed runs give the same curves.
       on_block: called after every block with ``(rounds_done, results_so_far)``.
@@ -187,10 +196,21 @@ def run(
         "eval_every": eval_every,
     }
     seed_keys = jax.random.split(_as_key(key), seeds)
+    impl = jax.random.key_impl(seed_keys)
+    config["key_impl"] = str(impl)
     if getattr(env, "pure_jax", False):
-        runner = _compiled_runner(agent, env, params, seeds, shard_seeds, resolve_seed_chunk(seed_chunk))
+        runner = _compiled_runner(
+            agent,
+            env,
+            params,
+            impl,
+            seeds,
+            shard_seeds,
+            resolve_seed_chunk(seed_chunk),
+            resolve_compiler_options(compiler_options),
+        )
     else:
-        runner = _HostRunner(agent, env, params, seeds)
+        runner = _HostRunner(agent, env, params, impl, seeds)
     return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block)
 
 
@@ -213,6 +233,37 @@ def resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
     if isinstance(seed_chunk, bool) or not isinstance(seed_chunk, int | np.integer) or seed_chunk < 1:
         raise ValueError(f'run: seed_chunk={seed_chunk!r} is out of range; expected "auto", None or an integer >= 1')
     return int(seed_chunk)
+
+
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+"""XLA options that ``compiler_options="auto"`` sets on a CPU: YNNPACK for dot products only.
+
+XLA:CPU also hands reductions to YNNPACK by default. A bandit round's reductions are small
+and many (each member's argmax over K arms, for every context of every seed), and XLA's own
+loops run them faster: E&E-TS in ``benchmarks/throughput.py`` runs ×1.1–1.2 faster than with
+XLA's defaults (``compiler_options=None``), timed side by side there."""
+
+
+def resolve_compiler_options(compiler_options: dict[str, Any] | str | None) -> dict[str, Any]:
+    """The XLA options that ``run(..., compiler_options=compiler_options)`` compiles with."""
+    if compiler_options == "auto":
+        return _default_compiler_options(jax.default_backend())
+    if compiler_options is None:
+        return {}
+    if not isinstance(compiler_options, dict):
+        raise ValueError(f'run: compiler_options={compiler_options!r} is out of range; expected "auto", None or a dict')
+    return dict(compiler_options)
+
+
+@functools.cache
+def _default_compiler_options(backend: str) -> dict[str, Any]:
+    if backend != "cpu":
+        return {}
+    try:  # option names belong to one XLA version; another may not know them
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.float32(0)).compile()
+    except jax.errors.JaxRuntimeError:
+        return {}
+    return dict(CPU_COMPILER_OPTIONS)
 
 
 def _in_chunks(batched: Callable, seeds: int, chunk: int | None) -> Callable:
@@ -244,17 +295,18 @@ def _in_chunks(batched: Callable, seeds: int, chunk: int | None) -> Callable:
     return chunked
 
 
-def _compiled_runner(agent, env, params, seeds, shard_seeds, seed_chunk) -> _CompiledRunner:
+def _compiled_runner(agent, env, params, impl, seeds, shard_seeds, seed_chunk, compiler_options) -> _CompiledRunner:
     """Reuses the jitted functions of an identical earlier configuration (no recompilation).
 
     The environment parameters are closed over as constants, so they are part of the cache key
     by value.
     """
     try:
-        key = (agent, env, _value_key(params), seeds, shard_seeds, seed_chunk)
+        options = tuple(sorted(compiler_options.items()))
+        key = (agent, env, _value_key(params), impl, seeds, shard_seeds, seed_chunk, options)
         hash(key)
-    except TypeError:  # an unhashable agent or environment: build afresh
-        return _CompiledRunner(agent, env, params, seeds, shard_seeds, seed_chunk)
+    except TypeError:  # an unhashable agent, environment or option value: build afresh
+        return _CompiledRunner(agent, env, params, impl, seeds, shard_seeds, seed_chunk, compiler_options)
     return _cached_runner(key, params)
 
 
@@ -272,16 +324,16 @@ def _cached_runner_for_key(key) -> dict:
 def _cached_runner(key, params) -> _CompiledRunner:
     slot = _cached_runner_for_key(key)
     if "runner" not in slot:
-        agent, env, _, seeds, shard_seeds, seed_chunk = key
-        slot["runner"] = _CompiledRunner(agent, env, params, seeds, shard_seeds, seed_chunk)
+        agent, env, _, impl, seeds, shard_seeds, seed_chunk, options = key
+        slot["runner"] = _CompiledRunner(agent, env, params, impl, seeds, shard_seeds, seed_chunk, dict(options))
     return slot["runner"]
 
 
 class _CompiledRunner:
     """Blocks of rounds as one jitted ``vmap(scan)`` over seeds."""
 
-    def __init__(self, agent, env, params, seeds, shard_seeds, seed_chunk=None):
-        init, one_round, evaluation = _make_functions(agent, env, params)
+    def __init__(self, agent, env, params, impl, seeds, shard_seeds, seed_chunk=None, compiler_options=None):
+        init, one_round, evaluation = _make_functions(agent, env, params, impl)
 
         def block(carry: Carry, ts: jax.Array):
             return jax.lax.scan(one_round, carry, ts)
@@ -291,7 +343,7 @@ class _CompiledRunner:
             shard_seeds = n_dev > 1 and seeds % n_dev == 0
         if shard_seeds and seeds % n_dev:
             raise ValueError(f"shard_seeds needs seeds divisible by the {n_dev} devices; got seeds={seeds}")
-        jit_kwargs: dict[str, Any] = {}
+        jit_kwargs: dict[str, Any] = {"compiler_options": compiler_options or None}
         batched_block = jax.vmap(block, in_axes=(0, None))
         if shard_seeds:
             # Auto axes: agents and environments index host constants (e.g. a context pool) with
@@ -299,7 +351,7 @@ class _CompiledRunner:
             mesh = jax.make_mesh((n_dev,), ("seeds",), axis_types=(jax.sharding.AxisType.Auto,))
             seeds_spec = jax.sharding.PartitionSpec("seeds")
             self.sharding = jax.sharding.NamedSharding(mesh, seeds_spec)
-            jit_kwargs = dict(out_shardings=self.sharding)
+            jit_kwargs["out_shardings"] = self.sharding
             if seed_chunk is not None and seed_chunk < seeds // n_dev:
                 # chunks of each device's own seeds: a lax.map over a sharded axis would gather it
                 batched_block = jax.shard_map(
@@ -332,8 +384,8 @@ class _CompiledRunner:
 class _HostRunner:
     """Round-by-round host loop for environments that cannot be traced (tier 3 oracles)."""
 
-    def __init__(self, agent, env, params, seeds):
-        self.agent, self.env, self.params = agent, env, params
+    def __init__(self, agent, env, params, impl, seeds):
+        self.agent, self.env, self.params, self.impl = agent, env, params, impl
         self.select = jax.jit(jax.vmap(agent.select))
         self.update = jax.jit(jax.vmap(agent.update))
         self.recommend = jax.jit(jax.vmap(agent.recommend))
@@ -351,7 +403,7 @@ class _HostRunner:
     def run_block(self, carry, start, length, eval_index):
         rows = []
         for t in range(start, start + length):
-            keys = [jax.random.split(_stage_key(k, _ROUNDS, t), 3) for k in carry.seed_key]
+            keys = [jax.random.split(_stage_key(k, _ROUNDS, t, self.impl), 3) for k in carry.seed_key]
             obs = _stack(carry.obs)
             duel, select_info = self.select(jnp.stack([k[0] for k in keys]), carry.agent_state, obs)
             steps = [
@@ -370,7 +422,7 @@ class _HostRunner:
         return carry, metrics, self.run_eval(carry, eval_index)
 
     def run_eval(self, carry, eval_index):
-        keys = [jax.random.split(_stage_key(k, _EVAL, eval_index)) for k in carry.seed_key]
+        keys = [jax.random.split(_stage_key(k, _EVAL, eval_index, self.impl)) for k in carry.seed_key]
         obs = [self.env.eval_observation(s, self.params) for s in carry.env_state]
         arms = self.recommend(jnp.stack([k[0] for k in keys]), carry.agent_state, _stack(obs))
         out = [self.env.evaluate(keys[s][1], carry.env_state[s], obs[s], arms[s], self.params) for s in range(len(obs))]

@@ -114,6 +114,8 @@ def test_metric_helpers_by_hand():
         (dict(rounds=10, seed_chunk=0), "seed_chunk"),
         (dict(rounds=10, seed_chunk="big"), "seed_chunk"),
         (dict(rounds=10, seed_chunk=True), "seed_chunk"),
+        (dict(rounds=10, compiler_options="fast"), "compiler_options"),
+        (dict(rounds=10, compiler_options=[("xla_cpu_enable_fast_math", True)]), "compiler_options"),
     ],
 )
 def test_run_rejects_bad_arguments(kwargs, field):
@@ -134,6 +136,61 @@ def test_seed_chunks_give_the_unchunked_results(seed_chunk):
         np.testing.assert_allclose(chunked.metrics[name], whole.metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(chunked.eval_metrics["bai_regret"], whole.eval_metrics["bai_regret"], rtol=1e-5)
     assert len({tuple(r) for r in np.round(chunked.metrics["regret"], 5)}) == 7  # no seed copied into another
+
+
+def test_compiler_options_change_speed_not_results():
+    from cdb.run import CPU_COMPILER_OPTIONS, resolve_compiler_options
+
+    # on this CPU's XLA the options of "auto" are accepted (a newer XLA may not know them)
+    assert resolve_compiler_options("auto") == CPU_COMPILER_OPTIONS
+    assert resolve_compiler_options(None) == {}
+    agent = ee_ts(reward_model=LinearEnsemble(num_members=3))
+    kwargs = dict(rounds=6, seeds=2, key=4, progress=False)
+    tuned = cdb.run(agent, ENV, **kwargs)
+    plain = cdb.run(agent, ENV, compiler_options=None, **kwargs)
+    for name in plain.metrics:
+        np.testing.assert_allclose(tuned.metrics[name], plain.metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_no_such_option"):
+        cdb.run(agent, ENV, compiler_options={"xla_cpu_no_such_option": True}, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyImplProbe:
+    """Passive on ENV that records, while tracing, the PRNG of every key it is handed."""
+
+    seen: list = dataclasses.field(default_factory=list)  # unhashable: cdb.run compiles it afresh
+
+    def __getattr__(self, name):
+        return getattr(AGENT, name)
+
+    def init(self, key, spec):
+        self.seen.append(jax.random.key_impl(key))
+        return AGENT.init(key, spec)
+
+    def select(self, key, state, obs):
+        self.seen.append(jax.random.key_impl(key))
+        return AGENT.select(key, state, obs)
+
+    def update(self, key, state, obs, duel, feedback):
+        self.seen.append(jax.random.key_impl(key))
+        return AGENT.update(key, state, obs, duel, feedback)
+
+    def recommend(self, key, state, obs):
+        self.seen.append(jax.random.key_impl(key))
+        return AGENT.recommend(key, state, obs)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "philox4x32"])
+def test_run_keeps_the_prng_of_its_key(impl):
+    probe = KeyImplProbe()
+    key = jax.random.key(5, impl=impl)
+    res = cdb.run(probe, ENV, rounds=4, seeds=2, key=key, progress=False)
+    assert set(probe.seen) == {impl} and len(probe.seen) >= 4  # init, select, update, recommend
+    assert res.config["key_impl"] == impl
+    again = cdb.run(AGENT, ENV, rounds=4, seeds=2, key=key, progress=False)
+    np.testing.assert_array_equal(res.metrics["regret"], again.metrics["regret"])
+    other = cdb.run(AGENT, ENV, rounds=4, seeds=2, key=5, progress=False)  # the same seed, JAX's default PRNG
+    assert np.array_equal(other.metrics["regret"], res.metrics["regret"]) == (impl == "threefry2x32")
 
 
 def test_checkpoint_resume_equals_uninterrupted(results, tmp_path):
