@@ -13,8 +13,10 @@ member that disagrees, else the first member's second best).
   With ``--devices N`` (default: 2, the cores of the reference machine) the host CPU is split
   into N XLA devices and ``cdb.run`` shards the seeds across them (DESIGN §7), one core each.
   Each device runs its seeds in chunks of ``cdb.run.CPU_SEED_CHUNK`` (``seed_chunk="auto"``, the
-  default); the same run with all of a device's seeds at once (``seed_chunk=None``) is timed
-  alongside, its repeats interleaved with the default's.
+  default), and XLA compiles with ``cdb.run.CPU_COMPILER_OPTIONS`` (``compiler_options="auto"``).
+  Timed alongside, their repeats interleaved with the default's: the same run with all of a
+  device's seeds at once (``seed_chunk=None``) and with XLA's default options
+  (``compiler_options=None``).
 * NumPy: a plain per-seed, per-round loop (vectorized over the batch and the members inside a
   round, as a careful NumPy user would write it), timed on a subset of seeds; its cost is
   linear in the seeds, so decisions/s does not depend on the subset size. It is timed in one
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cdb.ensemble import LinearEnsemble
     from cdb.environments import LinearDuel
     from cdb.environments.feature_duel import make_context_pool
-    from cdb.run import resolve_seed_chunk
+    from cdb.run import resolve_compiler_options, resolve_seed_chunk
 
     print(header(), flush=True)
     print(f"JAX devices: {jax.device_count()} ({jax.devices()[0].platform})", flush=True)
@@ -150,25 +152,33 @@ def main(argv: list[str] | None = None) -> dict:
     pool = make_context_pool(POOL, args.arms, args.dim, env.pool_seed).astype(np.float64)
     decisions = args.seeds * args.rounds * args.batch
 
-    # the default (seeds in chunks of cdb.run.CPU_SEED_CHUNK per device) and, side by side with
-    # it, every seed of a device at once and any --seed-chunks; the repeats alternate so that
-    # noise hits all of them alike
-    variants = {"chunked": "auto", "unchunked": None, **{f"chunks of {c}": c for c in args.seed_chunks}}
+    # the default (seeds in chunks of cdb.run.CPU_SEED_CHUNK per device, cdb.run's XLA options)
+    # and, side by side with it, every seed of a device at once, XLA's default options and any
+    # --seed-chunks; the repeats alternate so that noise hits all of them alike
+    variants = {
+        "default": {},
+        "unchunked": {"seed_chunk": None},
+        "xla_defaults": {"compiler_options": None},
+        **{f"chunks of {c}": {"seed_chunk": c} for c in args.seed_chunks},
+    }
     first_seconds, jax_seconds, results = {}, {v: [] for v in variants}, {}
-    for name, seed_chunk in variants.items():
+    for name, kwargs in variants.items():
         start = time.perf_counter()
-        results[name] = cdb.run(agent, env, rounds=args.rounds, seeds=args.seeds, progress=False, seed_chunk=seed_chunk)
+        results[name] = cdb.run(agent, env, rounds=args.rounds, seeds=args.seeds, progress=False, **kwargs)
         first_seconds[name] = time.perf_counter() - start
-    reference = results["unchunked"].metrics["regret"]
+        # the same draws as the default (XLA's default options sum in another order: equal to
+        # float rounding, not bit for bit)
+        reference = results["default"].metrics["regret"]
+        np.testing.assert_allclose(results[name].metrics["regret"], reference, rtol=1e-5, atol=1e-5)
     for _ in range(args.repeats):
-        for name, seed_chunk in variants.items():
+        for name, kwargs in variants.items():
             start = time.perf_counter()
-            res = cdb.run(agent, env, rounds=args.rounds, seeds=args.seeds, progress=False, seed_chunk=seed_chunk)
+            res = cdb.run(agent, env, rounds=args.rounds, seeds=args.seeds, progress=False, **kwargs)
             jax_seconds[name].append(time.perf_counter() - start)
-            np.testing.assert_allclose(res.metrics["regret"], reference, rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(res.metrics["regret"], results[name].metrics["regret"])
     rates = {name: decisions / min(seconds) for name, seconds in jax_seconds.items()}
-    jax_rate, unchunked_rate = rates["chunked"], rates["unchunked"]
-    res = results["chunked"]
+    jax_rate, unchunked_rate, xla_defaults_rate = rates["default"], rates["unchunked"], rates["xla_defaults"]
+    res = results["default"]
 
     numpy_kwargs = dict(
         rounds=args.rounds,
@@ -213,10 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         "numpy_parallel_decisions_per_s": numpy_parallel_rate,
         "ratio_same_cores": jax_rate / numpy_parallel_rate,
         "jax_unchunked_decisions_per_s": unchunked_rate,
+        "jax_xla_defaults_decisions_per_s": xla_defaults_rate,
         "seed_chunk": resolve_seed_chunk("auto"),
+        "compiler_options": resolve_compiler_options("auto"),
         "jax_decisions_per_s_by_variant": rates,
-        "jax_first_call_s": first_seconds["chunked"],
-        "jax_best_s": min(jax_seconds["chunked"]),
+        "jax_first_call_s": first_seconds["default"],
+        "jax_best_s": min(jax_seconds["default"]),
         "numpy_seeds_timed": args.numpy_seeds,
         "numpy_s": numpy_seconds,
         "mean_cumulative_regret_per_context_jax": jax_regret,
@@ -228,15 +240,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"JAX   ({args.seeds} seeds, compiled, vmapped, {jax.device_count()} device(s)): {jax_rate:,.0f} decisions/s "
-        f"(best of {args.repeats}: {min(jax_seconds['chunked']):.2f}s; first call with compile "
-        f"{first_seconds['chunked']:.2f}s)"
+        f"(best of {args.repeats}: {min(jax_seconds['default']):.2f}s; first call with compile "
+        f"{first_seconds['default']:.2f}s)"
     )
     print(
         f"      the same, all of a device's seeds at once (seed_chunk=None): {unchunked_rate:,.0f} decisions/s "
         f"(chunks: {jax_rate / unchunked_rate:.2f}x)"
     )
+    print(
+        f"      the same with XLA's default options (compiler_options=None): {xla_defaults_rate:,.0f} decisions/s "
+        f"(cdb.run's options {resolve_compiler_options('auto')}: {jax_rate / xla_defaults_rate:.2f}x)"
+    )
     for name, rate in rates.items():
-        if name not in ("chunked", "unchunked"):
+        if name.startswith("chunks of"):
             print(f"      the same in {name} seeds (--seed-chunks): {rate:,.0f} decisions/s")
     print(f"NumPy ({args.numpy_seeds} seeds, per-seed loop):   {numpy_rate:,.0f} decisions/s ({numpy_seconds:.2f}s)")
     print(f"NumPy ({args.devices} processes, same loop):  {numpy_parallel_rate:,.0f} decisions/s")
