@@ -1,6 +1,10 @@
-"""Shared test settings: JAX on CPU, a persistent compilation cache for repeated local runs."""
+"""Shared test settings: JAX on CPU, and a compilation cache that each test process shares with
+itself and its notebook kernels."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compilation dominates these tiny tests; XLA's cheapest backend optimisation level roughly
@@ -12,7 +16,14 @@ import jax  # noqa: E402
 
 # One cache directory per xdist worker: JAX writes cache entries without an atomic rename, so a
 # worker reading an entry the other is still writing can deserialize a truncated executable (a
-# segfault seen once in a fresh clone's `pytest -n 2`).
-_cache_root = os.environ.get("CDB_TEST_JAX_CACHE", os.path.expanduser("~/.cache/cdb/jax_test_cache"))
+# segfault seen once in a fresh clone's `pytest -n 2`). And by default a fresh directory per
+# run: with jax 0.10, loading executables that an *earlier* run wrote segfaulted a worker in 3 of
+# about 6 runs (in `compilation_cache.get_executable_and_time`), never in a run that started
+# empty. A run still reuses what it compiled itself (evicted `cdb.run` programs, notebook
+# kernels). `CDB_TEST_JAX_CACHE=dir` keeps the cache across runs, at that risk.
+_cache_root = os.environ.get("CDB_TEST_JAX_CACHE")
+if _cache_root is None:
+    _cache_root = tempfile.mkdtemp(prefix="cdb_jax_test_cache_")
+    atexit.register(shutil.rmtree, _cache_root, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.path.join(_cache_root, os.environ.get("PYTEST_XDIST_WORKER", "main")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
