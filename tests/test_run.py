@@ -1,6 +1,7 @@
 """The experiment loop, Results and metrics (cdb.run, cdb.results, cdb.metrics)."""
 
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +153,16 @@ def test_compiler_options_change_speed_not_results():
         np.testing.assert_allclose(tuned.metrics[name], plain.metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
     with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_no_such_option"):
         cdb.run(agent, ENV, compiler_options={"xla_cpu_no_such_option": True}, **kwargs)
+
+
+def test_auto_compiler_options_fall_back_when_xla_does_not_know_them(monkeypatch):
+    run_module = importlib.import_module("cdb.run")  # the module; ``cdb.run`` is the function
+    monkeypatch.setattr(run_module, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+    run_module._default_compiler_options.cache_clear()
+    try:
+        assert run_module.resolve_compiler_options("auto") == {}
+    finally:
+        run_module._default_compiler_options.cache_clear()
 
 
 @dataclasses.dataclass(frozen=True)
