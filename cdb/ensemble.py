@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from cdb import replay
+from cdb import replay, rng
 from cdb.losses import bradley_terry_nll
 from cdb.validation import check_choice, check_float, check_int
 
@@ -380,7 +380,7 @@ class LinearEnsemble:
 
     def perturbations(self, key: PRNGKey, batch: int) -> Array:
         """The ``[B, E]`` perturbations ε that :meth:`update` draws from its ``key``."""
-        return self.noise_scale * jax.random.normal(key, (batch, self.num_members), jnp.float32)
+        return self.noise_scale * rng.normal(key, (batch, self.num_members))
 
     def update(
         self,

@@ -23,6 +23,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
+from cdb import rng
 from cdb.rng import below, below_except, uniform_below
 from cdb.validation import check_choice, check_float, check_int
 
@@ -112,7 +113,7 @@ class Passive:
     def __call__(self, key: PRNGKey, scores: Array) -> Array:
         scores = _as_scores(self, scores)
         num = scores.shape[1]
-        bits = jax.random.bits(key, (2,))
+        bits = rng.bits(key, (2,))
         a1 = below(bits[0], num)
         return _pair(a1, below_except(bits[1], num, a1))
 
@@ -159,7 +160,7 @@ class EETS:
         scores = _as_scores(self, scores)
         num_members, num = scores.shape
         # all of this context's randomness in one draw: the member, the tries, the random fallback
-        bits = jax.random.bits(key, (2 + self.max_tries,))
+        bits = rng.bits(key, (2 + self.max_tries,))
         member = below(bits[0], num_members)
         member_best = members_argmax(scores)  # computed once for the first member and the tries
         a1 = member_best[member]
@@ -256,7 +257,7 @@ class DoubleTS:
     def __call__(self, key: PRNGKey, scores: Array) -> Array:
         scores = _as_scores(self, scores)
         num_members, num = scores.shape
-        bits = jax.random.bits(key, (3 + self.max_resamples,))  # e1; e2, then redraws; the fallback
+        bits = rng.bits(key, (3 + self.max_resamples,))  # e1; e2, then redraws; the fallback
         member_best = members_argmax(scores)
         a1 = member_best[below(bits[0], num_members)]
         draws = below(bits[1:-1], num_members)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cdb import rng
 from cdb.rng import uniform_below
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
@@ -160,7 +161,7 @@ class FeatureDuel:
 
     def _fresh_features(self, key: Array, batch: int) -> Array:
         shape = (batch, self.num_arms, self.feature_dim)
-        return jax.random.normal(key, shape, jnp.float32) / jnp.sqrt(jnp.float32(self.feature_dim))
+        return rng.normal(key, shape) / jnp.sqrt(jnp.float32(self.feature_dim))
 
     def _features(self, key: Array, batch: int) -> Array:
         """A round's contexts ``[batch, K, d]``: fresh draws, or uniform draws from the pool."""

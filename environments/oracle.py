@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cdb import rng
 from cdb.types import Feedback, Info
 
 Array = jax.Array
@@ -54,7 +55,7 @@ def oracle_feedback(key: Array, probability: Array, query: Array) -> Feedback:
       query: ``[B]`` bool, which rows are sent to the oracle.
     """
     query = jnp.asarray(query, bool)
-    wins = jax.random.uniform(key, probability.shape) < probability
+    wins = rng.uniform(key, probability.shape) < probability
     return Feedback(preference=(wins & query).astype(jnp.float32), queried=query)
 
 

@@ -1,4 +1,4 @@
-"""``cdb.rng``: uniform small integers from raw words, and the exclusion map."""
+"""``cdb.rng``: words from both outputs of every hash, uniform small integers, the exclusion map."""
 
 import jax
 import jax.numpy as jnp
@@ -38,3 +38,29 @@ def test_same_key_same_draws_and_different_keys_differ():
     c = rng.uniform_below(jax.random.key(2), (64,), 10)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+SHAPES = [(), (1,), (7,), (4, 10), (3, 2, 5)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_draws_equal_jax_random_with_both_words_of_each_hash(shape):
+    # the independent computation: JAX's own draws in its non-partitionable threefry layout
+    key = jax.random.key(3)
+    with jax.threefry_partitionable(False):
+        bits, uniform, normal = (jax.random.bits(key, shape), jax.random.uniform(key, shape), jax.random.normal(key, shape))
+    np.testing.assert_array_equal(rng.bits(key, shape), bits)
+    np.testing.assert_array_equal(rng.uniform(key, shape), uniform)
+    np.testing.assert_array_equal(rng.normal(key, shape), normal)
+    np.testing.assert_array_equal(rng.bits(jax.random.key_data(key), shape), bits)  # raw key data
+
+
+def test_draws_are_the_same_under_jit_and_vmap():
+    keys = jax.random.split(jax.random.key(4), 3)
+    eager = np.stack([np.asarray(rng.normal(k, (4, 8))) for k in keys])
+    np.testing.assert_array_equal(jax.jit(jax.vmap(lambda k: rng.normal(k, (4, 8))))(keys), eager)
+
+
+def test_other_prngs_draw_as_jax_random_does():
+    key = jax.random.key(5, impl="rbg")
+    np.testing.assert_array_equal(rng.bits(key, (6,)), jax.random.bits(key, (6,)))
