@@ -156,6 +156,21 @@ def test_features_are_redrawn_each_round_and_eval_contexts_are_fixed():
     assert abs(float(np.mean(np.asarray(state.eval_features) ** 2)) * D - 1.0) < 0.6
 
 
+
+def test_pool_contexts_are_whole_pool_rows_drawn_uniformly():
+    from cdb.environments.feature_duel import make_context_pool
+
+    env = LinearDuel(num_arms=4, feature_dim=3, batch_size=5, eval_batch_size=2, context_pool=6)
+    pool = make_context_pool(6, 4, 3, env.pool_seed)
+    draw = jax.jit(jax.vmap(lambda k: env._features(k, env.batch_size)))
+    contexts = np.asarray(draw(jax.random.split(jax.random.key(0), 2000))).reshape(-1, 4, 3)
+    # each drawn context equals exactly one pool context (no clamping, no mixing of rows)
+    matches = np.all(contexts[:, None] == pool[None], axis=(2, 3))
+    np.testing.assert_array_equal(matches.sum(axis=1), 1)
+    counts = matches.sum(axis=0)
+    expected = len(contexts) / 6
+    assert float(np.sum((counts - expected) ** 2 / expected)) < 25.0  # chi-square, 5 dof: p < 1e-4
+
 # --- exact regrets against brute force -----------------------------------------------------
 
 
