@@ -161,9 +161,10 @@ def run(
       seed_chunk: each device runs its seeds ``seed_chunk`` at a time (``lax.map`` over chunks of
         a ``vmap``), a whole block of rounds per chunk; results do not change, only speed and
         memory. ``"auto"``: chunks of about :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
-        for all seeds at once falls out of cache (1.45–1.67× faster at 1024 seeds on two devices in
-        ``benchmarks/throughput.py``), and no chunking on accelerators, which want the whole
-        batch; ``None``: no chunking. Ignored for host-loop environments.
+        for all seeds at once falls out of cache (0.95–1.38× at 1024 seeds on two devices in
+        ``benchmarks/throughput.py``, a noisy gain since copy insertion keeps the round's buffers
+        in place; see :data:`CPU_COMPILER_OPTIONS`), and no chunking on accelerators, which want
+        the whole batch; ``None``: no chunking. Ignored for host-loop environments.
       compiler_options: XLA options for the compiled programs (``jax.jit(compiler_options=)``).
         ``"auto"``: :data:`CPU_COMPILER_OPTIONS` on a CPU when this XLA accepts them, else none;
         ``None``: XLA's defaults; a dict: exactly those. Results agree to float rounding (the
@@ -220,8 +221,9 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 CPU_SEED_CHUNK = 128
-"""Seeds per chunk that ``seed_chunk="auto"`` aims for on a CPU (the fastest of 32–256 in
-``benchmarks/throughput.py``: 128 seeds' features and scores fit in a 1 MiB L2 cache)."""
+"""Seeds per chunk that ``seed_chunk="auto"`` aims for on a CPU (64, 128 and 256 were equally fast
+in ``benchmarks/throughput.py``, 32 and all 512 seeds of a device slower: 128 seeds' features and
+scores fit in a core's 512 KiB L2 cache)."""
 
 
 def resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
@@ -235,13 +237,21 @@ def resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
     return int(seed_chunk)
 
 
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-"""XLA options that ``compiler_options="auto"`` sets on a CPU: YNNPACK for dot products only.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+    "xla_cpu_copy_insertion_use_region_analysis": True,
+}
+"""XLA options that ``compiler_options="auto"`` sets on a CPU.
 
-XLA:CPU also hands reductions to YNNPACK by default. A bandit round's reductions are small
-and many (each member's argmax over K arms, for every context of every seed), and XLA's own
-loops run them faster: E&E-TS in ``benchmarks/throughput.py`` runs ×1.2–1.3 faster than with
-XLA's defaults (``compiler_options=None``), timed side by side there."""
+* YNNPACK for dot products only. XLA:CPU also hands reductions to YNNPACK by default; a bandit
+  round's reductions are small and many (each member's argmax over K arms, for every context of
+  every seed), and XLA's own loops run them faster.
+* Copy insertion with region analysis. Without it XLA copies loop-carried buffers that a round
+  overwrites (the round's ``[B, K, d]`` features, twice a round, and the counters of JAX's threefry
+  loops); with it those copies go.
+
+Together they make E&E-TS in ``benchmarks/throughput.py`` ×1.1–1.6 faster than XLA's defaults
+(``compiler_options=None``), timed side by side there (the README has the figures)."""
 
 
 def resolve_compiler_options(compiler_options: dict[str, Any] | str | None) -> dict[str, Any]:
