@@ -48,7 +48,8 @@ def test_draws_equal_jax_random_with_both_words_of_each_hash(shape):
     # the independent computation: JAX's own draws in its non-partitionable threefry layout
     key = jax.random.key(3)
     with jax.threefry_partitionable(False):
-        bits, uniform, normal = (jax.random.bits(key, shape), jax.random.uniform(key, shape), jax.random.normal(key, shape))
+        bits = jax.random.bits(key, shape)
+        uniform, normal = jax.random.uniform(key, shape), jax.random.normal(key, shape)
     np.testing.assert_array_equal(rng.bits(key, shape), bits)
     np.testing.assert_array_equal(rng.uniform(key, shape), uniform)
     np.testing.assert_array_equal(rng.normal(key, shape), normal)
