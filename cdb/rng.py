@@ -19,10 +19,20 @@ same way.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+# A later JAX may drop the flag (and its old layout); the draws then keep JAX's default layout.
+_PARTITIONABLE = getattr(jax, "threefry_partitionable", None)
+
+
+def _both_words():
+    return _PARTITIONABLE(False) if _PARTITIONABLE is not None else contextlib.nullcontext()
+
 
 def bits(key: Array, shape: tuple[int, ...] = ()) -> Array:
     """``shape`` uniform ``uint32`` words; both words of every Threefry hash (see module doc).
@@ -30,19 +40,19 @@ def bits(key: Array, shape: tuple[int, ...] = ()) -> Array:
     ``key`` is one key, typed (``jax.random.key``) or raw key data.
     """
     # the flag is read while tracing, so it changes only this draw's layout
-    with jax.threefry_partitionable(False):
+    with _both_words():
         return jax.random.bits(key, tuple(shape))
 
 
 def uniform(key: Array, shape: tuple[int, ...] = ()) -> Array:
     """``float32`` uniform on ``[0, 1)``: ``jax.random.uniform`` on the words of :func:`bits`."""
-    with jax.threefry_partitionable(False):
+    with _both_words():
         return jax.random.uniform(key, tuple(shape))
 
 
 def normal(key: Array, shape: tuple[int, ...] = ()) -> Array:
     """Standard normal ``float32``: ``jax.random.normal`` on the words of :func:`bits`."""
-    with jax.threefry_partitionable(False):
+    with _both_words():
         return jax.random.normal(key, tuple(shape))
 
 

@@ -161,7 +161,7 @@ def run(
       seed_chunk: each device runs its seeds ``seed_chunk`` at a time (``lax.map`` over chunks of
         a ``vmap``), a whole block of rounds per chunk; results do not change, only speed and
         memory. ``"auto"``: chunks of about :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
-        for all seeds at once falls out of cache (0.95–1.38× at 1024 seeds on two devices in
+        for all seeds at once falls out of cache (0.93–1.38× at 1024 seeds on two devices in
         ``benchmarks/throughput.py``, a noisy gain since copy insertion keeps the round's buffers
         in place; see :data:`CPU_COMPILER_OPTIONS`), and no chunking on accelerators, which want
         the whole batch; ``None``: no chunking. Ignored for host-loop environments.
