@@ -66,3 +66,10 @@ def test_draws_are_the_same_under_jit_and_vmap():
 def test_other_prngs_draw_as_jax_random_does():
     key = jax.random.key(5, impl="rbg")
     np.testing.assert_array_equal(rng.bits(key, (6,)), jax.random.bits(key, (6,)))
+
+
+def test_without_the_layout_flag_draws_keep_jax_default_layout(monkeypatch):
+    monkeypatch.setattr(rng, "_PARTITIONABLE", None)  # as on a JAX that has dropped the flag
+    key = jax.random.key(6)
+    np.testing.assert_array_equal(rng.bits(key, (6,)), jax.random.bits(key, (6,)))
+    np.testing.assert_array_equal(rng.normal(key, (6,)), jax.random.normal(key, (6,)))
