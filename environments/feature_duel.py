@@ -32,7 +32,6 @@ import numpy as np
 from flax import struct
 
 from cdb import rng
-from cdb.rng import uniform_below
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -80,8 +79,8 @@ class FeatureDuelState:
 @functools.lru_cache(maxsize=8)
 def make_context_pool(size: int, num_arms: int, feature_dim: int, seed: int) -> np.ndarray:
     """A fixed pool of contexts ``[P, K, d]`` with features ``N(0, I/d)`` (a host constant)."""
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((size, num_arms, feature_dim)) / np.sqrt(feature_dim)).astype(np.float32)
+    generator = np.random.default_rng(seed)
+    return (generator.standard_normal((size, num_arms, feature_dim)) / np.sqrt(feature_dim)).astype(np.float32)
 
 
 def _unit_sphere(key: Array, dim: int) -> Array:
@@ -171,7 +170,7 @@ class FeatureDuel:
         rows = jnp.asarray(pool).reshape(self.context_pool, self.num_arms * self.feature_dim)
         # A context is one contiguous row, and the indices are in range by construction, so XLA
         # need not clamp them (×1.1 on the whole round of benchmarks/throughput.py, side by side).
-        picked = rows.at[uniform_below(key, (batch,), self.context_pool)].get(mode="promise_in_bounds")
+        picked = rows.at[rng.uniform_below(key, (batch,), self.context_pool)].get(mode="promise_in_bounds")
         return picked.reshape(batch, self.num_arms, self.feature_dim)
 
     def _next_round(self, key: Array, reward_params: Any) -> tuple[Array, Array]:

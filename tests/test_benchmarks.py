@@ -37,8 +37,13 @@ def test_numpy_reference_reaches_the_regret_of_cdb_run():
         scale=KW["scale"],
         context_pool=pool_size,
     )
-    model = LinearEnsemble(num_members=KW["members"], prior_scale=1.0, noise_scale=0.5, regularization=1.0)
-    res = cdb.run(ee_ts(reward_model=model, max_tries=8), env, rounds=rounds, seeds=64, progress=False)
+    model = LinearEnsemble(
+        num_members=KW["members"],
+        prior_scale=KW["prior_scale"],
+        noise_scale=KW["noise_scale"],
+        regularization=KW["regularization"],
+    )
+    res = cdb.run(ee_ts(reward_model=model, max_tries=KW["max_tries"]), env, rounds=rounds, seeds=64, progress=False)
     jax_regret = res.metrics["regret"].sum(axis=1)
 
     pool = make_context_pool(pool_size, KW["arms"], KW["dim"], env.pool_seed).astype(np.float64)

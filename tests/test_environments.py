@@ -156,7 +156,6 @@ def test_features_are_redrawn_each_round_and_eval_contexts_are_fixed():
     assert abs(float(np.mean(np.asarray(state.eval_features) ** 2)) * D - 1.0) < 0.6
 
 
-
 def test_pool_contexts_are_whole_pool_rows_drawn_uniformly():
     from cdb.environments.feature_duel import make_context_pool
 
@@ -170,6 +169,7 @@ def test_pool_contexts_are_whole_pool_rows_drawn_uniformly():
     counts = matches.sum(axis=0)
     expected = len(contexts) / 6
     assert float(np.sum((counts - expected) ** 2 / expected)) < 25.0  # chi-square, 5 dof: p < 1e-4
+
 
 # --- exact regrets against brute force -----------------------------------------------------
 
