@@ -221,9 +221,9 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 CPU_SEED_CHUNK = 128
-"""Seeds per chunk that ``seed_chunk="auto"`` aims for on a CPU (64, 128 and 256 were equally fast
-in ``benchmarks/throughput.py``, 32 and all 512 seeds of a device slower: 128 seeds' features and
-scores fit in a core's 512 KiB L2 cache)."""
+"""Seeds per chunk that ``seed_chunk="auto"`` aims for on a CPU (the fastest of 32, 64, 128 and 256
+in ``benchmarks/throughput.py --seed-chunks``, by 7–11%; all 512 seeds of a device were slower:
+128 seeds' features and scores fit in a core's 512 KiB L2 cache)."""
 
 
 def resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
