@@ -162,9 +162,7 @@ class _WinsAgent:
 
     def init(self, key: Array, spec: EnvSpec) -> WinsState:
         if spec.num_arms is None or spec.num_arms < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs EnvSpec.num_arms >= 2; got num_arms={spec.num_arms}"
-            )
+            raise ValueError(f"{type(self).__name__} needs EnvSpec.num_arms >= 2; got num_arms={spec.num_arms}")
         k = spec.num_arms
         return WinsState(wins=jnp.zeros((k, k), jnp.float32), t=jnp.zeros((), jnp.int32))
 

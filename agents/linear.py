@@ -111,9 +111,7 @@ def logistic_nll(theta: Array, z: Array, label: Array, weight: Array) -> Array:
     return jnp.sum(weight * (jax.nn.softplus(s) - label * s))
 
 
-def fit_logistic(
-    theta: Array, z: Array, label: Array, weight: Array, l2: float, steps: int
-) -> tuple[Array, Array]:
+def fit_logistic(theta: Array, z: Array, label: Array, weight: Array, l2: float, steps: int) -> tuple[Array, Array]:
     """``steps`` safeguarded Newton steps on the ridge-regularised logistic MLE.
 
     Objective ``L(θ) = logistic_nll(θ) + (l2/2)‖θ‖²`` (strictly convex for ``l2 > 0``). Each step
@@ -443,8 +441,6 @@ class CoLSTIM(LinearDuelingAgent):
         check_choice(self, "perturbation", self.perturbation, PERTURBATIONS)
 
     def select_one(self, key, state, features):
-        first = colstim_first_arm(
-            key, features, state.theta, state.v_inv, self.perturbation_clip, self.perturbation
-        )
+        first = colstim_first_arm(key, features, state.theta, state.v_inv, self.perturbation_clip, self.perturbation)
         second = colstim_second_arm(features, state.theta, state.v_inv, first, self.confidence)
         return jnp.stack([first, second]), {}

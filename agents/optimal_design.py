@@ -189,9 +189,7 @@ class OfflineOptimalDesign:
         keys = jax.random.split(_as_key(key), seeds)
         out = {k: np.asarray(v) for k, v in fn(keys, jnp.int32(self.budget), params).items()}
         if np.any(out.pop("pool_queried")):
-            raise RuntimeError(
-                f"{type(env).__name__} queried the oracle during the pool pass (query=False was asked)"
-            )
+            raise RuntimeError(f"{type(env).__name__} queried the oracle during the pool pass (query=False was asked)")
         mismatch = float(np.max(out.pop("replay_mismatch")))
         if mismatch > 0:
             raise ValueError(
@@ -290,9 +288,7 @@ def _compiled(env, pool_rounds, design, design_steps, design_reg, lam, mle_steps
         # Pool pass: observe contexts, query nothing.
         no_arms = jnp.broadcast_to(jnp.array([0, 1], jnp.int32), (pool_rounds, batch, 2))
         no_query = jnp.zeros((pool_rounds, batch), bool)
-        _, (pool_features, _, pool_queried) = jax.lax.scan(
-            play, (state0, obs0), (round_keys, no_arms, no_query)
-        )
+        _, (pool_features, _, pool_queried) = jax.lax.scan(play, (state0, obs0), (round_keys, no_arms, no_query))
         features = pool_features.reshape(pool_rounds * batch, k, d)
         z = features[:, first_idx] - features[:, second_idx]  # [N, P, d]
 
@@ -316,9 +312,7 @@ def _compiled(env, pool_rounds, design, design_steps, design_reg, lam, mle_steps
         # One MLE on the labelled set, simple regret of its greedy arm on held-out contexts.
         z_chosen = jnp.take_along_axis(z, pair[:, None, None], axis=1)[:, 0]
         weight = queried.reshape(-1).astype(jnp.float32)
-        theta, _ = fit_logistic(
-            jnp.zeros((d,), jnp.float32), z_chosen, labels.reshape(-1), weight, lam, mle_steps
-        )
+        theta, _ = fit_logistic(jnp.zeros((d,), jnp.float32), z_chosen, labels.reshape(-1), weight, lam, mle_steps)
         eval_obs = env.eval_observation(state_t, params)
         recommended = jnp.argmax(jnp.einsum("bkd,d->bk", eval_obs.features, theta, precision=_HI), axis=-1)
         regret = env.evaluate(k_eval, state_t, eval_obs, recommended.astype(jnp.int32), params)["bai_regret"]

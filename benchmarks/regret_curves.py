@@ -54,10 +54,12 @@ AGENTS = {
     "infomax": lambda env_name, m: agents.infomax(reward_model=reward_model_for(env_name, m)),
     "passive": lambda env_name, m: agents.passive(reward_model=reward_model_for(env_name, m)),
 }
-AGENTS.update({
-    "maxinp": lambda env_name, m: agents.MaxInP(),
-    "colstim": lambda env_name, m: agents.CoLSTIM(),
-})
+AGENTS.update(
+    {
+        "maxinp": lambda env_name, m: agents.MaxInP(),
+        "colstim": lambda env_name, m: agents.CoLSTIM(),
+    }
+)
 DEFAULT_AGENTS = list(AGENTS)
 
 
@@ -85,8 +87,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for agent_name in args.agents:
             start = time.perf_counter()
             agent = AGENTS[agent_name](env_name, args.members)
-            res = cdb.run(agent, envs[env_name], rounds=args.rounds, seeds=args.seeds, eval_every=args.eval_every,
-                          key=0, progress=not args.no_progress)
+            res = cdb.run(
+                agent,
+                envs[env_name],
+                rounds=args.rounds,
+                seeds=args.seeds,
+                eval_every=args.eval_every,
+                key=0,
+                progress=not args.no_progress,
+            )
             seconds = time.perf_counter() - start
             all_results[env_name, agent_name] = res
             res.save(out / f"{env_name}_{agent_name.split()[0]}.npz")
@@ -96,10 +105,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             frames.append(frame)
             regret, regret_se = res.final("cumulative_regret")
             bai, bai_se = res.final("bai_regret")
-            rows.append({"env": env_name, "agent": agent_name, "cumulative regret": f"{regret:.2f} ± {regret_se:.2f}",
-                         "BAI regret": f"{bai:.3f} ± {bai_se:.3f}", "seconds": f"{seconds:.1f}"})
-            print(f"{env_name:10s} {agent_name:14s} regret {regret:8.2f} ± {regret_se:.2f}  "
-                  f"BAI {bai:.3f} ± {bai_se:.3f}  ({seconds:.1f}s)", flush=True)
+            rows.append(
+                {
+                    "env": env_name,
+                    "agent": agent_name,
+                    "cumulative regret": f"{regret:.2f} ± {regret_se:.2f}",
+                    "BAI regret": f"{bai:.3f} ± {bai_se:.3f}",
+                    "seconds": f"{seconds:.1f}",
+                }
+            )
+            print(
+                f"{env_name:10s} {agent_name:14s} regret {regret:8.2f} ± {regret_se:.2f}  "
+                f"BAI {bai:.3f} ± {bai_se:.3f}  ({seconds:.1f}s)",
+                flush=True,
+            )
 
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out / "regret_curves.csv", index=False)

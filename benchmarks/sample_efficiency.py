@@ -54,10 +54,16 @@ def make_agents(ref, env: SequenceDuel, rounds: int) -> dict:
         "sea_ee_ts": lambda: A.sea(ref, rule="ee_ts"),
         "sea_bai_ts": lambda: A.sea(ref, rule="bai_ts"),
         "sea_ee_ts_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5),
-        "sea_ee_ts_chain": lambda: A.sea(ref, rule="ee_ts", features=chain,
-                                         reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)),
-        "sea_ee_ts_chain_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5, features=chain,
-                                               reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)),
+        "sea_ee_ts_chain": lambda: A.sea(
+            ref, rule="ee_ts", features=chain, reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)
+        ),
+        "sea_ee_ts_chain_mixed": lambda: A.sea(
+            ref,
+            rule="ee_ts",
+            gamma=0.5,
+            features=chain,
+            reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5),
+        ),
         "apl": lambda: A.apl(ref),
         "xpo": lambda: A.xpo(ref),
         "ee4llm": lambda: A.ee4llm(ref),
@@ -76,8 +82,9 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         return dataclasses.replace(A.default_ensemble(), **kwargs)
 
     def sea(**kwargs):
-        options = dict(rule="ee_ts", gamma=0.5, features=chain,
-                       reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5))
+        options = dict(
+            rule="ee_ts", gamma=0.5, features=chain, reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)
+        )
         options.update(kwargs)
         return lambda: A.sea(ref, **options)
 
@@ -126,17 +133,27 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.tiny:
         from cdb.environments.reference_policy import ReferenceConfig
 
-        env = SequenceDuel(vocab_size=6, prompt_length=2, response_length=3, batch_size=4, eval_batch_size=8,
-                           eval_reference_samples=2,
-                           reference_config=ReferenceConfig(num_layers=1, d_model=16, num_heads=2, d_ff=32,
-                                                            train_steps=60, train_batch_size=32, eval_size=64))
+        env = SequenceDuel(
+            vocab_size=6,
+            prompt_length=2,
+            response_length=3,
+            batch_size=4,
+            eval_batch_size=8,
+            eval_reference_samples=2,
+            reference_config=ReferenceConfig(
+                num_layers=1, d_model=16, num_heads=2, d_ff=32, train_steps=60, train_batch_size=32, eval_size=64
+            ),
+        )
     else:
         env = SequenceDuel()
     start = time.perf_counter()
     ref = env.reference
-    print(f"reference policy: {'loaded' if ref.loaded_from_cache else 'trained'} in "
-          f"{time.perf_counter() - start:.1f}s; NLL {ref.report.get('nll', float('nan')):.2f} vs teacher entropy "
-          f"{ref.report.get('teacher_entropy', float('nan')):.2f}", flush=True)
+    print(
+        f"reference policy: {'loaded' if ref.loaded_from_cache else 'trained'} in "
+        f"{time.perf_counter() - start:.1f}s; NLL {ref.report.get('nll', float('nan')):.2f} vs teacher entropy "
+        f"{ref.report.get('teacher_entropy', float('nan')):.2f}",
+        flush=True,
+    )
     factories = make_agents(ref, env, args.rounds)
     names = args.agents or list(factories)
     factories.update(make_ablations(ref, env))
@@ -151,24 +168,42 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if args.from_saved:
             res = cdb.Results.load(out / f"{name}.npz")
         else:
-            res = cdb.run(factories[name](), env, rounds=args.rounds, seeds=args.seeds, eval_every=args.eval_every,
-                          key=args.key, progress=not args.no_progress)
+            res = cdb.run(
+                factories[name](),
+                env,
+                rounds=args.rounds,
+                seeds=args.seeds,
+                eval_every=args.eval_every,
+                key=args.key,
+                progress=not args.no_progress,
+            )
             res.metrics["online_win_rate_smoothed"] = smoothed(res.metrics["online_win_rate"], SMOOTH)
             res.save(out / f"{name}.npz")
         results[name] = res
         frame = res.to_dataframe()
         frame.insert(0, "agent", name)
         frames.append(frame)
-        print(f"{name:24s} {time.perf_counter() - start:6.1f}s  final gap closed "
-              f"{res.final('gap_closed')[0]:.3f}  online win {res.final('online_win_rate_smoothed')[0]:.3f}  "
-              f"queries {res.final('cumulative_queries')[0]:.0f}", flush=True)
+        print(
+            f"{name:24s} {time.perf_counter() - start:6.1f}s  final gap closed "
+            f"{res.final('gap_closed')[0]:.3f}  online win {res.final('online_win_rate_smoothed')[0]:.3f}  "
+            f"queries {res.final('cumulative_queries')[0]:.0f}",
+            flush=True,
+        )
     pd.concat(frames, ignore_index=True).to_csv(out / "sample_efficiency.csv", index=False)
 
-    targets = [("online_win_rate_smoothed", args.online_target, "E&E: online win rate (16-round mean)"),
-               ("gap_closed", args.gap_target, "BAI: gap closed (greedy policy)")]
+    targets = [
+        ("online_win_rate_smoothed", args.online_target, "E&E: online win rate (16-round mean)"),
+        ("gap_closed", args.gap_target, "BAI: gap closed (greedy policy)"),
+    ]
     rows = []
-    baseline = {m: results["online_dpo"] and cdb.queries_to_target(results["online_dpo"], m, t, "above")
-                for m, t, _ in targets} if "online_dpo" in results else {}
+    baseline = (
+        {
+            m: results["online_dpo"] and cdb.queries_to_target(results["online_dpo"], m, t, "above")
+            for m, t, _ in targets
+        }
+        if "online_dpo" in results
+        else {}
+    )
     for name, res in results.items():
         row = {"agent": name}
         for metric, target, label in targets:
@@ -184,8 +219,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table = markdown_table(rows, list(rows[0]))
     (out / "queries_to_target.md").write_text(table + "\n")
     print()
-    print(f"queries to target, {args.seeds} seeds, {args.rounds} rounds × B={env.batch_size}; mean ± s.e. over "
-          "seeds that reached it")
+    print(
+        f"queries to target, {args.seeds} seeds, {args.rounds} rounds × B={env.batch_size}; mean ± s.e. over "
+        "seeds that reached it"
+    )
     print(table)
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
@@ -197,8 +234,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         res.plot("online_win_rate_smoothed", x="queries", ax=axes[0, 1], label=name)
         res.plot("win_rate", x="queries", ax=axes[1, 0], label=name)
         res.plot("gap_closed", x="queries", ax=axes[1, 1], label=name)
-    titles = ["E&E: cumulative regret", "E&E: online win rate vs π_ref (16-round mean)",
-              "BAI: win rate of greedy π_θ vs π_ref", "BAI: fraction of the gap closed"]
+    titles = [
+        "E&E: cumulative regret",
+        "E&E: online win rate vs π_ref (16-round mean)",
+        "BAI: win rate of greedy π_θ vs π_ref",
+        "BAI: fraction of the gap closed",
+    ]
     for ax, title in zip(axes.ravel(), titles, strict=True):
         ax.set_title(title, fontsize=10)
     axes[0, 0].legend(fontsize=7, frameon=False, ncol=2)

@@ -186,9 +186,7 @@ def d_optimal_design(
         raise ValueError(f"d_optimal_design: differences has shape {z.shape}; expected [n, d]")
     n = z.shape[0]
     w0 = jnp.full((n,), 1.0 / n, jnp.float32) if init is None else jnp.asarray(init, jnp.float32)
-    return _frank_wolfe_simplex(
-        z, w0, jnp.float32(reg), steps, step_size, bool(away_steps), line_search_iters
-    )
+    return _frank_wolfe_simplex(z, w0, jnp.float32(reg), steps, step_size, bool(away_steps), line_search_iters)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "step_size", "line_search_iters"))

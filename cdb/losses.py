@@ -216,9 +216,7 @@ class DAPLoss:
         if weight is not None:
             weight = jnp.asarray(weight, delta.dtype)
             if weight.shape != delta.shape:
-                raise ValueError(
-                    f"DAPLoss weight has shape {weight.shape}; expected {delta.shape} (one per prompt)"
-                )
+                raise ValueError(f"DAPLoss weight has shape {weight.shape}; expected {delta.shape} (one per prompt)")
         dap_loss = weighted_mean(per_prompt, weight)
         sft_loss = weighted_mean(nll, weight)
         loss = dap_loss + self.sft_weight * sft_loss if self.sft_weight else dap_loss
@@ -233,9 +231,7 @@ class DAPLoss:
         return loss, info
 
 
-def xpo_term(
-    policy_logp_of_ref_samples: Array, alpha: float | Array, *, weight: Array | None = None
-) -> Array:
+def xpo_term(policy_logp_of_ref_samples: Array, alpha: float | Array, *, weight: Array | None = None) -> Array:
     """XPO's exploration bonus, to be ADDED to the DAP loss being minimised: ``α · mean log π_θ(ỹ|x)``.
 
     Xie et al. (2024, "Exploratory Preference Optimization", Algorithm 1) update
@@ -326,9 +322,7 @@ def sail_term(
     that the derivation of J gives.
     """
     if variant not in SAIL_VARIANTS:
-        raise ValueError(
-            f"sail_term variant={variant!r} is not allowed; expected one of {tuple(SAIL_VARIANTS)}"
-        )
+        raise ValueError(f"sail_term variant={variant!r} is not allowed; expected one of {tuple(SAIL_VARIANTS)}")
     responses_from_policy, labels_from_policy = SAIL_VARIANTS[variant]
     policy_chosen = _sail_logps(policy_chosen, "policy_chosen")
     policy_rejected = _sail_logps(policy_rejected, "policy_rejected")

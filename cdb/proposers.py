@@ -39,8 +39,14 @@ class PolicySamples:
         check_float(self, "temperature", self.temperature, low=0.0, low_inclusive=False)
 
     def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
-        tokens, _ = sample_responses(key, policy, policy_params, repeat_prompts(prompts, self.num_candidates), length,
-                                     temperature=self.temperature)
+        tokens, _ = sample_responses(
+            key,
+            policy,
+            policy_params,
+            repeat_prompts(prompts, self.num_candidates),
+            length,
+            temperature=self.temperature,
+        )
         return _split_candidates(tokens, prompts.shape[0])
 
 
@@ -57,8 +63,14 @@ class ReferenceSamples:
         check_float(self, "temperature", self.temperature, low=0.0, low_inclusive=False)
 
     def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
-        tokens, _ = sample_responses(key, policy, reference_params, repeat_prompts(prompts, self.num_candidates),
-                                     length, temperature=self.temperature)
+        tokens, _ = sample_responses(
+            key,
+            policy,
+            reference_params,
+            repeat_prompts(prompts, self.num_candidates),
+            length,
+            temperature=self.temperature,
+        )
         return _split_candidates(tokens, prompts.shape[0])
 
 
@@ -92,7 +104,14 @@ class GeometricMixtureSamples:
         check_float(self, "beta", self.beta, low=0.0, high=1.0)
 
     def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
-        tokens = sample_mixture_responses(key, policy, policy_params, reference_params,
-                                          repeat_prompts(prompts, self.num_candidates), length,
-                                          mixture="geometric", weight=self.beta)
+        tokens = sample_mixture_responses(
+            key,
+            policy,
+            policy_params,
+            reference_params,
+            repeat_prompts(prompts, self.num_candidates),
+            length,
+            mixture="geometric",
+            weight=self.beta,
+        )
         return _split_candidates(tokens, prompts.shape[0])

@@ -45,8 +45,8 @@ class Results:
         """
         if metric in self.metrics:
             return np.asarray(self.metrics[metric]), self.rounds
-        if metric.startswith(_CUMULATIVE) and metric[len(_CUMULATIVE):] in self.metrics:
-            return np.cumsum(self.metrics[metric[len(_CUMULATIVE):]], axis=1), self.rounds
+        if metric.startswith(_CUMULATIVE) and metric[len(_CUMULATIVE) :] in self.metrics:
+            return np.cumsum(self.metrics[metric[len(_CUMULATIVE) :]], axis=1), self.rounds
         if metric == "rm_accuracy" and "rm_correct" in self.metrics:
             seen = np.cumsum(self.metrics["queries"], axis=1)
             return np.cumsum(self.metrics["rm_correct"], axis=1) / np.maximum(seen, 1), self.rounds
@@ -101,8 +101,8 @@ class Results:
     @classmethod
     def load(cls, path: str | Path) -> Results:
         with np.load(Path(path), allow_pickle=False) as data:
-            metrics = {k[len("metrics/"):]: data[k] for k in data.files if k.startswith("metrics/")}
-            evals = {k[len("eval/"):]: data[k] for k in data.files if k.startswith("eval/")}
+            metrics = {k[len("metrics/") :]: data[k] for k in data.files if k.startswith("metrics/")}
+            evals = {k[len("eval/") :]: data[k] for k in data.files if k.startswith("eval/")}
             return cls(metrics, data["eval_rounds"], evals, json.loads(str(data["config"])))
 
     def plot(self, metric: str = "cumulative_regret", *, x: str = "round", ax=None, label: str | None = None):

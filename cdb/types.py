@@ -133,9 +133,7 @@ class Environment(Protocol):
     def eval_observation(self, state: PyTree, params: PyTree) -> Observation:
         """The held-out contexts of this problem instance (fixed at reset), for BAI evaluation."""
 
-    def evaluate(
-        self, key: PRNGKey, state: PyTree, obs: Observation, arms: Array, params: PyTree
-    ) -> Info:
+    def evaluate(self, key: PRNGKey, state: PyTree, obs: Observation, arms: Array, params: PyTree) -> Info:
         """Metrics of recommended ``arms`` on the held-out ``obs``; holds at least ``bai_regret`` ``[B_eval]``."""
 
 

@@ -65,18 +65,14 @@ def _validate_matrix(owner: Any, matrix: Any, num_arms: int) -> tuple[tuple[floa
     if not np.all(np.isfinite(p)):
         raise ValueError(f"{where} has non-finite entries; expected probabilities in [0, 1]")
     if np.any(p < 0) or np.any(p > 1):
-        raise ValueError(
-            f"{where} has entries outside [0, 1] (min {p.min()}, max {p.max()}); expected probabilities"
-        )
+        raise ValueError(f"{where} has entries outside [0, 1] (min {p.min()}, max {p.max()}); expected probabilities")
     if not np.allclose(np.diag(p), 0.5, atol=1e-6):
         raise ValueError(f"{where} has diagonal {np.diag(p).tolist()}; expected every P[i, i] = 0.5")
     if not np.allclose(p + p.T, 1.0, atol=1e-6):
         raise ValueError(f"{where} is not consistent; expected P + P.T = 1 (P[i, j] = 1 - P[j, i])")
     beats = (p > 0.5) | np.eye(num_arms, dtype=bool)
     if not np.any(np.all(beats, axis=1)):
-        raise ValueError(
-            f"{where} has no Condorcet winner; expected an arm i with P[i, j] > 0.5 for all j != i"
-        )
+        raise ValueError(f"{where} has no Condorcet winner; expected an arm i with P[i, j] > 0.5 for all j != i")
     return tuple(tuple(float(x) for x in row) for row in p)
 
 
@@ -161,9 +157,7 @@ class KArmedDuel:
     def eval_observation(self, state: KArmedState, params: DuelParams) -> Observation:
         return self._observation(self.eval_batch_size)
 
-    def evaluate(
-        self, key: Array, state: KArmedState, obs: Observation, arms: Array, params: DuelParams
-    ) -> Info:
+    def evaluate(self, key: Array, state: KArmedState, obs: Observation, arms: Array, params: DuelParams) -> Info:
         """``bai_regret`` ``[B_eval]`` = ``ε(a*, arms) = P[a*, arms] − ½``."""
         batch = obs.features.shape[0]
         if tuple(arms.shape) != (batch,):

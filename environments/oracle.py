@@ -82,7 +82,9 @@ def check_duel(owner: object, arms: Array, query: Array, batch_size: int) -> Non
     """Shape / dtype checks of a duel at the API boundary (trace time)."""
     name = type(owner).__name__
     if tuple(arms.shape) != (batch_size, 2) or not jnp.issubdtype(arms.dtype, jnp.integer):
-        raise ValueError(f"{name}.step: duel.arms has shape {arms.shape} and dtype {arms.dtype}; "
-                         f"expected integers of shape ({batch_size}, 2)")
+        raise ValueError(
+            f"{name}.step: duel.arms has shape {arms.shape} and dtype {arms.dtype}; "
+            f"expected integers of shape ({batch_size}, 2)"
+        )
     if tuple(jnp.shape(query)) != (batch_size,):
         raise ValueError(f"{name}.step: duel.query has shape {jnp.shape(query)}; expected ({batch_size},)")

@@ -148,9 +148,7 @@ def make_tables(
     key = jax.random.key(instance_seed)
     return SequenceTables(
         gold=_random_chain_reward(jax.random.fold_in(key, 0), vocab_size, response_length, context_dim, 1.0),
-        bias=_random_chain_reward(
-            jax.random.fold_in(key, 1), vocab_size, response_length, context_dim, bias_scale
-        ),
+        bias=_random_chain_reward(jax.random.fold_in(key, 1), vocab_size, response_length, context_dim, bias_scale),
         teacher_temperature=jnp.float32(teacher_temperature),
     )
 
@@ -189,9 +187,7 @@ def teacher_log_prob(tables: SequenceTables, prompts: Array, responses: Array) -
     """``log p_T(y|x)`` for prompts ``[..., Lp]`` and responses ``[..., *K, L]`` → ``[..., *K]``."""
     unary, pairwise = tables.teacher_chain(prompts)
     log_z = _flat_vmap(chain.log_partition, prompts, unary, pairwise)
-    score = (
-        tables.gold.score(prompts, responses) + tables.bias.score(prompts, responses)
-    ) / tables.teacher_temperature
+    score = (tables.gold.score(prompts, responses) + tables.bias.score(prompts, responses)) / tables.teacher_temperature
     extra = responses.ndim - prompts.ndim
     return score - log_z.reshape(log_z.shape + (1,) * extra)
 
@@ -291,8 +287,7 @@ class SequenceDuel:
         check_float(self, "bias_scale", self.bias_scale, low=0.0)
         if not isinstance(self.reference_config, ReferenceConfig):
             raise ValueError(
-                f"SequenceDuel.reference_config={self.reference_config!r} is not allowed; "
-                "expected a ReferenceConfig"
+                f"SequenceDuel.reference_config={self.reference_config!r} is not allowed; expected a ReferenceConfig"
             )
         check_int(self, "eval_reference_samples", self.eval_reference_samples, low=1)
         if (
@@ -300,9 +295,7 @@ class SequenceDuel:
             and not isinstance(self.cache_dir, str | bytes)
             and not hasattr(self.cache_dir, "__fspath__")
         ):
-            raise ValueError(
-                f"SequenceDuel.cache_dir={self.cache_dir!r} is not a path; expected a str, a path or None"
-            )
+            raise ValueError(f"SequenceDuel.cache_dir={self.cache_dir!r} is not a path; expected a str, a path or None")
 
     # --- the instance ------------------------------------------------------------------------
 
@@ -398,9 +391,7 @@ class SequenceDuel:
     @property
     def reference_model(self) -> Policy:
         """The reference policy's model definition (a :class:`cdb.models.transformer.Policy`), untrained."""
-        config = self.reference_config.transformer_config(
-            self.vocab_size, self.prompt_length + self.response_length
-        )
+        config = self.reference_config.transformer_config(self.vocab_size, self.prompt_length + self.response_length)
         return Policy(config)
 
     def _reference_sample(self, key: Array, params: SequenceDuelParams, prompts: Array) -> Array:
@@ -480,9 +471,7 @@ class SequenceDuel:
     def _check_eval(self, obs: Observation, arms: Array) -> Array:
         name = type(self).__name__
         if obs.prompts is None:
-            raise ValueError(
-                f"{name}.evaluate: obs.prompts is None; expected int tokens [N, {self.prompt_length}]"
-            )
+            raise ValueError(f"{name}.evaluate: obs.prompts is None; expected int tokens [N, {self.prompt_length}]")
         _chex_shape(f"{name}.evaluate: obs.prompts", obs.prompts, (None, self.prompt_length))
         _check_integer(f"{name}.evaluate: obs.prompts", obs.prompts)
         _chex_shape(f"{name}.evaluate: arms", arms, (obs.prompts.shape[0], self.response_length))

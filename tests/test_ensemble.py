@@ -96,9 +96,7 @@ def test_prior_functions_add_to_scores_but_get_no_gradient(mlp):
     # the objective has exactly zero gradient with respect to the prior heads
     first, second, label = _pairs(jax.random.key(4), 6)
     batch = (jnp.stack([first] * 4), jnp.stack([second] * 4), jnp.stack([label] * 4), jnp.ones((4, 6)))
-    grad = jax.grad(lambda pp: MODEL.loss(state.params, state.replace(prior_params=pp), *batch)[0])(
-        state.prior_params
-    )
+    grad = jax.grad(lambda pp: MODEL.loss(state.params, state.replace(prior_params=pp), *batch)[0])(state.prior_params)
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grad))
 
 

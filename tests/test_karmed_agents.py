@@ -114,9 +114,7 @@ def test_update_counts_only_queried_non_self_duels():
     agent = RUCB()
     state = agent.init(jax.random.key(0), KArmedDuel(num_arms=3).spec)
     duel = cdb.Duel(arms=jnp.array([[0, 1], [1, 2], [2, 2], [2, 0]], jnp.int32), query=jnp.ones(4, bool))
-    fb = cdb.Feedback(
-        preference=jnp.array([1.0, 0.0, 1.0, 0.0]), queried=jnp.array([True, True, True, False])
-    )
+    fb = cdb.Feedback(preference=jnp.array([1.0, 0.0, 1.0, 0.0]), queried=jnp.array([True, True, True, False]))
     obs = cdb.Observation(features=jnp.zeros((4, 3, 3)))
     state, _ = agent.update(jax.random.key(1), state, obs, duel, fb)
     expected = np.zeros((3, 3))

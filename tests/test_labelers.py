@@ -96,8 +96,9 @@ def test_mixed_gamma_zero_labels_every_pair_with_a_sampled_members_best_and_wors
 
 def test_mixed_gamma_one_sends_every_selected_pair_to_the_oracle():
     batch = 50
-    selected = jnp.asarray(np.random.default_rng(0).permuted(np.tile([0, 1, 2, 3], (batch, 1)), axis=1)[:, :2],
-                           jnp.int32)
+    selected = jnp.asarray(
+        np.random.default_rng(0).permuted(np.tile([0, 1, 2, 3], (batch, 1)), axis=1)[:, :2], jnp.int32
+    )
     for model_pair in ("best_worst", "selected"):
         out = _np(MixedLabeler(1.0, model_pair)(KEY, selected, _tiled(MEMBER_SCORES, batch)))
         np.testing.assert_array_equal(out["query"], True)

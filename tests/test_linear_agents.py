@@ -88,9 +88,7 @@ def test_colstim_first_arm_perturbations():
     # greedy arm stays the most frequent.
     counts = np.bincount(np.asarray(first(keys, FEATURES, THETA, 25.0 * V_INV, 10.0)), minlength=3)
     assert counts[0] == counts.max() and counts[1] + counts[2] > 0
-    normal = np.asarray(
-        jax.vmap(lambda k: colstim_first_arm(k, FEATURES, THETA, 25.0 * V_INV, 10.0, "normal"))(keys)
-    )
+    normal = np.asarray(jax.vmap(lambda k: colstim_first_arm(k, FEATURES, THETA, 25.0 * V_INV, 10.0, "normal"))(keys))
     assert not np.array_equal(normal, np.asarray(first(keys, FEATURES, THETA, 25.0 * V_INV, 10.0)))
 
 
@@ -145,10 +143,7 @@ AGENTS = {
 
 @pytest.fixture(scope="module")
 def runs():
-    return {
-        n: cdb.run(a, ENV, rounds=ROUNDS, seeds=SEEDS, eval_every=50, progress=False)
-        for n, a in AGENTS.items()
-    }
+    return {n: cdb.run(a, ENV, rounds=ROUNDS, seeds=SEEDS, eval_every=50, progress=False) for n, a in AGENTS.items()}
 
 
 @pytest.mark.parametrize("name", ["maxinp", "colstim"])
@@ -187,9 +182,7 @@ def test_never_a_self_duel(agent):
         arms = np.asarray(duel.arms)
         assert np.all(arms[:, 0] != arms[:, 1]) and arms.dtype == np.int32
         assert np.all(np.asarray(duel.query))
-        env_state, next_obs, feedback, _ = env.step(
-            jax.random.key(20 + t), env_state, duel, env.default_params
-        )
+        env_state, next_obs, feedback, _ = env.step(jax.random.key(20 + t), env_state, duel, env.default_params)
         state, info = update(jax.random.key(30 + t), state, obs, duel, feedback)
         obs = next_obs
     assert int(state.t) == 4 and int(state.buffer.size) == 4 * 64

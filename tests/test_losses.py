@@ -137,13 +137,7 @@ def test_label_smoothing_is_conservative_dpo(jit):
     eps = 0.2
     for beta in BETAS:
         loss, _ = _maybe_jit(DAPLoss("dpo", beta=beta, label_smoothing=eps).__call__, jit)(*_batch())
-        want = (
-            sum(
-                -(1 - eps) * math.log(_sigmoid(beta * d)) - eps * math.log(_sigmoid(-beta * d))
-                for d in DELTAS
-            )
-            / 4
-        )
+        want = sum(-(1 - eps) * math.log(_sigmoid(beta * d)) - eps * math.log(_sigmoid(-beta * d)) for d in DELTAS) / 4
         plain, _ = DAPLoss("dpo", beta=beta)(*_batch())
         assert float(loss) == pytest.approx(want, rel=1e-5)
         assert abs(float(loss) - float(plain)) > 1e-3
@@ -171,9 +165,7 @@ def test_simpo_length_normalisation_and_margin(jit):
         ),
         jit,
     )
-    loss, info = loss_fn(
-        *(jnp.array(v) for v in (SIMPO_CHOSEN, SIMPO_REJECTED, SIMPO_CHOSEN_LEN, SIMPO_REJECTED_LEN))
-    )
+    loss, info = loss_fn(*(jnp.array(v) for v in (SIMPO_CHOSEN, SIMPO_REJECTED, SIMPO_CHOSEN_LEN, SIMPO_REJECTED_LEN)))
     want = (-math.log(_sigmoid(2.0 * 1.0 - 0.5)) - math.log(_sigmoid(2.0 * 0.0 - 0.5))) / 2
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert float(info["implicit_reward_margin"]) == pytest.approx(2.0 * 0.5, rel=1e-5)  # β · mean Δ
@@ -217,18 +209,14 @@ def test_multi_response_logratio_is_the_mean_log_ratio():
         multi_response_logratio(jnp.array(M_POLICY_CHOSEN), jnp.array(M_REF_CHOSEN)), [-0.5, 1.0]
     )
     np.testing.assert_allclose(multi_response_logratio(jnp.array(M_POLICY_CHOSEN)), [-2.0, -1.0])
-    np.testing.assert_allclose(
-        multi_response_logratio(jnp.array([1.0, 2.0]), jnp.array([0.5, 0.5])), [0.5, 1.5]
-    )
+    np.testing.assert_allclose(multi_response_logratio(jnp.array([1.0, 2.0]), jnp.array([0.5, 0.5])), [0.5, 1.5])
 
 
 @JIT
 def test_mdpo_and_mipo(jit):
     mdpo, _ = _maybe_jit(DAPLoss("dpo", beta=1.0).__call__, jit)(*_multi_batch())
     mipo, info = _maybe_jit(DAPLoss("ipo", beta=0.5).__call__, jit)(*_multi_batch())
-    assert float(mdpo) == pytest.approx(
-        (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-2.0))) / 2, rel=1e-5
-    )
+    assert float(mdpo) == pytest.approx((math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-2.0))) / 2, rel=1e-5)
     assert float(mipo) == pytest.approx(((0.5 - 1.0) ** 2 + (2.0 - 1.0) ** 2) / 2, rel=1e-5)  # 1/(2β) = 1
     assert float(info["implicit_reward_margin"]) == pytest.approx(0.5 * sum(M_DELTAS) / 2, rel=1e-5)
     assert float(info["preference_accuracy"]) == 1.0
@@ -256,9 +244,7 @@ def test_sft_term_sequence_sum_and_per_token_mean(jit):
 
     lengths = [2.0, 4.0, 3.0, 1.0]
     loss, info = loss_fn(*_batch(), chosen_length=jnp.array(lengths))
-    nll_mean = (
-        sum(-p / n for p, n in zip(POLICY_CHOSEN, lengths, strict=True)) / 4
-    )  # (0.5 + 0.5 + 1 + 0.5) / 4
+    nll_mean = sum(-p / n for p, n in zip(POLICY_CHOSEN, lengths, strict=True)) / 4  # (0.5 + 0.5 + 1 + 0.5) / 4
     assert float(info["sft_loss"]) == pytest.approx(nll_mean, rel=1e-6)
     assert float(loss) == pytest.approx(dpo + lam * nll_mean, rel=1e-5)
 

@@ -171,9 +171,7 @@ def _reference_forward(config: TransformerConfig, params, tokens, mask):
             h = h + linear(np.einsum("hts,shd->thd", att, v).reshape(t, h_q * hd), lyr["self_attn"]["o_proj"])
             x = rms(h, lyr["post_attention_layernorm"]["scale"])
             gate = linear(x, lyr["mlp"]["gate_proj"])
-            h = h + linear(
-                gate / (1 + np.exp(-gate)) * linear(x, lyr["mlp"]["up_proj"]), lyr["mlp"]["down_proj"]
-            )
+            h = h + linear(gate / (1 + np.exp(-gate)) * linear(x, lyr["mlp"]["up_proj"]), lyr["mlp"]["down_proj"])
         h = rms(h, p["norm"]["scale"])
         out.append(h @ p["embed_tokens"]["embedding"].T if config.tie_embeddings else linear(h, p["lm_head"]))
     return out  # per row: logits of its real tokens [t_b, V]
@@ -279,15 +277,11 @@ def test_sampler_logprobs_equal_teacher_forced_logprobs(params, prompts):
     lp = sequence_logprobs(POLICY, params, tokens, mask, out.tokens, out.mask)
     assert lp.shape == (3, L)
     np.testing.assert_allclose(lp, out.logprobs, atol=1e-5)
-    np.testing.assert_allclose(
-        sequence_logprob(POLICY, params, tokens, mask, out.tokens), lp.sum(-1), atol=1e-5
-    )
+    np.testing.assert_allclose(sequence_logprob(POLICY, params, tokens, mask, out.tokens), lp.sum(-1), atol=1e-5)
     assert np.all(np.asarray(out.logprobs) < 0)
     # logprobs are untempered: a tempered draw still reports log softmax(h), not of h / T
     hot = sample(jax.random.key(4), POLICY, params, tokens, mask, L, temperature=2.5, top_p=0.9)
-    np.testing.assert_allclose(
-        sequence_logprobs(POLICY, params, tokens, mask, hot.tokens), hot.logprobs, atol=1e-5
-    )
+    np.testing.assert_allclose(sequence_logprobs(POLICY, params, tokens, mask, hot.tokens), hot.logprobs, atol=1e-5)
 
 
 def test_eos_emits_pad_and_masks(params, prompts):
@@ -373,9 +367,7 @@ def test_geometric_mixture_and_dera_hand_computed():
     # geometric, β = 0.25: 0.75·log_softmax(a) + 0.25·log_softmax(b)
     la = np.log(np.exp(a) / np.exp(a).sum(-1, keepdims=True))
     lb = np.log(np.exp(b) / np.exp(b).sum(-1, keepdims=True))
-    np.testing.assert_allclose(
-        geometric_mixture_logits(a, b, 0.25), 0.75 * la + 0.25 * lb, rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(geometric_mixture_logits(a, b, 0.25), 0.75 * la + 0.25 * lb, rtol=1e-5, atol=1e-6)
     # first entry by hand: log_softmax(a)[0,0,0] = 1 − log(e + 1 + 1/e) = −0.40760596
     #                      log_softmax(b)[0,0,0] = 0 − log(2 + e³)       = −3.09492447
     expected = 0.75 * -0.40760596 + 0.25 * -3.09492447
@@ -419,8 +411,6 @@ def test_mixture_edge_cases_reduce_to_one_policy(params, ref_params, prompts):
     np.testing.assert_array_equal(dera.tokens, alone.tokens)
     np.testing.assert_allclose(dera.logprobs, alone.logprobs, atol=1e-5)
     ref_greedy = sample(key, POLICY, ref_params, tokens, mask, L, temperature=0.0)
-    geo = sample_geometric_mixture(
-        key, POLICY, params, POLICY, ref_params, tokens, mask, L, beta=1.0, temperature=0.0
-    )
+    geo = sample_geometric_mixture(key, POLICY, params, POLICY, ref_params, tokens, mask, L, beta=1.0, temperature=0.0)
     np.testing.assert_array_equal(geo.tokens, ref_greedy.tokens)
     np.testing.assert_allclose(geo.logprobs, ref_greedy.logprobs, atol=1e-5)

@@ -219,9 +219,7 @@ def test_online_design_agent_is_label_free_and_greedy():
 
 def test_online_design_agent_learns_the_best_arm():
     env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=32, scale=3.0)
-    res = cdb.run(
-        OptimalDesignAgent(buffer_capacity=256), env, rounds=80, seeds=3, eval_every=40, progress=False
-    )
+    res = cdb.run(OptimalDesignAgent(buffer_capacity=256), env, rounds=80, seeds=3, eval_every=40, progress=False)
     bai = res.eval_metrics["bai_regret"]
     assert np.all(bai[:, -1] < bai[:, 0]), bai
     assert "log_det_gain" in res.metrics and "mle_loss" in res.metrics

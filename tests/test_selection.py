@@ -40,9 +40,7 @@ ALL_RULES = (
 # Module-level jits, reused across tests (rules are frozen dataclasses, hence valid static args).
 select_pairs_jit = jax.jit(select_pairs, static_argnums=0)
 _rule_jit = jax.jit(lambda rule, key, scores: rule(key, scores), static_argnums=0)
-_many_keys_jit = jax.jit(
-    lambda rule, keys, scores: jax.vmap(rule, in_axes=(0, None))(keys, scores), static_argnums=0
-)
+_many_keys_jit = jax.jit(lambda rule, keys, scores: jax.vmap(rule, in_axes=(0, None))(keys, scores), static_argnums=0)
 
 
 def _keys(n, seed=0):
@@ -90,9 +88,7 @@ class DeterministicRulesTest(chex.TestCase):
         np.testing.assert_allclose(var, _np_variance(scores, kind), rtol=1e-4, atol=1e-6)
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(
-        ("uncertainty", Uncertainty(), "logit"), ("infomax", Infomax(), "probability")
-    )
+    @parameterized.named_parameters(("uncertainty", Uncertainty(), "logit"), ("infomax", Infomax(), "probability"))
     def test_variance_pair_rules_match_brute_force(self, rule, kind):
         fn = self.variant(rule)
         rng = np.random.default_rng(1)

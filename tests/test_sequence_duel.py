@@ -15,9 +15,7 @@ from cdb.environments.reference_policy import ReferenceConfig, ReferencePolicy, 
 from cdb.types import Duel, Observation
 
 V, LP, L, B, B_EVAL = 3, 2, 3, 4, 64
-TINY_REF = ReferenceConfig(
-    num_layers=1, d_model=16, num_heads=2, d_ff=32, train_steps=300, train_batch_size=64
-)
+TINY_REF = ReferenceConfig(num_layers=1, d_model=16, num_heads=2, d_ff=32, train_steps=300, train_batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +244,7 @@ def test_evaluate_optimum_and_reference_samples(env, params):
     ref_arms = env.reference.sample(jax.random.key(16), obs.prompts)
     ev_ref = evaluate(jax.random.key(17), state, obs, ref_arms, params)
     # same key, same metrics; another key draws other reference samples
-    jax.tree.map(
-        np.testing.assert_array_equal, evaluate(jax.random.key(17), state, obs, ref_arms, params), ev_ref
-    )
+    jax.tree.map(np.testing.assert_array_equal, evaluate(jax.random.key(17), state, obs, ref_arms, params), ev_ref)
     assert not np.array_equal(
         evaluate(jax.random.key(99), state, obs, ref_arms, params)["win_rate"], ev_ref["win_rate"]
     )
@@ -343,9 +339,7 @@ def test_shape_errors_name_the_argument(env, bare_params):
     with pytest.raises(ValueError, match="duel.arms"):
         env.step(jax.random.key(0), state, wrong_length, bare_params)
     with pytest.raises(ValueError, match="duel.arms"):
-        env.step(
-            jax.random.key(0), state, Duel(arms=jnp.zeros((B, 2, L)), query=jnp.ones((B,), bool)), bare_params
-        )
+        env.step(jax.random.key(0), state, Duel(arms=jnp.zeros((B, 2, L)), query=jnp.ones((B,), bool)), bare_params)
     with pytest.raises(ValueError, match="duel.query"):
         env.step(
             jax.random.key(0),
@@ -390,9 +384,7 @@ class _UniformAgent:
 
 
 def test_runs_under_cdb_run(env, params):
-    results = cdb.run(
-        _UniformAgent(), env, rounds=4, seeds=2, eval_every=2, env_params=params, progress=False
-    )
+    results = cdb.run(_UniformAgent(), env, rounds=4, seeds=2, eval_every=2, env_params=params, progress=False)
     assert results.metrics["regret"].shape == (2, 4)
     assert np.all(results.metrics["regret"] > 0)
     assert np.all((results.metrics["online_win_rate"] >= 0) & (results.metrics["online_win_rate"] <= 1))

@@ -82,9 +82,9 @@ def geometric_mixture_logits(logits_a: Array, logits_b: Array, beta: float | Arr
     (apply ``log_softmax`` for the mixture's log-probabilities). β = 0 gives ``π_a``, β = 1 ``π_b``.
     """
     beta = jnp.asarray(beta, jnp.float32)
-    return (1.0 - beta) * jax.nn.log_softmax(
-        logits_a.astype(jnp.float32), axis=-1
-    ) + beta * jax.nn.log_softmax(logits_b.astype(jnp.float32), axis=-1)
+    return (1.0 - beta) * jax.nn.log_softmax(logits_a.astype(jnp.float32), axis=-1) + beta * jax.nn.log_softmax(
+        logits_b.astype(jnp.float32), axis=-1
+    )
 
 
 def dera_logits(logits_aligned: Array, logits_ref: Array, lam: float | Array) -> Array:
@@ -125,9 +125,7 @@ def process_logits(logits: Array, temperature: float | Array = 1.0, top_p: float
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def sample_token(
-    key: PRNGKey, logits: Array, temperature: float | Array = 1.0, top_p: float | Array = 1.0
-) -> Array:
+def sample_token(key: PRNGKey, logits: Array, temperature: float | Array = 1.0, top_p: float | Array = 1.0) -> Array:
     """One token per row from logits ``[B, V]``: ``[B]`` int32; greedy (argmax) when ``temperature <= 0``."""
     drawn = jax.random.categorical(key, process_logits(logits, temperature, top_p), axis=-1)
     greedy = jnp.argmax(logits, axis=-1)
@@ -151,15 +149,11 @@ def token_logprobs(logits: Array, tokens: Array, mask: Array | None = None) -> A
 
 def _check_pair(prompts: Array, prompt_mask: Array, responses: Array, response_mask: Array | None) -> None:
     if prompts.ndim != 2 or prompt_mask.shape != prompts.shape:
-        raise ValueError(
-            f"prompts and prompt_mask must both be [B, Lp]; got {prompts.shape} and {prompt_mask.shape}"
-        )
+        raise ValueError(f"prompts and prompt_mask must both be [B, Lp]; got {prompts.shape} and {prompt_mask.shape}")
     if responses.ndim != 2 or responses.shape[0] != prompts.shape[0]:
         raise ValueError(f"responses must be [B, L] with B={prompts.shape[0]}; got {responses.shape}")
     if response_mask is not None and response_mask.shape != responses.shape:
-        raise ValueError(
-            f"response_mask shape {response_mask.shape} differs from responses shape {responses.shape}"
-        )
+        raise ValueError(f"response_mask shape {response_mask.shape} differs from responses shape {responses.shape}")
 
 
 @functools.partial(jax.jit, static_argnames=("policy",))
@@ -284,9 +278,7 @@ class DecodeState:
 
 def _check_prompts(policy: Policy, prompts: Array, prompt_mask: Array, length: int) -> None:
     if prompts.ndim != 2 or prompt_mask.shape != prompts.shape:
-        raise ValueError(
-            f"prompts and prompt_mask must both be [B, Lp]; got {prompts.shape} and {prompt_mask.shape}"
-        )
+        raise ValueError(f"prompts and prompt_mask must both be [B, Lp]; got {prompts.shape} and {prompt_mask.shape}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ValueError(f"length={length!r} is out of range; expected an integer >= 1")
     if prompts.shape[1] + length > policy.config.max_len:
@@ -313,9 +305,7 @@ def prefill(
     return DecodeState(cache, jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)), logits
 
 
-def decode_step(
-    policy: Policy, params: Params, state: DecodeState, tokens: Array
-) -> tuple[DecodeState, Array]:
+def decode_step(policy: Policy, params: Params, state: DecodeState, tokens: Array) -> tuple[DecodeState, Array]:
     """Feeds one token per row ``[B]``; returns the new state and next-token logits ``[B, V]``."""
     logits, _, cache = policy.apply_cached(
         params, tokens[:, None], jnp.ones((tokens.shape[0], 1), bool), state.positions[:, None], state.cache

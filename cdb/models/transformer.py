@@ -210,9 +210,7 @@ def init_cache(config: TransformerConfig, batch_size: int, size: int) -> KVCache
 # --------------------------------------------------------------------------------------------
 
 
-def _linear(
-    config: TransformerConfig, n_in: int, n_out: int, rngs: nnx.Rngs, bias: bool = False
-) -> nnx.Linear:
+def _linear(config: TransformerConfig, n_in: int, n_out: int, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
     return nnx.Linear(
         n_in,
         n_out,
@@ -345,11 +343,7 @@ class Transformer(nnx.Module):
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tokens.shape}")
-        mask = (
-            jnp.ones(tokens.shape, bool)
-            if attention_mask is None
-            else jnp.asarray(attention_mask).astype(bool)
-        )
+        mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         if mask.shape != tokens.shape:
             raise ValueError(f"attention_mask shape {mask.shape} differs from tokens shape {tokens.shape}")
         if positions is None:
