@@ -67,3 +67,5 @@ def test_throughput_script_writes_consistent_figures(tmp_path):
     decisions = 2 * 6 * 4  # numpy seeds × rounds × batch
     assert figures["numpy_decisions_per_s"] == pytest.approx(decisions / figures["numpy_best_s"])
     assert set(figures["jax_decisions_per_s_by_variant"]) == {"default", "unchunked", "xla_defaults"}
+    assert figures["jax_decisions_per_s_by_variant"]["default"] == figures["jax_decisions_per_s"]
+    assert figures["jax_decisions_per_s"] == pytest.approx(4 * 6 * 4 / figures["jax_best_s"])  # JAX seeds × rounds × B
