@@ -27,51 +27,34 @@ def _split_candidates(tokens: Array, batch: int) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class PolicySamples:
+class _TemperatureSamples:
+    """``M`` samples at a temperature from π_θ (``from_policy``) or from the frozen π_ref."""
+
+    num_candidates: int = 2
+    temperature: float = 1.0
+    from_policy: ClassVar[bool]
+
+    def __post_init__(self):
+        check_int(self, "num_candidates", self.num_candidates, low=2)
+        check_float(self, "temperature", self.temperature, low=0.0, low_inclusive=False)
+
+    def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
+        params = policy_params if self.from_policy else reference_params
+        prompts_per_candidate = repeat_prompts(prompts, self.num_candidates)
+        tokens, _ = sample_responses(key, policy, params, prompts_per_candidate, length, temperature=self.temperature)
+        return _split_candidates(tokens, prompts.shape[0])
+
+
+class PolicySamples(_TemperatureSamples):
     """``M`` samples from the current policy π_θ (policy-guided search; SEA, online DPO, APL)."""
 
-    num_candidates: int = 2
-    temperature: float = 1.0
     from_policy: ClassVar[bool] = True
 
-    def __post_init__(self):
-        check_int(self, "num_candidates", self.num_candidates, low=2)
-        check_float(self, "temperature", self.temperature, low=0.0, low_inclusive=False)
 
-    def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
-        tokens, _ = sample_responses(
-            key,
-            policy,
-            policy_params,
-            repeat_prompts(prompts, self.num_candidates),
-            length,
-            temperature=self.temperature,
-        )
-        return _split_candidates(tokens, prompts.shape[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class ReferenceSamples:
+class ReferenceSamples(_TemperatureSamples):
     """``M`` samples from the frozen reference π_ref (offline / frozen-sampler DPO, EE4LLM)."""
 
-    num_candidates: int = 2
-    temperature: float = 1.0
     from_policy: ClassVar[bool] = False
-
-    def __post_init__(self):
-        check_int(self, "num_candidates", self.num_candidates, low=2)
-        check_float(self, "temperature", self.temperature, low=0.0, low_inclusive=False)
-
-    def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
-        tokens, _ = sample_responses(
-            key,
-            policy,
-            reference_params,
-            repeat_prompts(prompts, self.num_candidates),
-            length,
-            temperature=self.temperature,
-        )
-        return _split_candidates(tokens, prompts.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
