@@ -161,7 +161,7 @@ def run(
       seed_chunk: each device runs its seeds ``seed_chunk`` at a time (``lax.map`` over chunks of
         a ``vmap``), a whole block of rounds per chunk; results do not change, only speed and
         memory. ``"auto"``: chunks of about :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
-        for all seeds at once falls out of cache (0.93–1.38× at 1024 seeds on two devices in
+        for all seeds at once falls out of cache (0.93–1.35× at 1024 seeds on two devices in
         ``benchmarks/throughput.py``, a noisy gain since copy insertion keeps the round's buffers
         in place; see :data:`CPU_COMPILER_OPTIONS`), and no chunking on accelerators, which want
         the whole batch; ``None``: no chunking. Ignored for host-loop environments.
@@ -222,8 +222,8 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 CPU_SEED_CHUNK = 128
 """Seeds per chunk that ``seed_chunk="auto"`` aims for on a CPU (the fastest of 32, 64, 128 and 256
-in ``benchmarks/throughput.py --seed-chunks``, by 7–11%; all 512 seeds of a device were slower:
-128 seeds' features and scores fit in a core's 512 KiB L2 cache)."""
+in runs of ``benchmarks/throughput.py --seed-chunks``, by 1–18%; all 512 seeds of a device were
+slower: 128 seeds' features and scores fit in a core's 512 KiB L2 cache)."""
 
 
 def resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
