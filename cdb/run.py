@@ -161,7 +161,7 @@ def run(
       seed_chunk: each device runs its seeds ``seed_chunk`` at a time (``lax.map`` over chunks of
         a ``vmap``), a whole block of rounds per chunk; results do not change, only speed and
         memory. ``"auto"``: chunks of about :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
-        for all seeds at once falls out of cache (0.93–1.35× at 1024 seeds on two devices in
+        for all seeds at once falls out of cache (0.98–1.35× at 1024 seeds on two devices in
         ``benchmarks/throughput.py``, a noisy gain since copy insertion keeps the round's buffers
         in place; see :data:`CPU_COMPILER_OPTIONS`), and no chunking on accelerators, which want
         the whole batch; ``None``: no chunking. Ignored for host-loop environments.
@@ -250,7 +250,7 @@ CPU_COMPILER_OPTIONS = {
   overwrites (the round's ``[B, K, d]`` features, twice a round, and the counters of JAX's threefry
   loops); with it those copies go.
 
-Together they make E&E-TS in ``benchmarks/throughput.py`` ×1.1–1.6 faster than XLA's defaults
+Together they make E&E-TS in ``benchmarks/throughput.py`` ×1.2–1.8 faster than XLA's defaults
 (``compiler_options=None``), timed side by side there (the README has the figures)."""
 
 
