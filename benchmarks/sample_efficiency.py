@@ -41,6 +41,8 @@ from cdb.features import ChainCountFeatures  # noqa: E402
 from cdb.losses import DAPLoss  # noqa: E402
 
 SMOOTH = 16  # rounds in the moving average of the online win rate
+# SEA's heads on the realizable chain-count features (the `*_chain` rows and the ablation's base)
+CHAIN_HEADS = LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)
 
 
 def make_agents(ref, env: SequenceDuel, rounds: int) -> dict:
@@ -54,16 +56,8 @@ def make_agents(ref, env: SequenceDuel, rounds: int) -> dict:
         "sea_ee_ts": lambda: A.sea(ref, rule="ee_ts"),
         "sea_bai_ts": lambda: A.sea(ref, rule="bai_ts"),
         "sea_ee_ts_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5),
-        "sea_ee_ts_chain": lambda: A.sea(
-            ref, rule="ee_ts", features=chain, reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)
-        ),
-        "sea_ee_ts_chain_mixed": lambda: A.sea(
-            ref,
-            rule="ee_ts",
-            gamma=0.5,
-            features=chain,
-            reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5),
-        ),
+        "sea_ee_ts_chain": lambda: A.sea(ref, rule="ee_ts", features=chain, reward_model=CHAIN_HEADS),
+        "sea_ee_ts_chain_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5, features=chain, reward_model=CHAIN_HEADS),
         "apl": lambda: A.apl(ref),
         "xpo": lambda: A.xpo(ref),
         "ee4llm": lambda: A.ee4llm(ref),
@@ -82,9 +76,7 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         return dataclasses.replace(A.default_ensemble(), **kwargs)
 
     def sea(**kwargs):
-        options = dict(
-            rule="ee_ts", gamma=0.5, features=chain, reward_model=LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)
-        )
+        options = dict(rule="ee_ts", gamma=0.5, features=chain, reward_model=CHAIN_HEADS)
         options.update(kwargs)
         return lambda: A.sea(ref, **options)
 
