@@ -33,11 +33,14 @@ class Observation:
 
     Attributes:
       features: ``[B, K, d]`` arm features φ(x, a) for tier-1 environments, else ``None``.
-      prompts: ``[B, Lp]`` prompt tokens for tiers 2-3, else ``None``.
+      prompts: ``[B, Lp]`` prompt tokens for tiers 2-3, else ``None``; *left*-padded in tier 3.
+      prompt_mask: ``[B, Lp]`` bool, which prompt tokens are real (tier 3's left padding);
+        ``None`` means every token is real (tier 2's fixed-length prompts).
     """
 
     features: Array | None = None
     prompts: Array | None = None
+    prompt_mask: Array | None = None
 
     @property
     def batch_size(self) -> int:
@@ -88,6 +91,10 @@ class EnvSpec:
       response_length: L (tiers 2-3); ``None`` for tier 1.
       vocab_size: V (tiers 2-3); ``None`` for tier 1.
       eval_batch_size: number of held-out contexts used for BAI evaluation.
+      eos_id: the token that ends a response (tier 3); ``None`` when responses have a fixed
+        length L (tier 2). A response is the tokens up to and including its first EOS; the
+        tokens after it are ``pad_id`` and do not belong to it.
+      pad_id: the token of left padding in prompts and of right padding after an EOS.
     """
 
     batch_size: int
@@ -97,6 +104,8 @@ class EnvSpec:
     response_length: int | None = None
     vocab_size: int | None = None
     eval_batch_size: int = 0
+    eos_id: int | None = None
+    pad_id: int = 0
 
     @property
     def has_features(self) -> bool:

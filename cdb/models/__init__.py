@@ -10,6 +10,7 @@ out = sample(key, policy, params, prompts, prompt_mask, length=8, temperature=1.
 lp = sequence_logprobs(policy, params, prompts, prompt_mask, out.tokens, out.mask)  # == out.logprobs
 """
 
+from cdb.models.pretrained import Pretrained
 from cdb.models.sampling import (
     DecodeState,
     Samples,
@@ -45,6 +46,7 @@ __all__ = [
     "DecodeState",
     "KVCache",
     "Policy",
+    "Pretrained",
     "Samples",
     "Transformer",
     "TransformerConfig",
