@@ -241,15 +241,20 @@ def test_missing_and_invalid_files(tmp_path):
         G.read_gguf(cut)
 
 
-def write_gguf(path, arch, *, tokenizer_model="gpt2", extra_tensor=None):
+def write_gguf(path, arch, *, tokenizer_model="gpt2", extra_tensor=None, pre=None):
+    tokens = ["a", "b", "<think>", "<|end|>", "<|bad token|>"]  # normal, normal, user-defined, control, control
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_embedding_length(32)
     writer.add_block_count(0)
     writer.add_feed_forward_length(64)
     writer.add_head_count(4)
     writer.add_tokenizer_model(tokenizer_model)
-    writer.add_token_list(["a", "b"])
-    writer.add_tensor("token_embd.weight", np.zeros((2, 32), np.float32))
+    if pre:
+        writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([1, 1, 4, 3, 3])
+    writer.add_eos_token_id(3)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 32), np.float32))
     writer.add_tensor("output_norm.weight", np.ones(32, np.float32))
     if extra_tensor:
         writer.add_tensor(extra_tensor, np.ones(4, np.float32))
@@ -267,9 +272,19 @@ def test_unsupported_architecture_tensor_and_tokenizer(tmp_path):
         G.read_gguf(write_gguf(tmp_path / "b.gguf", "llama", extra_tensor="rope_freqs.weight"))
     with pytest.raises(ValueError, match="tokenizer.ggml.model='llama' is not supported"):
         G.read_gguf(write_gguf(tmp_path / "c.gguf", "llama", tokenizer_model="llama"))
+    with pytest.warns(UserWarning, match="tokenizer.ggml.pre='weird'"):
+        G.read_gguf(write_gguf(tmp_path / "e.gguf", "llama", pre="weird"))
+
+
+def test_added_tokens_from_token_types(tmp_path):
     config, tensors, tokenizer = G.read_gguf(write_gguf(tmp_path / "d.gguf", "llama"))  # a zero-layer model reads
     assert config["num_hidden_layers"] == 0 and set(tensors) == {"model.embed_tokens.weight", "model.norm.weight"}
-    assert tokenizer.convert_ids_to_tokens([0, 1]) == ["a", "b"]
+    assert config["eos_token_id"] == 3 and tokenizer.eos_token == "<|end|>"
+    # user-defined and control tokens are matched whole; only the control one is special
+    assert tokenizer("ab<think>a<|end|>", add_special_tokens=False)["input_ids"] == [0, 1, 2, 0, 3]
+    assert tokenizer.decode([0, 2, 3], skip_special_tokens=True) == "a<think>"
+    # a control token outside the byte-level alphabet (a space) is a llama.cpp mislabel: not added
+    assert "<|bad token|>" not in tokenizer.get_vocab() and len(tokenizer) == 5
 
 
 def test_smollm2_path_missing_says_how_to_install(monkeypatch):
