@@ -151,6 +151,14 @@ def test_sentiment_oracle_is_vader_compound_through_bradley_terry():
     np.testing.assert_allclose(oracle.rewards(["x"], [good]), [compound[good]])
 
 
+def test_sentiment_oracle_without_vader_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    with pytest.raises(ModuleNotFoundError, match="pip install vadersentiment"):
+        RewardOracle.sentiment()
+
+
 class BagOfWordsEncoder:
     """A fake sentence encoder: unit-normed word counts over a fixed vocabulary; counts its calls."""
 

@@ -66,6 +66,7 @@ class PreferenceOracle(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames="mode")
 def preference_labels(key: Array, probability: Array, mode: str = "sample", noise: float | Array = 0.0) -> Array:
     """Binary labels ``z`` ``[N]`` float32 (1.0: the first response won) from ``P(a ≻ b)`` ``[N]``.
 
@@ -76,6 +77,7 @@ def preference_labels(key: Array, probability: Array, mode: str = "sample", nois
 
     Pure and deterministic in ``key``: row ``i`` uses the ``i``-th of one uniform draw for the
     coin and the ``i``-th of a second for the flip, so a row's label does not depend on the others.
+    Jitted (``mode`` static, ``noise`` traced): one compiled program per batch size.
     """
     check_choice("preference_labels", "mode", mode, LABEL_MODES)
     probability = jnp.asarray(probability, jnp.float32)
