@@ -229,10 +229,11 @@ class RewardOracle:
     ) -> RewardOracle:
         """``r(y) = cos(e(y), e(target))`` in a real sentence encoder's space (:class:`EncoderSimilarity`).
 
-        The reward points at the meaning of ``target``; the default target makes it a smooth,
-        semantic form of the sentiment task (two reward models of one task, e.g. a gold oracle
-        and a proxy). ``scale = 10``: cosine gaps between responses are typically 0.05–0.3, so
-        ``P`` spans about 0.6–0.95.
+        The reward points at the meaning of ``target``, topic and tone together, unlike VADER's
+        lexicon: with the default target and all-MiniLM-L6-v2, "I loved it, a warm and wonderful
+        film." scores 0.72, "I hated it, a dull mess." 0.45, "It was fine, nothing special." 0.35
+        and "The film is ninety minutes long." 0.24 (2026-11-30, ``RewardOracle.minilm().rewards``
+        on CPU). ``scale = 10``: such gaps of 0.1–0.5 give ``P`` from about 0.73 to 0.99.
 
         Args:
           target: the text the reward points at.
