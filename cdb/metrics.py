@@ -9,6 +9,10 @@ Per round the environment reports, for each of the B contexts, the exact per-due
 and :func:`round_metrics` sums them over the batch, so that ``cumsum`` over rounds gives the
 cumulative regret of all ``rounds × B`` duels. The BAI (anytime) regret
 ``E_x[r*(x, y*) − r*(x, recommend(x))]`` is averaged over held-out contexts by :func:`cdb.run`.
+
+Tier-3 environments (``LLMDuel``) have no exact regret, since nobody knows a real oracle's best
+response: their info carries win rates and oracle rewards instead, and :func:`round_metrics`
+records whichever regrets are present.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ REGRET_KEYS = ("regret", "weak_regret", "strong_regret")
 
 
 def round_metrics(info: Info, feedback: Feedback) -> dict[str, jax.Array]:
-    """Reduces one round's per-context truth to scalars: batch sums of regrets and the query count."""
-    out = {k: jnp.sum(info[k]).astype(jnp.float32) for k in REGRET_KEYS}
+    """Reduces one round's per-context truth to scalars: batch sums of regrets and the query count.
+
+    The regrets of :data:`REGRET_KEYS` that ``info`` holds are summed over the batch (tier 3 holds
+    none); every other entry is averaged over the batch (scalars are kept as they are).
+    """
+    out = {k: jnp.sum(info[k]).astype(jnp.float32) for k in REGRET_KEYS if k in info}
     out["queries"] = jnp.sum(feedback.queried).astype(jnp.int32)
     out["duels"] = jnp.asarray(feedback.queried.shape[0], jnp.int32)
     for k, v in info.items():

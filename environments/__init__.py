@@ -69,3 +69,34 @@ __all__ += [
     "teacher_log_prob",
     "teacher_sample",
 ]
+
+# Tier 3: a real language model, a prompt set and a host-side preference oracle (LLMDuel).
+from . import llm  # noqa: E402
+from .llm import (  # noqa: E402
+    EncoderSimilarity,
+    HTTPOracle,
+    JudgeOracle,
+    LLMDuel,
+    LLMDuelState,
+    OracleError,
+    PreferenceOracle,
+    PromptSet,
+    RewardOracle,
+    VaderSentiment,
+    preference_labels,
+)
+
+__all__ += [
+    "EncoderSimilarity",
+    "HTTPOracle",
+    "JudgeOracle",
+    "LLMDuel",
+    "LLMDuelState",
+    "OracleError",
+    "PreferenceOracle",
+    "PromptSet",
+    "RewardOracle",
+    "VaderSentiment",
+    "llm",
+    "preference_labels",
+]
