@@ -197,10 +197,12 @@ def _names_llama(cfg: TransformerConfig, i: int) -> dict[tuple, tuple[str, bool]
     out = {}
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
         out[("self_attn", proj, "kernel")] = (f"layers.{i}.self_attn.{proj}.weight", True)
-        out[("self_attn", proj, "bias")] = (f"layers.{i}.self_attn.{proj}.bias", False)
+        if cfg.out_bias if proj == "o_proj" else cfg.qkv_bias:
+            out[("self_attn", proj, "bias")] = (f"layers.{i}.self_attn.{proj}.bias", False)
     for proj in ("gate_proj", "up_proj", "down_proj"):
         out[("mlp", proj, "kernel")] = (f"layers.{i}.mlp.{proj}.weight", True)
-        out[("mlp", proj, "bias")] = (f"layers.{i}.mlp.{proj}.bias", False)
+        if cfg.mlp_bias:
+            out[("mlp", proj, "bias")] = (f"layers.{i}.mlp.{proj}.bias", False)
     for norm in ("input_layernorm", "post_attention_layernorm"):
         out[(norm, "scale")] = (f"layers.{i}.{norm}.weight", False)
     return out
@@ -261,14 +263,19 @@ def params_from_hf(config: TransformerConfig, tensors: Mapping[str, Any]) -> Par
         for i in range(config.num_layers):
             layer: dict[str, Any] = {}
             for path, (name, transpose) in _names_llama(config, i).items():
-                if path[-1] == "bias" and name not in named:
-                    continue  # checked against the expected tree below
                 value = get(name)
                 node = layer
                 for key in path[:-1]:
                     node = node.setdefault(key, {})
                 node[path[-1]] = jnp.asarray(value).T if transpose else value
             tree["layers"][i] = layer
+            used = {name for name, _ in _names_llama(config, i).values()}
+            extra = sorted(n for n in named if n.startswith(f"layers.{i}.") and n not in used)
+            if extra:
+                raise ValueError(
+                    f"the checkpoint has tensors {extra} that the config does not expect (attention_bias / "
+                    "mlp_bias in config.json?)"
+                )
         head = "lm_head.weight"
     elif arch == "gpt2":
         tree["embed_tokens"] = {"embedding": get("wte.weight")}

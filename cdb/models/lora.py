@@ -95,7 +95,7 @@ def with_lora(
         raise ValueError(f"with_lora: targets={targets!r}; expected a non-empty tuple of names from {LORA_TARGETS}")
     lora_policy = Policy(dataclasses.replace(policy.config, lora_rank=rank, lora_alpha=alpha, lora_targets=targets))
     state = lora_policy.abstract_params()
-    state.replace_by_pure_dict(_deep_merge(nnx.to_pure_dict(params), _adapter_leaves(lora_policy, key)))
+    nnx.replace_by_pure_dict(state, _deep_merge(nnx.to_pure_dict(params), _adapter_leaves(lora_policy, key)))
     return lora_policy, state
 
 
@@ -125,7 +125,8 @@ def merge_lora(policy: Policy, params: Params) -> tuple[Policy, Params]:
     if not cfg.lora_rank:
         return policy, params
     scale = cfg.lora_alpha / cfg.lora_rank
-    base = Policy(dataclasses.replace(cfg, lora_rank=0))
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.name.startswith("lora_")}
+    base = Policy(dataclasses.replace(cfg, **defaults))  # equal to the model with_lora started from
 
     def fold(node: Any) -> Any:
         if not isinstance(node, dict):
@@ -138,7 +139,7 @@ def merge_lora(policy: Policy, params: Params) -> tuple[Policy, Params]:
         return {k: fold(v) for k, v in node.items()}
 
     state = base.abstract_params()
-    state.replace_by_pure_dict(fold(nnx.to_pure_dict(params)))
+    nnx.replace_by_pure_dict(state, fold(nnx.to_pure_dict(params)))
     return base, state
 
 
