@@ -44,7 +44,7 @@ def _unwrap(model: Any, params: Params | None) -> tuple[Policy, Params | None]:
 @functools.partial(jax.jit, static_argnums=0)
 def _adapter_leaves(policy: Policy, key: PRNGKey) -> dict:
     """The LoRA leaves of ``policy.init(key)`` (the base matrices' draws are dead code under jit)."""
-    return nnx.to_pure_dict(policy.init(key).filter(nnx.LoRAParam))
+    return nnx.to_pure_dict(nnx.filter_state(policy.init(key), nnx.LoRAParam))
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -145,4 +145,4 @@ def merge_lora(policy: Policy, params: Params) -> tuple[Policy, Params]:
 
 def base_params(params: Params) -> Params:
     """``params`` without the adapter leaves (the frozen base, π_ref's parameters)."""
-    return params.filter(lambda path, variable: not any(k == "lora" for k in path))
+    return nnx.filter_state(params, lambda path, variable: "lora" not in path)
