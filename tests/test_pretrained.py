@@ -172,6 +172,13 @@ def test_bfloat16_parameters():
     real = ref["mask"]
     err = np.abs(logits[real] - ref["logits"][real])
     assert err.max() < 0.25 * np.abs(ref["logits"][real]).max()  # bf16 rounding, not a wrong model
+    # LoRA adapters stay float32 on a bf16 base (optimiser steps on bf16 factors would round away)
+    _, params = with_lora(model, rank=2, key=jax.random.key(0))
+    dtypes = jax.tree.map(lambda x, trainable: (str(x.dtype), trainable), params, lora_trainable(params))
+    assert set(jax.tree.leaves(dtypes, is_leaf=lambda x: isinstance(x, tuple))) == {
+        ("bfloat16", False),
+        ("float32", True),
+    }
 
 
 def test_prompt_longer_than_context_is_an_error():

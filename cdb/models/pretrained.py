@@ -141,8 +141,14 @@ def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> P
       ValueError: an unsupported architecture (the message lists the supported ones), or a
         checkpoint whose tensors do not match its ``config.json``.
     """
-    import safetensors
-    import transformers
+    try:
+        import safetensors
+        import transformers
+    except ImportError as err:
+        raise ImportError(
+            f"load_pretrained needs transformers and safetensors ({err}); install them with "
+            "pip install 'cdb-jax[llm]' (or pip install transformers tokenizers safetensors gguf)"
+        ) from err
 
     from cdb.models import hf
 

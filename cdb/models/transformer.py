@@ -338,15 +338,15 @@ class LoRALinear(nnx.Linear):
     """``nnx.Linear`` plus a low-rank update: ``y = x W + b + (α / r) · x A B`` (Hu et al. 2021, LoRA).
 
     ``A`` ``[in, r]`` (He-uniform) and ``B`` ``[r, out]`` (zeros, so the layer equals its base at
-    initialisation) live in ``lora/{lora_a, lora_b}`` as ``nnx.LoRAParam``; ``kernel`` / ``bias``
+    initialisation) live in ``lora/{lora_a, lora_b}`` as float32 ``nnx.LoRAParam``; ``kernel`` / ``bias``
     keep ``nnx.Linear``'s names, so the base weights load unchanged.
     """
 
     def __init__(self, n_in: int, n_out: int, *, lora_rank: int, lora_scale: float, rngs: nnx.Rngs, **kwargs):
         super().__init__(n_in, n_out, rngs=rngs, **kwargs)
-        self.lora = nnx.LoRA(
-            n_in, lora_rank, n_out, dtype=kwargs.get("dtype"), param_dtype=kwargs["param_dtype"], rngs=rngs
-        )
+        # Adapters are float32 whatever the base's dtype: optimiser steps on bf16 factors lose the
+        # small updates early in training (the usual mixed-precision LoRA practice).
+        self.lora = nnx.LoRA(n_in, lora_rank, n_out, dtype=kwargs.get("dtype"), param_dtype=jnp.float32, rngs=rngs)
         self.lora_scale = lora_scale
 
     def __call__(self, x: Array) -> Array:
