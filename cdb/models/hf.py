@@ -180,7 +180,7 @@ def config_from_hf(hf_config: Mapping[str, Any], *, dtype: Any = jnp.float32) ->
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         activation=_activation(hf.get("hidden_act", "silu"), "hidden_act"),
         qkv_bias=model_type == "qwen2" or attention_bias,
-        out_bias=attention_bias,
+        out_bias=attention_bias and model_type != "qwen2",  # Qwen2: q/k/v biases only
         mlp_bias=bool(hf.get("mlp_bias", False)),
     )
 
