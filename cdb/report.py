@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 import jax
 
@@ -18,6 +19,13 @@ def header() -> str:
         f"jax {jax.__version__} | backend {jax.default_backend()} | devices {jax.devices()}",
     ]
     return "\n".join(lines)
+
+
+def output_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``, created with its parents if missing."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -86,6 +86,7 @@ from cdb.results import Results
 from cdb.store import Store, checkpointed_rounds
 
 _RESERVED = ("env", "env_name")
+_CONFIG_MODULE = "cdb_sweep_config_"  # module name prefix of loaded sweep files
 _MANAGED_RUN_ARGS = (
     "agent",
     "env",
@@ -150,6 +151,8 @@ def digest(description: Any) -> str:
 
 def _qualified(obj: Any) -> str:
     module = getattr(obj, "__module__", None) or ""
+    if module == "__main__" or module.startswith(_CONFIG_MODULE):
+        module = ""  # a script or sweep file: the same function whether run directly or loaded as a config
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
     return f"{module}.{name}" if module else name
 
@@ -317,7 +320,7 @@ def _is_factory(obj: Any, method: str) -> bool:
     return callable(obj) and not hasattr(obj, method)
 
 
-def _call(factory: Callable, available: dict[str, Any]) -> tuple[Any, set[str]]:
+def _call(factory: Callable, available: dict[str, Any], what: str) -> tuple[Any, set[str]]:
     """Calls ``factory`` with the keyword arguments it names; returns the object and the names used."""
     try:
         parameters = inspect.signature(factory).parameters
@@ -327,6 +330,17 @@ def _call(factory: Callable, available: dict[str, Any]) -> tuple[Any, set[str]]:
         names = set(available)
     else:
         names = {n for n, p in parameters.items() if n in available and p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    required = [
+        n
+        for n, p in parameters.items()
+        if n not in available
+        and p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if required:
+        raise ValueError(
+            f"Sweep: the {what} factory needs {required}, which are neither grid keys nor among {sorted(available)}"
+        )
     return factory(**{n: available[n] for n in names}), names
 
 
@@ -341,13 +355,14 @@ def _build_cells(sweep: Sweep) -> list[Cell]:
         for agent_name, agent_spec in sweep.agents.items():
             for point in points:
                 if _is_factory(env_spec, "step"):
-                    env, env_used = _call(env_spec, point)
+                    env, env_used = _call(env_spec, point, f"environment {env_name!r}")
                     env_key = (env_name, tuple(sorted((k, repr(point[k])) for k in env_used)))
                     env, env_used = envs.setdefault(env_key, (env, env_used))
                 else:
                     env, env_used = env_spec, set()
                 if _is_factory(agent_spec, "select"):
-                    agent, agent_used = _call(agent_spec, {**point, "env": env, "env_name": env_name})
+                    available = {**point, "env": env, "env_name": env_name}
+                    agent, agent_used = _call(agent_spec, available, f"agent {agent_name!r}")
                 else:
                     agent, agent_used = agent_spec, set()
                 used = (env_used | agent_used) - set(_RESERVED)
@@ -692,11 +707,12 @@ class Summary:
 
     def plot(self, metrics: Sequence[str] | None = None, *, x: str = "round"):
         """One panel per (metric, environment), one mean ± s.e. curve per experiment; returns the figure."""
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing left open
 
         metrics = list(metrics or self.metrics)
         envs = list(dict.fromkeys(self.frame["env"]))
-        fig, axes = plt.subplots(len(metrics), len(envs), figsize=(5.5 * len(envs), 3.5 * len(metrics)), squeeze=False)
+        fig = Figure(figsize=(5.5 * len(envs), 3.5 * len(metrics)))
+        axes = fig.subplots(len(metrics), len(envs), squeeze=False)
         labels = dict(zip(self.frame["experiment"], self.frame["label"], strict=True))
         for row, metric in enumerate(metrics):
             for col, env in enumerate(envs):
@@ -713,23 +729,12 @@ class Summary:
 
     def write(self, out: str | os.PathLike, *, plot_metrics: Sequence[str] | None = None, stem: str = "summary"):
         """Writes ``<stem>.md`` (the table), ``<stem>.csv`` (the numbers) and ``<stem>.png`` (the curves)."""
-        import matplotlib
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{stem}.md").write_text(self.markdown() + "\n")
         self.frame.to_csv(out / f"{stem}.csv", index=False)
         if self.results:
-            backend = matplotlib.get_backend()
-            matplotlib.use("Agg")
-            try:
-                import matplotlib.pyplot as plt
-
-                fig = self.plot(plot_metrics)
-                fig.savefig(out / f"{stem}.png", dpi=120)
-                plt.close(fig)
-            finally:
-                matplotlib.use(backend)
+            self.plot(plot_metrics).savefig(out / f"{stem}.png", dpi=120)
         return [out / f"{stem}.{ext}" for ext in ("md", "csv", "png")]
 
 
@@ -886,7 +891,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     path = Path(path)
     if not path.is_file() or path.suffix != ".py":
         raise ValueError(f"sweep config={str(path)!r} is not allowed; expected an existing .py file defining SWEEP")
-    namespace = runpy.run_path(str(path), run_name=f"cdb_sweep_config_{_slug(path.stem)}")
+    namespace = runpy.run_path(str(path), run_name=f"{_CONFIG_MODULE}{_slug(path.stem)}")
     sweep = namespace.get("SWEEP")
     if not isinstance(sweep, Sweep):
         raise ValueError(

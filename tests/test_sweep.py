@@ -144,7 +144,8 @@ def test_a_sweep_writes_results_records_and_a_manifest(full, reference):
     for cid, record in index.items():
         assert record["status"] == "done" and record["error"] is None and record["attempts"] == 1
         assert record["wall_seconds"] > 0 and record["shard"] == "0/1" and record["resumed_from"] == 0
-        assert record["config"]["agent"]["type"].endswith("RewardModelAgent") or record["config"]["agent"]["type"]
+        cell = next(c for c in make_sweep().cells() if c.id == cid)
+        assert record["config"] == json.loads(json.dumps(cell.description)) and record["name"] == cell.name
         assert store.results_path(cid).exists() and not store.checkpoint_dir(cid).exists()
     manifest = store.manifest()
     assert [c["id"] for c in manifest["cells"]] == sorted(index, key=lambda c: index[c]["name"])
@@ -286,6 +287,11 @@ def test_bad_sweeps_are_rejected_naming_the_field(kwargs, field):
 def test_a_grid_key_no_factory_takes_is_rejected():
     with pytest.raises(ValueError, match=r"grid keys \['members'\] are named by no agent"):
         make_sweep(grid={"members": [1, 2]}).cells()
+
+
+def test_a_factory_needing_an_unknown_argument_is_rejected():
+    with pytest.raises(ValueError, match=r"agent 'ts' factory needs \['width'\]"):
+        make_sweep(agents={"ts": lambda width: AGENT}).cells()
 
 
 @pytest.mark.parametrize("text", ["2/2", "1/0", "a/b", "1", "-1/2", "0/2/3"])
