@@ -247,6 +247,10 @@ class Sweep:
         ``compiler_options``, ``shard_seeds``), the same for every cell.
       postprocess: ``Results -> Results`` applied to each cell's results before they are saved
         (e.g. a derived metric); named by its qualified name in the cells' descriptions.
+      checkpoints: save orbax checkpoints after every block, so that an interrupted cell resumes
+        where it stopped. ``False`` for cells so short that running one again costs less than
+        the saves; an interrupted cell then starts over. Not part of a cell's identity (it does
+        not change results).
     """
 
     agents: Mapping[str, Any]
@@ -259,6 +263,7 @@ class Sweep:
     seed_splits: int = 1
     run_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     postprocess: Callable[[Results], Results] | None = None
+    checkpoints: bool = True
 
     def __post_init__(self):
         for field in ("agents", "envs"):
@@ -295,6 +300,8 @@ class Sweep:
                 raise ValueError(
                     f"Sweep: grid[{name!r}]={values!r} is not allowed; expected a non-empty list of values"
                 )
+        if not isinstance(self.checkpoints, bool):
+            raise ValueError(f"Sweep: checkpoints={self.checkpoints!r} is not allowed; expected True or False")
         if not isinstance(self.run_options, Mapping):
             raise ValueError(f"Sweep: run_options={self.run_options!r} is not allowed; expected a dict")
         from cdb.run import run
@@ -535,7 +542,9 @@ def run_sweep(
             if is_done:
                 report.skipped.append(cell.name)
             else:
-                error = _run_cell(cell, store, shard, progress, keep_checkpoints, on_block, multi, leader)
+                error = _run_cell(
+                    cell, store, shard, progress, sweep.checkpoints, keep_checkpoints, on_block, multi, leader
+                )
                 if error is None:
                     report.ran.append(cell.name)
                 else:
@@ -562,7 +571,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _run_cell(cell, store, shard, progress, keep_checkpoints, on_block, multi, leader) -> str | None:
+def _run_cell(cell, store, shard, progress, checkpoints, keep_checkpoints, on_block, multi, leader) -> str | None:
     previous = store.record(cell.id) if leader else None
     record = {
         **cell.summary(),
@@ -592,7 +601,9 @@ def _run_cell(cell, store, shard, progress, keep_checkpoints, on_block, multi, l
             from cdb.distributed import run as runner
         else:
             runner = None
-        results = cell.run(checkpoint_dir=checkpoint_dir, progress=progress, on_block=callback, runner=runner)
+        results = cell.run(
+            checkpoint_dir=checkpoint_dir if checkpoints else None, progress=progress, on_block=callback, runner=runner
+        )
         if cell.postprocess is not None:
             results = cell.postprocess(results)
         if leader:
@@ -802,6 +813,8 @@ def summarize(
             for cid, r in index.items()
             if cid not in listed
         ]
+    if not expected:
+        raise ValueError(f"summarize: the store {str(store.root)!r} holds no cells and no sweep was given")
     experiments: dict[str, list[dict]] = {}
     for cell in expected:
         experiments.setdefault(cell["experiment"], []).append(cell)

@@ -194,6 +194,24 @@ def test_an_interrupted_cell_fails_then_resumes_from_its_checkpoint(full, tmp_pa
         assert_same_results(res, uninterrupted[name])
 
 
+def test_without_checkpoints_an_interrupted_cell_starts_over(full, tmp_path):
+    sweep = make_sweep(checkpoints=False)
+    assert [c.id for c in sweep.cells()] == [c.id for c in make_sweep().cells()]  # not part of the identity
+    store = Store(tmp_path / "store")
+
+    def interrupt(cell, rounds_done, results):
+        if cell.seed_range == (0, 1) and rounds_done == EVAL_EVERY:
+            raise RuntimeError("node preempted")
+
+    assert list(S.run_sweep(sweep, store, progress=False, on_block=interrupt).failed) == ["K4/passive/seeds=0:1"]
+    assert not any(store.checkpoint_dir(cid).exists() for cid in store.index())
+    assert S.run_sweep(sweep, store, progress=False).ran == ["K4/passive/seeds=0:1"]
+    assert all(r["resumed_from"] == 0 and r["status"] == "done" for r in store.index().values())
+    uninterrupted = cell_results(full[0])
+    for name, res in cell_results(store).items():
+        assert_same_results(res, uninterrupted[name])
+
+
 def test_shards_are_disjoint_and_together_equal_the_whole_sweep(full, tmp_path):
     store = Store(tmp_path / "sharded")
     first = S.run_sweep(make_sweep(), store, shard="0/2", progress=False)
@@ -277,6 +295,7 @@ def test_command_line_runs_and_summarizes(full, tmp_path, capsys):
         (dict(grid={"env": [1]}), "grid"),
         (dict(run_options={"seed": 1}), "run_options"),
         (dict(key="zero"), "key"),
+        (dict(checkpoints="yes"), "checkpoints"),
     ],
 )
 def test_bad_sweeps_are_rejected_naming_the_field(kwargs, field):
