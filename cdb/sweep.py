@@ -3,12 +3,12 @@
 A sweep is a small Python file that defines ``SWEEP``::
 
     # sweeps/linear.py
-    import cdb
     from cdb.agents import ee_ts, passive
     from cdb.ensemble import LinearEnsemble
     from cdb.environments import LinearDuel
+    from cdb.sweep import Sweep
 
-    SWEEP = cdb.sweep.Sweep(
+    SWEEP = Sweep(
         agents={"ee_ts": lambda members: ee_ts(reward_model=LinearEnsemble(members)), "passive": passive()},
         envs={"K16": LinearDuel(num_arms=16, feature_dim=8)},
         grid={"members": [4, 8]},          # hyper-parameters, passed to the factories that name them
@@ -18,7 +18,7 @@ A sweep is a small Python file that defines ``SWEEP``::
 and is run and summarised from the shell::
 
     python -m cdb.sweep run sweeps/linear.py --store results/linear [--shard 0/4]
-    python -m cdb.sweep summary results/linear --target bai_regret<=0.01
+    python -m cdb.sweep summary results/linear --target 'bai_regret<=0.01'
 
 **Cells.** An agent or environment is either an object or a factory (any callable that is not
 an agent / environment). Factories are called with the keyword arguments they name among the

@@ -3,7 +3,7 @@ prior scales, against passive exploration, on two LinearDuel problems.
 
     python -m cdb.sweep run benchmarks/sweeps/linear_ensembles.py --store results/sweeps/linear_ensembles
     python -m cdb.sweep run benchmarks/sweeps/linear_ensembles.py --shard 0/4   # one job of a job array
-    python -m cdb.sweep summary results/sweeps/linear_ensembles --target bai_regret<=0.01
+    python -m cdb.sweep summary results/sweeps/linear_ensembles --target 'bai_regret<=0.01'
 
 2 environments × (2 Thompson-sampling rules × 3 ensemble sizes × 2 prior scales + passive) = 26 cells,
 each 200 rounds × 8 seeds. ``members`` and ``prior_scale`` reach the agents through the factories'
