@@ -514,7 +514,10 @@ def run_sweep(
 
     With ``jax.distributed`` initialised over several processes, every process must call this
     with the same arguments: each cell's seeds are split across the processes
-    (:func:`cdb.distributed.run`), and process 0 alone writes the store.
+    (:func:`cdb.distributed.run`), and process 0 alone writes the store. Which cells are done is
+    process 0's view, broadcast to the others. A cell that fails in only some processes leaves
+    the others waiting in the gather (a collective has no timeout of its own); the scheduler's
+    time limit ends them, and the next run resumes from the checkpoints.
     """
     store = store if isinstance(store, Store) else Store(store)
     shard = Shard.parse(shard)
