@@ -1,23 +1,29 @@
 """The default experiment: SEA's E&E Thompson sampling against baselines on tier-1 problems.
 
-Runs every agent × {LinearDuel, NeuralDuel} × seeds with ``cdb.run`` (one compiled program per
-pair), then writes
+A sweep (``cdb.sweep``) of every agent × {LinearDuel, NeuralDuel}, ``--seeds`` seeds per cell, run
+into the results store ``--store`` (default ``results/sweeps/regret_curves``, one folder per
+cell; running the script again skips the cells that are done and resumes interrupted ones from
+their checkpoints; ``--fresh`` starts over). Then it writes, from the store,
 
 * ``<out>/regret_curves.csv``  — per (env, agent, seed, round): cumulative regrets, queries, BAI regret;
 * ``<out>/regret_curves.png``  — cumulative regret and BAI regret, mean ± s.e. over seeds;
-* ``<out>/<env>_<agent>.npz``  — each ``Results`` (``cdb.Results.load``),
-
-and prints a table of final cumulative regret and BAI regret (mean ± s.e.).
+* ``<out>/regret_curves.md``   — the table it prints: final cumulative regret and BAI regret
+  (mean ± s.e., from ``cdb.sweep.summarize``) and each cell's wall seconds.
 
     python benchmarks/regret_curves.py                 # the README's default experiment
     python benchmarks/regret_curves.py --rounds 50 --seeds 2 --agents ee_ts passive
+
+The file also defines ``SWEEP`` (the default settings), so the same cells run as a job array::
+
+    python -m cdb.sweep run benchmarks/regret_curves.py --store DIR --shard $TASK_ID/$TASK_COUNT
+    python -m cdb.sweep summary DIR
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
+import functools
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -26,13 +32,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import cdb  # noqa: E402
-from benchmarks.common import header, markdown_table, output_dir  # noqa: E402
 from cdb import agents  # noqa: E402
 from cdb.ensemble import LinearEnsemble, MLPEnsemble  # noqa: E402
 from cdb.environments import LinearDuel, NeuralDuel  # noqa: E402
+from cdb.report import header, markdown_table  # noqa: E402
+from cdb.store import Store  # noqa: E402
+from cdb.sweep import Sweep, run_sweep, summarize  # noqa: E402
 
 
 def make_envs(num_arms: int, feature_dim: int, batch_size: int, scale: float) -> dict:
@@ -48,19 +53,46 @@ def reward_model_for(env_name: str, members: int):
 
 
 AGENTS = {
-    "ee_ts (SEA)": lambda env_name, m: agents.ee_ts(reward_model=reward_model_for(env_name, m)),
-    "bai_ts (SEA)": lambda env_name, m: agents.bai_ts(reward_model=reward_model_for(env_name, m)),
-    "double_ts": lambda env_name, m: agents.double_ts(reward_model=reward_model_for(env_name, m)),
-    "infomax": lambda env_name, m: agents.infomax(reward_model=reward_model_for(env_name, m)),
-    "passive": lambda env_name, m: agents.passive(reward_model=reward_model_for(env_name, m)),
+    "ee_ts (SEA)": lambda env_name, members: agents.ee_ts(reward_model=reward_model_for(env_name, members)),
+    "bai_ts (SEA)": lambda env_name, members: agents.bai_ts(reward_model=reward_model_for(env_name, members)),
+    "double_ts": lambda env_name, members: agents.double_ts(reward_model=reward_model_for(env_name, members)),
+    "infomax": lambda env_name, members: agents.infomax(reward_model=reward_model_for(env_name, members)),
+    "passive": lambda env_name, members: agents.passive(reward_model=reward_model_for(env_name, members)),
+    "maxinp": lambda env_name, members: agents.MaxInP(),
+    "colstim": lambda env_name, members: agents.CoLSTIM(),
 }
-AGENTS.update(
-    {
-        "maxinp": lambda env_name, m: agents.MaxInP(),
-        "colstim": lambda env_name, m: agents.CoLSTIM(),
-    }
-)
 DEFAULT_AGENTS = list(AGENTS)
+ENVS = ["LinearDuel", "NeuralDuel"]
+
+
+def make_sweep(
+    rounds: int = 200,
+    seeds: int = 8,
+    eval_every: int = 20,
+    arms: int = 16,
+    dim: int = 8,
+    batch: int = 4,
+    scale: float = 8.0,
+    members: int = 8,
+    agent_names: list[str] | None = None,
+    env_names: list[str] | None = None,
+) -> Sweep:
+    """The sweep of agents × environments (``key=0`` for every cell: common random numbers)."""
+    envs = make_envs(arms, dim, batch, scale)
+    return Sweep(
+        agents={name: functools.partial(AGENTS[name], members=members) for name in agent_names or DEFAULT_AGENTS},
+        envs={name: envs[name] for name in env_names or ENVS},
+        rounds=rounds,
+        seeds=seeds,
+        eval_every=eval_every,
+        key=0,
+        # a cell takes seconds: running one again costs less than orbax saves after every block,
+        # and the seconds column then times cdb.run alone, as the README's figures do
+        checkpoints=False,
+    )
+
+
+SWEEP = make_sweep()
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -74,50 +106,55 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--scale", type=float, default=8.0, help="BT inverse temperature of the oracle")
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--agents", nargs="+", default=DEFAULT_AGENTS, choices=list(AGENTS), metavar="AGENT")
-    parser.add_argument("--envs", nargs="+", default=["LinearDuel", "NeuralDuel"], choices=["LinearDuel", "NeuralDuel"])
+    parser.add_argument("--envs", nargs="+", default=ENVS, choices=ENVS)
     parser.add_argument("--out", default="benchmarks/results/regret_curves")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--store", default="results/sweeps/regret_curves", help="the sweep's results store")
+    parser.add_argument("--fresh", action="store_true", help="empty the store first instead of reusing done cells")
     args = parser.parse_args(argv)
     print(header(), flush=True)
-    out = output_dir(args.out)
-    envs = make_envs(args.arms, args.dim, args.batch, args.scale)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store(args.store)
+    if args.fresh:
+        shutil.rmtree(store.root, ignore_errors=True)
+    sweep = make_sweep(
+        args.rounds,
+        args.seeds,
+        args.eval_every,
+        args.arms,
+        args.dim,
+        args.batch,
+        args.scale,
+        args.members,
+        args.agents,
+        args.envs,
+    )
+    report = run_sweep(sweep, store, progress=not args.no_progress)
+    print(report, flush=True)
+    summary = summarize(store, sweep, metrics=["cumulative_regret", "bai_regret"])
+    if summary.missing:
+        raise SystemExit(f"cells without results: {summary.missing} (see {store.root})")
+    formatted = {row["experiment"]: row for row in summary.rows()}
 
     frames, rows, all_results = [], [], {}
     for env_name in args.envs:
         for agent_name in args.agents:
-            start = time.perf_counter()
-            agent = AGENTS[agent_name](env_name, args.members)
-            res = cdb.run(
-                agent,
-                envs[env_name],
-                rounds=args.rounds,
-                seeds=args.seeds,
-                eval_every=args.eval_every,
-                key=0,
-                progress=not args.no_progress,
-            )
-            seconds = time.perf_counter() - start
-            all_results[env_name, agent_name] = res
-            res.save(out / f"{env_name}_{agent_name.split()[0]}.npz")
+            experiment = f"{env_name}/{agent_name}"
+            res = all_results[env_name, agent_name] = summary.results[experiment]
             frame = res.to_dataframe()
             frame.insert(0, "agent", agent_name)
             frame.insert(0, "env", env_name)
             frames.append(frame)
-            regret, regret_se = res.final("cumulative_regret")
-            bai, bai_se = res.final("bai_regret")
+            row = formatted[experiment]
             rows.append(
                 {
                     "env": env_name,
                     "agent": agent_name,
-                    "cumulative regret": f"{regret:.2f} ± {regret_se:.2f}",
-                    "BAI regret": f"{bai:.3f} ± {bai_se:.3f}",
-                    "seconds": f"{seconds:.1f}",
+                    "cumulative regret": row["cumulative_regret"],
+                    "BAI regret": row["bai_regret"],
+                    "seconds": row["seconds"],
                 }
-            )
-            print(
-                f"{env_name:10s} {agent_name:14s} regret {regret:8.2f} ± {regret_se:.2f}  "
-                f"BAI {bai:.3f} ± {bai_se:.3f}  ({seconds:.1f}s)",
-                flush=True,
             )
 
     table = pd.concat(frames, ignore_index=True)
@@ -136,7 +173,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table = markdown_table(rows, ["env", "agent", "cumulative regret", "BAI regret", "seconds"])
     print(table)
     (out / "regret_curves.md").write_text(table + "\n")
-    print(f"\nwrote {out / 'regret_curves.csv'} and {out / 'regret_curves.png'}")
+    print(f"\nwrote {out / 'regret_curves.csv'}, {out / 'regret_curves.png'} and {out / 'regret_curves.md'}")
     return table
 
 

@@ -1,8 +1,10 @@
 """The headline experiment: oracle queries needed to align a toy LM, SEA against its baselines.
 
-Runs every agent of ``cdb.agents.alignment`` on the default ``SequenceDuel`` (V=16, Lp=4, L=8,
-B=16 prompts per round; a tiny causal transformer as the SFT reference), ``--seeds`` seeds each,
-and writes to ``--out``:
+A sweep (``cdb.sweep``) of every agent of ``cdb.agents.alignment`` on the default ``SequenceDuel``
+(V=16, Lp=4, L=8, B=16 prompts per round; a tiny causal transformer as the SFT reference),
+``--seeds`` seeds each, run into the results store ``--store`` (default
+``results/sweeps/sample_efficiency``; a second run skips done cells and resumes interrupted ones).
+From the store's summary (``cdb.sweep.summarize``) it writes to ``--out``:
 
 * ``sample_efficiency.csv`` — every agent's per-round and per-evaluation metrics;
 * ``sample_efficiency.png`` — curves against oracle queries: E&E (cumulative regret, online win
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import shutil
 import time
 from pathlib import Path
 
@@ -30,15 +32,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import cdb  # noqa: E402
-from benchmarks.common import header, markdown_table, output_dir  # noqa: E402
 from cdb.agents import alignment as A  # noqa: E402
 from cdb.ensemble import LinearEnsemble  # noqa: E402
 from cdb.environments import SequenceDuel  # noqa: E402
 from cdb.features import ChainCountFeatures  # noqa: E402
 from cdb.losses import DAPLoss  # noqa: E402
+from cdb.report import header, markdown_table  # noqa: E402
+from cdb.store import Store  # noqa: E402
+from cdb.sweep import Sweep, Target, run_sweep, summarize  # noqa: E402
 
 SMOOTH = 16  # rounds in the moving average of the online win rate
 # SEA's heads on the realizable chain-count features (the `*_chain` rows and the ablation's base)
@@ -107,6 +109,12 @@ def smoothed(values: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
+def add_smoothed_win_rate(results: cdb.Results) -> cdb.Results:
+    """Adds ``online_win_rate_smoothed``: the online win rate's trailing mean over ``SMOOTH`` rounds."""
+    results.metrics["online_win_rate_smoothed"] = smoothed(results.metrics["online_win_rate"], SMOOTH)
+    return results
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=256)
@@ -119,7 +127,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--out", default="benchmarks/results/sample_efficiency")
     parser.add_argument("--tiny", action="store_true", help="a tiny environment (for tests)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--from-saved", action="store_true", help="re-make table and figure from <out>/*.npz")
+    parser.add_argument("--store", default="results/sweeps/sample_efficiency", help="the sweep's results store")
+    parser.add_argument("--fresh", action="store_true", help="empty the store first instead of reusing done cells")
+    parser.add_argument("--from-saved", action="store_true", help="re-make table and figure from the store only")
     args = parser.parse_args(argv)
     print(header(), flush=True)
     if args.tiny:
@@ -152,61 +162,66 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     unknown = sorted(set(names) - set(factories))
     if unknown:
         raise SystemExit(f"unknown agents {unknown}; choose from {sorted(factories)}")
-    out = output_dir(args.out)
-
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store(args.store)
+    if args.fresh:
+        shutil.rmtree(store.root, ignore_errors=True)
+    sweep = Sweep(
+        agents={name: factories[name] for name in names},
+        envs={"SequenceDuel": env},
+        rounds=args.rounds,
+        seeds=args.seeds,
+        eval_every=args.eval_every,
+        key=args.key,
+        postprocess=add_smoothed_win_rate,
+    )
+    if not args.from_saved:
+        print(run_sweep(sweep, store, progress=not args.no_progress), flush=True)
+    targets = [
+        (Target("online_win_rate_smoothed", args.online_target, "above"), "E&E: online win rate (16-round mean)"),
+        (Target("gap_closed", args.gap_target, "above"), "BAI: gap closed (greedy policy)"),
+    ]
+    summary = summarize(
+        store,
+        sweep,
+        metrics=["cumulative_regret", "win_rate", "gap_closed", "online_win_rate_smoothed", "cumulative_queries"],
+        targets=[t for t, _ in targets],
+    )
+    if summary.missing:
+        raise SystemExit(f"cells without results: {summary.missing} (see {store.root})")
+    stats = {row["experiment"].split("/", 1)[1]: row for row in summary.frame.to_dict("records")}
     results, frames = {}, []
     for name in names:
-        start = time.perf_counter()
-        if args.from_saved:
-            res = cdb.Results.load(out / f"{name}.npz")
-        else:
-            res = cdb.run(
-                factories[name](),
-                env,
-                rounds=args.rounds,
-                seeds=args.seeds,
-                eval_every=args.eval_every,
-                key=args.key,
-                progress=not args.no_progress,
-            )
-            res.metrics["online_win_rate_smoothed"] = smoothed(res.metrics["online_win_rate"], SMOOTH)
-            res.save(out / f"{name}.npz")
-        results[name] = res
+        row = stats[name]
+        res = results[name] = summary.results[row["experiment"]]
         frame = res.to_dataframe()
         frame.insert(0, "agent", name)
         frames.append(frame)
         print(
-            f"{name:24s} {time.perf_counter() - start:6.1f}s  final gap closed "
-            f"{res.final('gap_closed')[0]:.3f}  online win {res.final('online_win_rate_smoothed')[0]:.3f}  "
-            f"queries {res.final('cumulative_queries')[0]:.0f}",
+            f"{name:24s} {row['wall_seconds']:6.1f}s  final gap closed {row['gap_closed']:.3f}  "
+            f"online win {row['online_win_rate_smoothed']:.3f}  queries {row['cumulative_queries']:.0f}",
             flush=True,
         )
     pd.concat(frames, ignore_index=True).to_csv(out / "sample_efficiency.csv", index=False)
 
-    targets = [
-        ("online_win_rate_smoothed", args.online_target, "E&E: online win rate (16-round mean)"),
-        ("gap_closed", args.gap_target, "BAI: gap closed (greedy policy)"),
-    ]
     rows = []
-    baseline = (
-        {
-            m: results["online_dpo"] and cdb.queries_to_target(results["online_dpo"], m, t, "above")
-            for m, t, _ in targets
-        }
-        if "online_dpo" in results
-        else {}
-    )
-    for name, res in results.items():
+    hits = {
+        (name, t.metric): summary.target_queries[stats[name]["experiment"], t.label]
+        for name in names
+        for t, _ in targets
+    }
+    for name in names:
         row = {"agent": name}
-        for metric, target, label in targets:
-            hit = cdb.queries_to_target(res, metric, target, "above")
-            ratio = ""
-            if metric in baseline and hit.reached and baseline[metric].reached:
-                ratio = f" ({hit.mean / baseline[metric].mean:.2f}× online DPO)"
-            row[f"{label} ≥ {target}"] = f"{hit}{ratio}"
-        regret, regret_se = res.final("cumulative_regret")
-        row["final cumulative regret"] = f"{regret:.0f} ± {regret_se:.0f}"
-        row["final win rate"] = "{:.3f} ± {:.3f}".format(*res.final("win_rate"))
+        for target, label in targets:
+            hit, ratio = hits[name, target.metric], ""
+            baseline = hits.get(("online_dpo", target.metric))
+            if baseline is not None and hit.reached and baseline.reached:
+                ratio = f" ({hit.mean / baseline.mean:.2f}× online DPO)"
+            row[f"{label} ≥ {target.value}"] = f"{hit}{ratio}"
+        final = stats[name]
+        row["final cumulative regret"] = f"{final['cumulative_regret']:.0f} ± {final['cumulative_regret se']:.0f}"
+        row["final win rate"] = f"{final['win_rate']:.3f} ± {final['win_rate se']:.3f}"
         rows.append(row)
     table = markdown_table(rows, list(rows[0]))
     (out / "queries_to_target.md").write_text(table + "\n")

@@ -38,11 +38,8 @@ import multiprocessing
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 POOL = 4096
 
@@ -138,11 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
 
     import cdb
-    from benchmarks.common import header, output_dir
     from cdb.agents import ee_ts
     from cdb.ensemble import LinearEnsemble
     from cdb.environments import LinearDuel
     from cdb.environments.feature_duel import make_context_pool
+    from cdb.report import header, output_dir
     from cdb.run import resolve_compiler_options, resolve_seed_chunk
 
     print(header(), flush=True)

@@ -140,6 +140,7 @@ def run(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_block: Callable[[int, Results], None] | None = None,
+    seed_range: tuple[int, int] | None = None,
 ) -> Results:
     """Runs ``agent`` on ``env`` for ``rounds`` rounds and ``seeds`` independent seeds.
 
@@ -173,9 +174,14 @@ def run(
       checkpoint_dir: with orbax, save the state after every block; with ``resume=True``
         continue from the last checkpoint there. Resumed runs give the same curves.
       on_block: called after every block with ``(rounds_done, results_so_far)``.
+      seed_range: ``(start, stop)`` runs only seeds ``start, ..., stop - 1`` of the ``seeds``-seed
+        experiment, each with exactly the key it has in the full run, so runs of consecutive
+        ranges concatenated along the seed axis equal the full run (to split a sweep across
+        processes or machines). ``None``: all seeds. The config records it.
 
     Returns:
-      :class:`~cdb.results.Results` with ``[seeds, rounds]`` metrics.
+      :class:`~cdb.results.Results` with ``[seeds, rounds]`` metrics (``[stop - start, rounds]``
+      with ``seed_range``).
 
     Raises:
       NonFiniteLossError: a recorded ``*loss*`` metric became NaN/inf; its ``.results`` keeps
@@ -187,6 +193,7 @@ def run(
     _check_positive_int("eval_every", eval_every)
     if rounds % eval_every:
         raise ValueError(f"eval_every={eval_every} must divide rounds={rounds}")
+    start, stop = _check_seed_range(seed_range, seeds)
     params = env.default_params if env_params is None else env_params
     config = {
         "agent": describe(agent),
@@ -195,8 +202,10 @@ def run(
         "rounds": rounds,
         "seeds": seeds,
         "eval_every": eval_every,
+        "seed_range": [start, stop],
     }
-    seed_keys = jax.random.split(_as_key(key), seeds)
+    # the per-seed keys of the full run, so a range reproduces its seeds of the full run exactly
+    seed_keys = jax.random.split(_as_key(key), seeds)[start:stop]
     impl = jax.random.key_impl(seed_keys)
     config["key_impl"] = str(impl)
     if getattr(env, "pure_jax", False):
@@ -205,19 +214,33 @@ def run(
             env,
             params,
             impl,
-            seeds,
+            stop - start,
             shard_seeds,
             resolve_seed_chunk(seed_chunk),
             resolve_compiler_options(compiler_options),
         )
     else:
-        runner = _HostRunner(agent, env, params, impl, seeds)
+        runner = _HostRunner(agent, env, params, impl, stop - start)
     return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"run: {name}={value!r} is out of range; expected an integer >= 1")
+
+
+def _check_seed_range(seed_range: Any, seeds: int) -> tuple[int, int]:
+    """``(start, stop)`` of the seeds to run; ``(0, seeds)`` for ``None``."""
+    if seed_range is None:
+        return 0, int(seeds)
+    ok = isinstance(seed_range, tuple | list) and len(seed_range) == 2
+    ok = ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in seed_range)
+    if not ok or not 0 <= seed_range[0] < seed_range[1] <= seeds:
+        raise ValueError(
+            f"run: seed_range={seed_range!r} is out of range; expected (start, stop) integers with "
+            f"0 <= start < stop <= seeds={seeds}"
+        )
+    return int(seed_range[0]), int(seed_range[1])
 
 
 CPU_SEED_CHUNK = 128

@@ -1,4 +1,9 @@
-"""``benchmarks/throughput.py``: its NumPy loop is the algorithm ``cdb.run`` runs, and the script runs."""
+"""The benchmark scripts: ``throughput.py``'s NumPy loop is the algorithm ``cdb.run`` runs, the
+scripts run, ``sample_efficiency.py``'s table is its store's numbers, and the example sweeps load.
+
+The scripts import only the installed ``cdb``; the tests import the scripts themselves as the
+``benchmarks`` folder of this checkout (a folder of scripts, not part of the package).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from benchmarks import throughput  # noqa: E402
 
@@ -69,3 +75,77 @@ def test_throughput_script_writes_consistent_figures(tmp_path):
     assert set(figures["jax_decisions_per_s_by_variant"]) == {"default", "unchunked", "xla_defaults"}
     assert figures["jax_decisions_per_s_by_variant"]["default"] == figures["jax_decisions_per_s"]
     assert figures["jax_decisions_per_s"] == pytest.approx(4 * 6 * 4 / figures["jax_best_s"])  # JAX seeds × rounds × B
+
+
+def test_benchmarks_import_only_the_installed_package():
+    for script in (ROOT / "benchmarks").rglob("*.py"):
+        text = script.read_text()
+        assert "sys.path" not in text, script
+        assert "from benchmarks" not in text and "import benchmarks" not in text, script
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "benchmarks/regret_curves.py",
+        *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks" / "sweeps").glob("*.py")),
+    ],
+)
+def test_sweep_configs_load_and_name_their_cells(config):
+    from cdb.sweep import load_sweep
+
+    cells = load_sweep(ROOT / config).cells()
+    names = [c.name for c in cells]
+    assert names == sorted(names) and len(set(names)) == len(names) and len({c.id for c in cells}) == len(cells)
+
+
+def test_regret_curves_sweep_is_every_agent_on_every_environment():
+    from benchmarks import regret_curves
+
+    cells = regret_curves.SWEEP.cells()
+    assert {(c.env_name, c.agent_name) for c in cells} == {
+        (e, a) for e in regret_curves.ENVS for a in regret_curves.DEFAULT_AGENTS
+    }
+    assert all((c.rounds, c.seeds, c.eval_every, c.key) == (200, 8, 20, 0) for c in cells)
+
+
+def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    out = np.empty(values.shape)
+    for t in range(values.shape[1]):
+        out[:, t] = values[:, max(0, t - window + 1) : t + 1].mean(axis=1)
+    return out
+
+
+@pytest.mark.slow
+def test_sample_efficiency_tiny_table_is_its_stores_numbers(tmp_path):
+    import cdb
+    from benchmarks import sample_efficiency
+    from cdb.store import Store
+
+    out, store_dir = tmp_path / "out", tmp_path / "store"
+    argv = "--tiny --rounds 8 --seeds 2 --eval-every 4 --agents online_dpo sea_ee_ts --no-progress".split()
+    argv += ["--out", str(out), "--store", str(store_dir), "--online-target", "0.5", "--gap-target", "0.1"]
+    sample_efficiency.main(argv)
+    table = (out / "queries_to_target.md").read_text()
+    assert (out / "sample_efficiency.png").stat().st_size > 0
+    store = Store(store_dir)
+    by_agent = {r["agent"]: store.load_results(cid) for cid, r in store.index().items()}
+    assert sorted(by_agent) == ["online_dpo", "sea_ee_ts"]
+    assert all(r["status"] == "done" for r in store.index().values())
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    for name, res in by_agent.items():
+        assert res.num_seeds == 2 and res.num_rounds == 8
+        np.testing.assert_allclose(
+            res.metrics["online_win_rate_smoothed"], _trailing_mean(res.metrics["online_win_rate"], 16), rtol=1e-6
+        )
+        final = res.metrics["regret"].sum(axis=1)
+        assert f"| {final.mean():.0f} ± {final.std(ddof=1) / np.sqrt(2):.0f} |" in rows[name]
+        win = res.eval_metrics["win_rate"][:, -1]
+        assert f"| {win.mean():.3f} ± {win.std(ddof=1) / np.sqrt(2):.3f} |" in rows[name]
+        assert str(cdb.queries_to_target(res, "gap_closed", 0.1, "above")) in rows[name]
+    frame = __import__("pandas").read_csv(out / "sample_efficiency.csv")
+    assert sorted(set(frame["agent"])) == ["online_dpo", "sea_ee_ts"]
+    # from the store alone, without running: the same table
+    (out / "queries_to_target.md").unlink()
+    sample_efficiency.main(argv + ["--from-saved"])
+    assert (out / "queries_to_target.md").read_text() == table

@@ -1,4 +1,4 @@
-"""Shared helpers for benchmark scripts: a header naming the command and machine, tables, output paths."""
+"""Text helpers for benchmark and sweep reports: a header naming the command and machine, markdown tables."""
 
 from __future__ import annotations
 
@@ -22,12 +22,14 @@ def header() -> str:
 
 
 def output_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``, created with its parents if missing."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A GitHub markdown table of ``rows`` (dicts) with the given ``columns``, in that order."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
