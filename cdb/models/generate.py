@@ -226,9 +226,7 @@ def _decode(key, policy, params, state, first_logits, length, temperature, top_p
     return Generation(tokens=tokens, logprobs=logps, mask=masks, steps=steps), state
 
 
-@functools.partial(
-    jax.jit, static_argnames=("policy", "length", "eos_id", "pad_id"), donate_argnames=("state",)
-)
+@functools.partial(jax.jit, static_argnames=("policy", "length", "eos_id", "pad_id"), donate_argnames=("state",))
 def decode(
     key: PRNGKey,
     policy: Policy,
