@@ -141,19 +141,22 @@ def prompts_for(batch: int, vocab: int, seed: int = 0):
 
 def memory_bandwidth() -> dict:
     """Best copy bandwidth (read + write bytes per second) of a 256 MiB float32 array: numpy and torch."""
-    import torch
-
     n = 64 * 2**20
     src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
-    tsrc, tdst = torch.ones(n), torch.empty(n)
-    best = {"numpy": 0.0, "torch": 0.0}
+    copies = {"numpy": lambda: np.copyto(dst, src)}
+    try:
+        import torch
+
+        tsrc, tdst = torch.ones(n), torch.empty(n)
+        copies["torch"] = lambda: tdst.copy_(tsrc)
+    except ImportError:
+        pass
+    best = dict.fromkeys(copies, 0.0)
     for _ in range(5):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best["numpy"] = max(best["numpy"], 2 * src.nbytes / (time.perf_counter() - t))
-        t = time.perf_counter()
-        tdst.copy_(tsrc)
-        best["torch"] = max(best["torch"], 2 * src.nbytes / (time.perf_counter() - t))
+        for name, copy in copies.items():
+            t = time.perf_counter()
+            copy()
+            best[name] = max(best[name], 2 * src.nbytes / (time.perf_counter() - t))
     return {k: v / 1e9 for k, v in best.items()}
 
 
@@ -237,26 +240,46 @@ def main(argv=None):
         t2 = time.perf_counter()
         return tokens, t2 - t0, t2 - t1
 
-    def run_hf(prompts, mask):
+    def run_hf(prompts, mask, new_tokens=length):
         with torch.inference_mode():
             t0 = time.perf_counter()
             out = hf.generate(
                 input_ids=torch.from_numpy(prompts.astype(np.int64)),
                 attention_mask=torch.from_numpy(mask.astype(np.int64)),
-                max_new_tokens=length,
-                min_new_tokens=length,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
                 do_sample=False,
             )
             return out[:, prompts.shape[1] :].numpy(), time.perf_counter() - t0
 
     rows = []
+    figures = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "machine": f"{platform.node()} {platform.machine()}, {threads} cores",
+        "weights": source,
+        "jax": jax.__version__,
+        "torch": torch.__version__ if have_torch else None,
+        "threads": threads,
+        "repeats": args.repeats,
+        "parameters": n_params,
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every stage, so an interrupted run keeps what it measured
+        (args.out / "llm_throughput.json").write_text(json.dumps(figures, indent=2) + "\n")
+        cols = list(rows[0]) if rows else []
+        lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
+        (args.out / "llm_throughput.csv").write_text("\n".join(lines) + "\n")
+
     for batch in args.batches:
         prompts, mask = prompts_for(batch, config.vocab_size)
         t = time.perf_counter()
         ours, _, _ = run_cdb(prompts, mask)  # compiles
         compile_s = time.perf_counter() - t
         if hf is not None:
-            run_hf(prompts, mask)  # warm-up
+            run_hf(prompts, mask, 2)  # warm-up
         best = {"cdb": float("inf"), "decode": float("inf"), "hf": float("inf")}
         theirs = None
         for _ in range(args.repeats):
@@ -283,44 +306,28 @@ def main(argv=None):
             )
         rows.append(row)
         print(json.dumps(row), flush=True)
+        save()
 
-    figures = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
-        "machine": f"{platform.node()} {platform.machine()}, {threads} cores",
-        "weights": source,
-        "jax": jax.__version__,
-        "torch": torch.__version__ if have_torch else None,
-        "threads": threads,
-        "repeats": args.repeats,
-        "parameters": n_params,
-        "rows": rows,
-    }
-    if have_torch:
+    row8 = next((r for r in rows if r["batch"] == 8), None)
+    if row8 is not None:
         bandwidth = memory_bandwidth()
-        row8 = next((r for r in rows if r["batch"] == 8), None)
-        if row8 is not None:
-            slots = PROMPT_LEN + length
-            kv_bytes = 2 * config.num_layers * 8 * slots * config.num_kv_heads * config.head_dim * 4
-            step_bytes = weight_bytes + kv_bytes
-            achieved = step_bytes / (row8["cdb_decode_step_ms"] / 1e3) / 1e9
-            figures["roofline_batch8"] = {
-                "bytes_per_step": step_bytes,
-                "weight_bytes": weight_bytes,
-                "kv_cache_bytes": kv_bytes,
-                "achieved_GBps": achieved,
-                "copy_bandwidth_GBps": bandwidth,
-                "share": achieved / max(bandwidth.values()),
-            }
-            print(json.dumps(figures["roofline_batch8"]))
+        slots = PROMPT_LEN + length
+        kv_bytes = 2 * config.num_layers * 8 * slots * config.num_kv_heads * config.head_dim * 4
+        step_bytes = weight_bytes + kv_bytes
+        achieved = step_bytes / (row8["cdb_decode_step_ms"] / 1e3) / 1e9
+        figures["roofline_batch8"] = {
+            "bytes_per_step": step_bytes,
+            "weight_bytes": weight_bytes,
+            "kv_cache_bytes": kv_bytes,
+            "achieved_GBps": achieved,
+            "copy_bandwidth_GBps": bandwidth,
+            "share": achieved / max(bandwidth.values()),
+        }
+        print(json.dumps(figures["roofline_batch8"]), flush=True)
     if not args.no_dpo:
         figures["dpo_step_seconds"] = dpo_step_time(policy, params, args.repeats)
-        print(f"DPO step (8 pairs, 32 + 64 tokens): {figures['dpo_step_seconds']:.2f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "llm_throughput.json").write_text(json.dumps(figures, indent=2) + "\n")
-    cols = list(rows[0])
-    lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
-    (args.out / "llm_throughput.csv").write_text("\n".join(lines) + "\n")
+        print(f"DPO step (8 pairs, 32 + 64 tokens): {figures['dpo_step_seconds']:.2f} s", flush=True)
+    save()
     return figures
 
 
