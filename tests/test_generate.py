@@ -215,6 +215,13 @@ def test_generate_text_buckets_prompts_and_does_not_recompile(model):
     assert second == model.decode(np.asarray(out.tokens), np.asarray(out.mask))
 
 
+def test_pretrained_generate_is_generate_text(model):
+    key = jax.random.key(3)
+    texts = model.generate(["hi", "hello there"], 5, temperature=1.0, key=key, num_samples=2)
+    assert texts == generate_text(model, ["hi", "hello there"], 5, temperature=1.0, key=key, num_samples=2)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+
+
 def test_bad_input(model, prompts):
     tokens, mask = prompts
     args = (jax.random.key(0), model.policy, model.params, tokens, mask)

@@ -14,6 +14,7 @@ reference = load_pretrained("path/to/hf-folder")        # or a .gguf file, or "s
 policy, params = with_lora(reference, rank=8, alpha=16, key=key)   # pi_theta; pi_ref = reference
 """
 
+from cdb.models.generate import Generation, bucket_length, generate, generate_text
 from cdb.models.hf import config_from_hf, params_from_hf
 from cdb.models.lora import base_params, lora_optimizer, lora_trainable, merge_lora, with_lora
 from cdb.models.pretrained import Pretrained, load_pretrained
@@ -52,6 +53,10 @@ from cdb.models.transformer import (
 )
 
 __all__ = [
+    "Generation",
+    "bucket_length",
+    "generate",
+    "generate_text",
     "ARCHITECTURES",
     "DecodeState",
     "KVCache",

@@ -99,6 +99,36 @@ class Pretrained:
                 mask[row, width - len(seq) :] = True
         return tokens, mask
 
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        key: Any,
+        chat: bool = True,
+        num_samples: int = 1,
+    ) -> list[str]:
+        """Text responses to ``prompts``, ``num_samples`` per prompt (sample ``m`` of prompt ``b`` at ``b·M + m``).
+
+        Each response stops at the tokenizer's EOS or after ``max_new_tokens`` tokens; ``temperature=0``
+        decodes greedily. See :func:`cdb.models.generate.generate_text` (prefill once per prompt, one
+        compiled decode loop, prompt lengths bucketed to powers of two).
+        """
+        from cdb.models.generate import generate_text  # the sampler imports this module
+
+        return generate_text(
+            self,
+            prompts,
+            max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            key=key,
+            chat=chat,
+            num_samples=num_samples,
+        )
+
     def decode(self, tokens: np.ndarray, mask: np.ndarray | None = None) -> list[str]:
         """Response texts of ``tokens`` ``[N, L]``: each row up to (not including) its first EOS."""
         tokens = np.asarray(tokens)
