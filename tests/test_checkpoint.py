@@ -297,11 +297,13 @@ DESCRIBE = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, sys.argv[2])
-    from sequence_fixtures import build_tiny_env, tiny_agents
+    from sequence_fixtures import LEARNING_ENSEMBLE, NUM_CANDIDATES, build_tiny_env
+    from cdb.agents import alignment
     from cdb.run import describe
 
-    env = build_tiny_env(sys.argv[1])
-    print(json.dumps(describe(tiny_agents(env)["sea_ee_ts"])))
+    env = build_tiny_env(sys.argv[1])  # reads the reference policy the test session trained
+    agent = alignment.sea(env.reference, num_candidates=NUM_CANDIDATES, rule="ee_ts", reward_model=LEARNING_ENSEMBLE)
+    print(json.dumps(describe(agent)))
     """
 )
 
