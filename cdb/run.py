@@ -3,14 +3,18 @@
 For a pure-JAX environment the experiment is compiled: one round is a pure function, a block
 of ``eval_every`` rounds is a ``lax.scan``, and seeds are a ``vmap``; the compiled block (and
 the compiled evaluation) is reused for every block, so a thousand seeds cost about one
-compilation. Between blocks the host records metrics, checks losses for NaN/inf, updates the
-progress bar and writes checkpoints.
+compilation. Between blocks the host records metrics, checks every floating metric and the
+agent state for NaN/inf, updates the progress bar and writes checkpoints.
 Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7). On a
 CPU, each device runs its seeds in chunks (``seed_chunk``): all rounds of a block for one chunk,
-then the next, so a round's working set stays in cache.
+then the next, so a round's working set stays in cache; the evaluation runs in the same chunks
+and the block donates its input state, so memory beyond the carried state does not grow with
+the seeds past one chunk (``benchmarks/memory.py``).
 
 Otherwise (``env.pure_jax`` is False, e.g. an oracle on the host) a host loop calls the jitted
-agent functions and the environment round by round.
+agent functions and the environment round by round, with the same checkpoints, a progress bar
+that moves every round, and per-round wall seconds of the agent's select and update and of the
+environment's step.
 
 Randomness: seed ``s`` gets ``k_s = split(key, seeds)[s]``; round ``t`` uses
 ``fold_in(k_s, t)``, so results do not depend on how the run is cut into blocks or resumed.
@@ -274,11 +278,15 @@ def run(
       agent, env: an :class:`~cdb.types.Agent` and an :class:`~cdb.types.Environment`.
       rounds: number of rounds T; each round plays ``env.spec.batch_size`` duels.
       seeds: number of independent seeds (problem instance and agent randomness).
-      key: an int or a JAX key; the same key gives the same results. Every key the agent and
-        the environment are handed is of the same PRNG as ``key`` (an int means JAX's default,
-        threefry). In jax 0.10, ``"philox4x32"`` keys do not compile with seeds sharded over
-        several devices (XLA cannot convert Philox's ``mulhi``); use them with one device.
-      env_params: environment parameters (default: ``env.default_params``).
+      key: an int in ``[0, 2**32)``, one typed JAX key (``jax.random.key(n)``, any PRNG) or the
+        raw ``uint32`` data of one default key; anything else (a float, a bool, a batch of keys,
+        an int JAX would silently truncate) is a ``ValueError``. The same key gives the same
+        results, and the config records it. Every key the agent and the environment are handed
+        is of the same PRNG as ``key`` (an int means JAX's default, threefry). In jax 0.10,
+        ``"philox4x32"`` keys do not compile with seeds sharded over several devices (XLA cannot
+        convert Philox's ``mulhi``); use them with one device.
+      env_params: environment parameters (default: ``env.default_params``); they must have the
+        tree structure, shapes and dtype kinds of ``env.default_params`` (checked before tracing).
       eval_every: evaluate ``agent.recommend`` on held-out contexts (BAI regret and any other
         metric the environment reports) at round 0 and every ``eval_every`` rounds; must divide
         ``rounds``. ``None`` evaluates only at rounds 0 and T.
@@ -297,8 +305,13 @@ def run(
         ``None``: XLA's defaults; a dict: exactly those. Results agree to float rounding (the
         order of a sum may change), and the same options always give the same results.
         Ignored for host-loop environments.
-      checkpoint_dir: with orbax, save the state after every block; with ``resume=True``
-        continue from the last checkpoint there. Resumed runs give the same curves.
+      checkpoint_dir: with orbax, save the state after every block (see :mod:`cdb.checkpoint` for
+        what the folder holds); a folder that already holds checkpoints needs ``resume=True``.
+      resume: continue from the last readable checkpoint in ``checkpoint_dir`` (or start afresh
+        if there is none). The saved configuration must equal this run's except for ``rounds``:
+        more rounds extend the run, fewer return its first ``rounds``. Resumed runs give the
+        same curves. If a block fails (e.g. an oracle that gives up after its retries), the
+        exception carries a note saying how many rounds are checkpointed and how to resume.
       on_block: called after every block with ``(rounds_done, results_so_far)``.
       seed_range: ``(start, stop)`` runs only seeds ``start, ..., stop - 1`` of the ``seeds``-seed
         experiment, each with exactly the key it has in the full run, so runs of consecutive
@@ -310,8 +323,11 @@ def run(
       with ``seed_range``).
 
     Raises:
-      NonFiniteLossError: a recorded ``*loss*`` metric became NaN/inf; its ``.results`` keeps
-        the rounds completed before it.
+      NonFiniteLossError: a recorded floating per-round metric (a loss, a regret, an agent's own
+        scalar) became NaN/inf, or a floating leaf of the agent's state did (checked after every
+        block); its ``.results`` keeps the rounds completed before it.
+      ValueError: an argument out of range (the message names it), or a checkpoint folder of
+        another configuration.
     """
     _check_positive_int("rounds", rounds)
     _check_positive_int("seeds", seeds)
