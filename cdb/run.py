@@ -18,6 +18,12 @@ environment's step.
 
 Randomness: seed ``s`` gets ``k_s = split(key, seeds)[s]``; round ``t`` uses
 ``fold_in(k_s, t)``, so results do not depend on how the run is cut into blocks or resumed.
+
+This module holds the public :func:`run` (argument checks, the configuration, the loop over
+blocks with its NaN guard and checkpoints); the compiled and the host runner are in
+:mod:`cdb.runners`, the XLA options and seed chunks in :mod:`cdb.xla_options`, and the names
+other modules imported from here (``CPU_SEED_CHUNK``, ``resolve_compiler_options``, ``Carry``,
+...) are re-exported.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import hashlib
 import inspect
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,14 +41,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from tqdm import tqdm
 
-from cdb.metrics import round_metrics, scalar_info
 from cdb.results import Results
+from cdb.runners.common import Carry
+from cdb.runners.compiled import CompiledRunner, compiled_runner
+from cdb.runners.host import HostRunner
 from cdb.types import Agent, Environment
-
-_RESET, _INIT, _ROUNDS, _EVAL = range(4)
+from cdb.xla_options import (
+    CPU_COMPILER_OPTIONS,
+    CPU_SEED_CHUNK,
+    _default_compiler_options,
+    resolve_compiler_options,
+    resolve_seed_chunk,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,16 +82,6 @@ class NonFiniteLossError(FloatingPointError):
             f"{where}; the run stopped. The {kept} rounds completed before it are in this error's `.results`."
         )
         self.metric, self.round, self.seed, self.results = metric, round_, seed, results
-
-
-@struct.dataclass
-class Carry:
-    """Everything one seed's experiment carries from round to round."""
-
-    env_state: Any
-    agent_state: Any
-    obs: Any
-    seed_key: jax.Array  # raw uint32 key data, so checkpoints need no typed-key support
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -206,54 +207,6 @@ def _check_env_params(env: Environment, params: Any) -> None:
             )
 
 
-def _stage_key(seed_key: jax.Array, stage: int, index, impl: str) -> jax.Array:
-    """The key of one stage (rounds / evaluation) at one index, from a seed's raw key data."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(seed_key, impl=impl), stage), index)
-
-
-def _state_is_finite(agent_state: Any) -> jax.Array:
-    """Whether every floating leaf of one seed's agent state is finite (a scalar bool)."""
-    ok = jnp.bool_(True)
-    for leaf in jax.tree.leaves(agent_state):
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-            ok = ok & jnp.all(jnp.isfinite(leaf))
-    return ok
-
-
-def _make_functions(agent: Agent, env: Environment, params: Any, impl: str):
-    """Pure per-seed functions: init, one round, one evaluation; ``impl`` names the PRNG."""
-
-    def init(seed_key: jax.Array) -> Carry:
-        raw = jax.random.key_data(seed_key)
-        k_reset, k_init = (jax.random.fold_in(seed_key, s) for s in (_RESET, _INIT))
-        env_state, obs = env.reset(k_reset, params)
-        agent_state = agent.init(k_init, env.spec)
-        return Carry(env_state, agent_state, obs, raw)
-
-    def one_round(carry: Carry, t: jax.Array):
-        k_select, k_env, k_update = jax.random.split(_stage_key(carry.seed_key, _ROUNDS, t, impl), 3)
-        duel, select_info = agent.select(k_select, carry.agent_state, carry.obs)
-        # The environment steps only once the duel is complete. Agents that keep what they need
-        # of ``obs`` in ``duel.aux`` leave the round's observation dead here, so XLA can draw the
-        # next one into the same buffer instead of copying a [seeds, B, K, d] array every round.
-        duel, env_state = jax.lax.optimization_barrier((duel, carry.env_state))
-        env_state, next_obs, feedback, info = env.step(k_env, env_state, duel, params)
-        agent_state, update_info = agent.update(k_update, carry.agent_state, carry.obs, duel, feedback)
-        metrics = {**scalar_info(select_info), **scalar_info(update_info), **round_metrics(info, feedback)}
-        return carry.replace(env_state=env_state, agent_state=agent_state, obs=next_obs), metrics
-
-    def evaluation(carry: Carry, index: jax.Array) -> dict[str, jax.Array]:
-        k_rec, k_eval = jax.random.split(_stage_key(carry.seed_key, _EVAL, index, impl))
-        obs = env.eval_observation(carry.env_state, params)
-        arms = agent.recommend(k_rec, carry.agent_state, obs)
-        return {
-            k: jnp.mean(v).astype(jnp.float32)
-            for k, v in env.evaluate(k_eval, carry.env_state, obs, arms, params).items()
-        }
-
-    return init, one_round, evaluation
-
-
 def run(
     agent: Agent,
     env: Environment,
@@ -362,7 +315,7 @@ def run(
         "key_impl": str(impl),
     }
     if getattr(env, "pure_jax", False):
-        runner = _compiled_runner(
+        runner = compiled_runner(
             agent,
             env,
             params,
@@ -373,7 +326,7 @@ def run(
             resolve_compiler_options(compiler_options),
         )
     else:
-        runner = _HostRunner(agent, env, params, impl, stop - start)
+        runner = HostRunner(agent, env, params, impl, stop - start)
     return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block)
 
 
@@ -395,293 +348,6 @@ def _check_seed_range(seed_range: Any, seeds: int) -> tuple[int, int]:
             f"0 <= start < stop <= seeds={seeds}"
         )
     return int(seed_range[0]), int(seed_range[1])
-
-
-CPU_SEED_CHUNK = 128
-"""Seeds per chunk that ``seed_chunk="auto"`` aims for on a CPU (the fastest of 32, 64, 128 and 256
-in runs of ``benchmarks/throughput.py --seed-chunks``, by 1–18%; all 512 seeds of a device were
-slower: 128 seeds' features and scores fit in a core's 512 KiB L2 cache)."""
-
-
-def resolve_seed_chunk(seed_chunk: int | str | None) -> int | None:
-    """The seeds per chunk that ``run(..., seed_chunk=seed_chunk)`` uses (``None``: no chunks)."""
-    if seed_chunk == "auto":
-        return CPU_SEED_CHUNK if jax.default_backend() == "cpu" else None
-    if seed_chunk is None:
-        return None
-    if isinstance(seed_chunk, bool) or not isinstance(seed_chunk, int | np.integer) or seed_chunk < 1:
-        raise ValueError(f'run: seed_chunk={seed_chunk!r} is out of range; expected "auto", None or an integer >= 1')
-    return int(seed_chunk)
-
-
-CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
-    "xla_cpu_copy_insertion_use_region_analysis": True,
-}
-"""XLA options that ``compiler_options="auto"`` sets on a CPU.
-
-* YNNPACK for dot products only. XLA:CPU also hands reductions to YNNPACK by default; a bandit
-  round's reductions are small and many (each member's argmax over K arms, for every context of
-  every seed), and XLA's own loops run them faster.
-* Copy insertion with region analysis. Without it XLA copies loop-carried buffers that a round
-  overwrites (the round's ``[B, K, d]`` features, twice a round, and the counters of JAX's threefry
-  loops); with it those copies go.
-
-Together they make E&E-TS in ``benchmarks/throughput.py`` ×1.2–1.8 faster than XLA's defaults
-(``compiler_options=None``), timed side by side there (the README has the figures)."""
-
-
-def resolve_compiler_options(compiler_options: dict[str, Any] | str | None) -> dict[str, Any]:
-    """The XLA options that ``run(..., compiler_options=compiler_options)`` compiles with."""
-    if compiler_options == "auto":
-        return _default_compiler_options(jax.default_backend())
-    if compiler_options is None:
-        return {}
-    if not isinstance(compiler_options, dict):
-        raise ValueError(f'run: compiler_options={compiler_options!r} is out of range; expected "auto", None or a dict')
-    return dict(compiler_options)
-
-
-@functools.cache
-def _default_compiler_options(backend: str) -> dict[str, Any]:
-    if backend != "cpu":
-        return {}
-    try:  # option names belong to one XLA version; another may not know them
-        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.float32(0)).compile()
-    except jax.errors.JaxRuntimeError:
-        return {}
-    return dict(CPU_COMPILER_OPTIONS)
-
-
-def _in_chunks(batched: Callable, seeds: int, chunk: int | None) -> Callable:
-    """``batched(carry, ts)`` (vmapped over ``seeds``) run on chunks of at most ``chunk`` seeds.
-
-    The chunks are a ``lax.map``: XLA runs every round of the block for one chunk before the
-    next, so that chunk's features, scores and state stay in cache across rounds. The seeds are
-    split into ``n = ceil(seeds / chunk)`` equal chunks, the last seed repeated to fill them
-    (fewer than ``n`` copies, dropped from the output).
-    """
-    if chunk is None or chunk >= seeds:
-        return batched
-    n_chunks = -(-seeds // chunk)
-    size = -(-seeds // n_chunks)
-    pad = n_chunks * size - seeds
-
-    def split(x):
-        if pad:
-            x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
-        return x.reshape(n_chunks, size, *x.shape[1:])
-
-    def merge(x):
-        return x.reshape(n_chunks * size, *x.shape[2:])[:seeds]
-
-    def chunked(carry, ts):
-        out = jax.lax.map(lambda c: batched(c, ts), jax.tree.map(split, carry))
-        return jax.tree.map(merge, out)
-
-    return chunked
-
-
-def _compiled_runner(agent, env, params, impl, seeds, shard_seeds, seed_chunk, compiler_options) -> _CompiledRunner:
-    """Reuses the jitted functions of an identical earlier configuration (no recompilation).
-
-    The environment parameters are closed over as constants, so they are part of the cache key
-    by value.
-    """
-    try:
-        options = tuple(sorted(compiler_options.items()))
-        key = (agent, env, _value_key(params), impl, seeds, shard_seeds, seed_chunk, options)
-        hash(key)
-    except TypeError:  # an unhashable agent, environment or option value: build afresh
-        return _CompiledRunner(agent, env, params, impl, seeds, shard_seeds, seed_chunk, compiler_options)
-    return _cached_runner(key, params)
-
-
-def _value_key(tree) -> tuple:
-    leaves, treedef = jax.tree.flatten(tree)
-    arrays = [np.asarray(leaf) for leaf in leaves]
-    return (treedef, tuple((a.shape, a.dtype.str, a.tobytes()) for a in arrays))
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_runner_for_key(key) -> dict:
-    return {}
-
-
-def _cached_runner(key, params) -> _CompiledRunner:
-    slot = _cached_runner_for_key(key)
-    if "runner" not in slot:
-        agent, env, _, impl, seeds, shard_seeds, seed_chunk, options = key
-        slot["runner"] = _CompiledRunner(agent, env, params, impl, seeds, shard_seeds, seed_chunk, dict(options))
-    return slot["runner"]
-
-
-class _CompiledRunner:
-    """Blocks of rounds as one jitted ``vmap(scan)`` over seeds.
-
-    The block donates its input carry (``donate_argnums``), so the state of all seeds is held
-    once, not twice; the evaluation runs in the same seed chunks as the block, so its working
-    memory does not grow with the seeds beyond one chunk.
-    """
-
-    ticks_per_round = False
-
-    def __init__(self, agent, env, params, impl, seeds, shard_seeds, seed_chunk=None, compiler_options=None):
-        init, one_round, evaluation = _make_functions(agent, env, params, impl)
-
-        def block(carry: Carry, ts: jax.Array):
-            carry, metrics = jax.lax.scan(one_round, carry, ts)
-            return carry, metrics, _state_is_finite(carry.agent_state)
-
-        n_dev = jax.device_count()
-        if shard_seeds is None:
-            shard_seeds = n_dev > 1 and seeds % n_dev == 0
-        if shard_seeds and seeds % n_dev:
-            raise ValueError(f"shard_seeds needs seeds divisible by the {n_dev} devices; got seeds={seeds}")
-        jit_kwargs: dict[str, Any] = {"compiler_options": compiler_options or None}
-        batched_block = jax.vmap(block, in_axes=(0, None))
-        batched_eval = jax.vmap(evaluation, in_axes=(0, None))
-        if shard_seeds:
-            # Auto axes: agents and environments index host constants (e.g. a context pool) with
-            # seed-sharded indices, which explicit-axis meshes reject.
-            mesh = jax.make_mesh((n_dev,), ("seeds",), axis_types=(jax.sharding.AxisType.Auto,))
-            seeds_spec = jax.sharding.PartitionSpec("seeds")
-            self.sharding = jax.sharding.NamedSharding(mesh, seeds_spec)
-            jit_kwargs["out_shardings"] = self.sharding
-            if seed_chunk is not None and seed_chunk < seeds // n_dev:
-                # chunks of each device's own seeds: a lax.map over a sharded axis would gather it
-                def per_device(fn):
-                    return jax.shard_map(
-                        _in_chunks(fn, seeds // n_dev, seed_chunk),
-                        mesh=mesh,
-                        in_specs=(seeds_spec, jax.sharding.PartitionSpec()),
-                        out_specs=seeds_spec,
-                    )
-
-                batched_block, batched_eval = per_device(batched_block), per_device(batched_eval)
-        else:
-            self.sharding = None
-            batched_block = _in_chunks(batched_block, seeds, seed_chunk)
-            batched_eval = _in_chunks(batched_eval, seeds, seed_chunk)
-        self.init = jax.jit(jax.vmap(init), **jit_kwargs)
-        self.block = jax.jit(batched_block, donate_argnums=0, **jit_kwargs)
-        self.evaluate = jax.jit(batched_eval, **jit_kwargs)
-
-    def start(self, seed_keys):
-        if self.sharding is not None:
-            seed_keys = jax.device_put(seed_keys, self.sharding)
-        return self.init(seed_keys)
-
-    def place(self, carry):
-        """A carry restored from a checkpoint, laid out as :meth:`start` lays it out."""
-        return carry if self.sharding is None else jax.device_put(carry, self.sharding)
-
-    def run_block(self, carry, start, length, eval_index, tick=None):
-        """``(carry, metrics [seeds, length], state_finite [seeds], evaluation)``; ``carry`` is donated."""
-        # the evaluation is its own compiled program, shared by round 0 and every block
-        carry, metrics, finite = self.block(carry, jnp.arange(start, start + length, dtype=jnp.int32))
-        return carry, metrics, finite, self.run_eval(carry, eval_index)
-
-    def run_eval(self, carry, eval_index):
-        return self.evaluate(carry, jnp.int32(eval_index))
-
-
-class _HostRunner:
-    """Round-by-round host loop for environments that cannot be traced (tier 3 oracles).
-
-    The agent's functions are jitted and vmapped over seeds; the environment is called seed by
-    seed. The carry stacks the seeds' environment states and observations (each a pytree of
-    arrays) along a leading seed axis, as the compiled runner does, so checkpoints are the same.
-    Each round records its wall seconds in ``seconds_select`` (the agent's ``select`` for all
-    seeds), ``seconds_env`` (``env.step`` for every seed) and ``seconds_update`` (``update``),
-    the same value for every seed, each timed after ``jax.block_until_ready`` of its results.
-    """
-
-    ticks_per_round = True
-
-    def __init__(self, agent, env, params, impl, seeds):
-        self.agent, self.env, self.params, self.impl = agent, env, params, impl
-        self.select = jax.jit(jax.vmap(agent.select))
-        self.update = jax.jit(jax.vmap(agent.update))
-        self.recommend = jax.jit(jax.vmap(agent.recommend))
-        self.agent_init = jax.jit(jax.vmap(agent.init, in_axes=(0, None)), static_argnums=1)
-        self.finite = jax.jit(jax.vmap(_state_is_finite))
-
-        def stage_keys(seed_keys, stage, index, parts):
-            return jax.vmap(lambda k: jax.random.split(_stage_key(k, stage, index, impl), parts))(seed_keys)
-
-        self.stage_keys = jax.jit(stage_keys, static_argnums=(1, 3))
-
-    def start(self, seed_keys):
-        resets = [self.env.reset(jax.random.fold_in(k, _RESET), self.params) for k in seed_keys]
-        init_keys = jnp.stack([jax.random.fold_in(k, _INIT) for k in seed_keys])
-        agent_state = self.agent_init(init_keys, self.env.spec)
-        env_state, obs = _stack([r[0] for r in resets]), _stack([r[1] for r in resets])
-        return Carry(env_state, agent_state, obs, jax.random.key_data(seed_keys))
-
-    def place(self, carry):
-        return carry
-
-    def run_block(self, carry, start, length, eval_index, tick=None):
-        rows = []
-        seeds = carry.seed_key.shape[0]
-        for t in range(start, start + length):
-            keys = self.stage_keys(carry.seed_key, _ROUNDS, jnp.int32(t), 3)
-            clock = time.perf_counter()
-            duel, select_info = jax.block_until_ready(self.select(keys[:, 0], carry.agent_state, carry.obs))
-            after_select = time.perf_counter()
-            steps = [
-                self.env.step(keys[s, 1], _index(carry.env_state, s), _index(duel, s), self.params)
-                for s in range(seeds)
-            ]
-            env_state, next_obs, feedback = (_stack([st[i] for st in steps]) for i in range(3))
-            jax.block_until_ready((env_state, next_obs, feedback))
-            after_env = time.perf_counter()
-            agent_state, update_info = jax.block_until_ready(
-                self.update(keys[:, 2], carry.agent_state, carry.obs, duel, feedback)
-            )
-            after_update = time.perf_counter()
-            timings = {
-                "seconds_select": after_select - clock,
-                "seconds_env": after_env - after_select,
-                "seconds_update": after_update - after_env,
-            }
-            rows.append(
-                {
-                    **scalar_info_batched(select_info),
-                    **scalar_info_batched(update_info),
-                    **_stack([round_metrics(st[3], st[2]) for st in steps]),
-                    **{k: np.full(seeds, v, np.float32) for k, v in timings.items()},
-                }
-            )
-            carry = Carry(env_state, agent_state, next_obs, carry.seed_key)
-            if tick is not None:
-                tick(1)
-        metrics = {k: np.stack([np.asarray(r[k]) for r in rows], axis=1) for k in rows[0]}
-        return carry, metrics, self.finite(carry.agent_state), self.run_eval(carry, eval_index)
-
-    def run_eval(self, carry, eval_index):
-        keys = self.stage_keys(carry.seed_key, _EVAL, jnp.int32(eval_index), 2)
-        seeds = carry.seed_key.shape[0]
-        obs = [self.env.eval_observation(_index(carry.env_state, s), self.params) for s in range(seeds)]
-        arms = self.recommend(keys[:, 0], carry.agent_state, _stack(obs))
-        out = [
-            self.env.evaluate(keys[s, 1], _index(carry.env_state, s), obs[s], arms[s], self.params)
-            for s in range(seeds)
-        ]
-        return {k: jnp.stack([jnp.mean(o[k]) for o in out]).astype(jnp.float32) for k in out[0]}
-
-
-def scalar_info_batched(info):
-    return {k: v for k, v in info.items() if jnp.ndim(v) == 1}
-
-
-def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _index(tree, s: int):
-    return jax.tree.map(lambda x: x[s], tree)
 
 
 def _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block) -> Results:
@@ -793,3 +459,18 @@ def _assemble(blocks, evals, eval_every, config) -> Results:
     eval_metrics = {(f"eval_{k}" if k in metrics else k): v for k, v in eval_metrics.items()}
     eval_rounds = np.arange(len(evals)) * eval_every
     return Results(metrics, eval_rounds, eval_metrics, json.loads(json.dumps(config, default=str)))
+
+
+# Names importable from ``cdb.run`` since before the runners had modules of their own.
+_CompiledRunner, _HostRunner = CompiledRunner, HostRunner
+__all__ = [
+    "CPU_COMPILER_OPTIONS",
+    "CPU_SEED_CHUNK",
+    "Carry",
+    "NonFiniteLossError",
+    "describe",
+    "resolve_compiler_options",
+    "resolve_seed_chunk",
+    "run",
+    "_default_compiler_options",
+]
