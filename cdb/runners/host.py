@@ -1,0 +1,110 @@
+"""The host runner: round by round, for environments whose oracle runs on the host (tier 3)."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cdb.metrics import round_metrics
+from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, Carry, _stage_key, _state_is_finite
+
+
+class HostRunner:
+    """Round-by-round host loop for environments that cannot be traced (tier 3 oracles).
+
+    The agent's functions are jitted and vmapped over seeds; the environment is called seed by
+    seed. The carry stacks the seeds' environment states and observations (each a pytree of
+    arrays) along a leading seed axis, as the compiled runner does, so checkpoints are the same.
+    Each round records its wall seconds in ``seconds_select`` (the agent's ``select`` for all
+    seeds), ``seconds_env`` (``env.step`` for every seed) and ``seconds_update`` (``update``),
+    the same value for every seed, each timed after ``jax.block_until_ready`` of its results.
+    """
+
+    ticks_per_round = True
+
+    def __init__(self, agent, env, params, impl, seeds):
+        self.agent, self.env, self.params, self.impl = agent, env, params, impl
+        self.select = jax.jit(jax.vmap(agent.select))
+        self.update = jax.jit(jax.vmap(agent.update))
+        self.recommend = jax.jit(jax.vmap(agent.recommend))
+        self.agent_init = jax.jit(jax.vmap(agent.init, in_axes=(0, None)), static_argnums=1)
+        self.finite = jax.jit(jax.vmap(_state_is_finite))
+
+        def stage_keys(seed_keys, stage, index, parts):
+            return jax.vmap(lambda k: jax.random.split(_stage_key(k, stage, index, impl), parts))(seed_keys)
+
+        self.stage_keys = jax.jit(stage_keys, static_argnums=(1, 3))
+
+    def start(self, seed_keys):
+        resets = [self.env.reset(jax.random.fold_in(k, _RESET), self.params) for k in seed_keys]
+        init_keys = jnp.stack([jax.random.fold_in(k, _INIT) for k in seed_keys])
+        agent_state = self.agent_init(init_keys, self.env.spec)
+        env_state, obs = _stack([r[0] for r in resets]), _stack([r[1] for r in resets])
+        return Carry(env_state, agent_state, obs, jax.random.key_data(seed_keys))
+
+    def place(self, carry):
+        return carry
+
+    def run_block(self, carry, start, length, eval_index, tick=None):
+        rows = []
+        seeds = carry.seed_key.shape[0]
+        for t in range(start, start + length):
+            keys = self.stage_keys(carry.seed_key, _ROUNDS, jnp.int32(t), 3)
+            clock = time.perf_counter()
+            duel, select_info = jax.block_until_ready(self.select(keys[:, 0], carry.agent_state, carry.obs))
+            after_select = time.perf_counter()
+            steps = [
+                self.env.step(keys[s, 1], _index(carry.env_state, s), _index(duel, s), self.params)
+                for s in range(seeds)
+            ]
+            env_state, next_obs, feedback = (_stack([st[i] for st in steps]) for i in range(3))
+            jax.block_until_ready((env_state, next_obs, feedback))
+            after_env = time.perf_counter()
+            agent_state, update_info = jax.block_until_ready(
+                self.update(keys[:, 2], carry.agent_state, carry.obs, duel, feedback)
+            )
+            after_update = time.perf_counter()
+            timings = {
+                "seconds_select": after_select - clock,
+                "seconds_env": after_env - after_select,
+                "seconds_update": after_update - after_env,
+            }
+            rows.append(
+                {
+                    **scalar_info_batched(select_info),
+                    **scalar_info_batched(update_info),
+                    **_stack([round_metrics(st[3], st[2]) for st in steps]),
+                    **{k: np.full(seeds, v, np.float32) for k, v in timings.items()},
+                }
+            )
+            carry = Carry(env_state, agent_state, next_obs, carry.seed_key)
+            if tick is not None:
+                tick(1)
+        metrics = {k: np.stack([np.asarray(r[k]) for r in rows], axis=1) for k in rows[0]}
+        return carry, metrics, self.finite(carry.agent_state), self.run_eval(carry, eval_index)
+
+    def run_eval(self, carry, eval_index):
+        keys = self.stage_keys(carry.seed_key, _EVAL, jnp.int32(eval_index), 2)
+        seeds = carry.seed_key.shape[0]
+        obs = [self.env.eval_observation(_index(carry.env_state, s), self.params) for s in range(seeds)]
+        arms = self.recommend(keys[:, 0], carry.agent_state, _stack(obs))
+        out = [
+            self.env.evaluate(keys[s, 1], _index(carry.env_state, s), obs[s], arms[s], self.params)
+            for s in range(seeds)
+        ]
+        return {k: jnp.stack([jnp.mean(o[k]) for o in out]).astype(jnp.float32) for k in out[0]}
+
+
+def scalar_info_batched(info):
+    return {k: v for k, v in info.items() if jnp.ndim(v) == 1}
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _index(tree, s: int):
+    return jax.tree.map(lambda x: x[s], tree)
