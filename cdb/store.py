@@ -109,7 +109,7 @@ class Store:
     def save_results(self, cell_id: str, results: Results) -> Path:
         """Writes the cell's ``Results`` through a temporary file and a rename."""
         path = self.results_path(cell_id)
-        tmp = results.save(path.with_name(f".results.{os.getpid()}.tmp.npz"))
+        tmp = results.save(path.with_name(f".results.{os.getpid()}.tmp.npz"), overwrite=True)  # a crashed writer may leave one
         os.replace(tmp, path)
         return path
 
