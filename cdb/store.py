@@ -109,7 +109,8 @@ class Store:
     def save_results(self, cell_id: str, results: Results) -> Path:
         """Writes the cell's ``Results`` through a temporary file and a rename."""
         path = self.results_path(cell_id)
-        tmp = results.save(path.with_name(f".results.{os.getpid()}.tmp.npz"), overwrite=True)  # a crashed writer may leave one
+        # a writer that crashed with the same pid may have left this temporary file
+        tmp = results.save(path.with_name(f".results.{os.getpid()}.tmp.npz"), overwrite=True)
         os.replace(tmp, path)
         return path
 
