@@ -62,27 +62,31 @@ class BagOfBytes:
 
 
 @functools.cache
-def presets() -> dict[str, AlignmentAgent]:
-    ref = tiny_pretrained()
+def presets(ref) -> dict[str, AlignmentAgent]:
+    """Every preset of cdb.agents on ``ref`` (once per reference: the runs reuse their programs)."""
     return {
         "offline_dpo": agents.offline_dpo(ref, budget=2),
         "frozen_sampler_dpo": agents.frozen_sampler_dpo(ref),
+        # an optimiser with a schedule
         "online_dpo": agents.online_dpo(ref, optimizer=policy_optimizer(optax.linear_schedule(1e-3, 1e-4, 4))),
-        "online_ipo": agents.online_ipo(ref),
+        # length-normalised: the real lengths
         "online_simpo": agents.online_dap(ref, loss=DAPLoss("simpo", beta=2.0)),
-        "sea_ee_ts": agents.sea(ref, num_candidates=3, reward_model=ENSEMBLE),
-        "sea_bai_ts_mixed": agents.sea(ref, num_candidates=3, rule="bai_ts", gamma=0.5, reward_model=ENSEMBLE),
-        "sea_encoder": agents.sea(
+        # the ensemble on a frozen sentence encoder of the decoded text
+        "sea_ee_ts": agents.sea(
             ref, num_candidates=3, reward_model=ENSEMBLE, features=FrozenEncoderFeatures(BagOfBytes(), ref.tokenizer)
         ),
+        # the ensemble on π_ref's last hidden state, with model labels
+        "sea_bai_ts_mixed": agents.sea(ref, num_candidates=3, rule="bai_ts", gamma=0.5, reward_model=ENSEMBLE),
         "apl": agents.apl(ref, num_candidates=3),
         "xpo": agents.xpo(ref),
         "ee4llm": agents.ee4llm(ref, num_candidates=3, reward_model=ENSEMBLE, best_of_n=2),
         "nash_md": agents.nash_md(ref, recommender=DeRa(2.0)),
-        "sail_pr": agents.sail(ref, variant="pr"),
-        "sail_pp": agents.sail(ref, variant="pp"),
+        "sail_pp": agents.sail(ref, variant="pp"),  # both 'pr' (oracle) and 'pp' (own labels) rows
         "sail_dp": agents.sail(ref, variant="dp", budget=2),
     }
+
+
+PRESET_NAMES = tuple(presets(t3.micro_pretrained()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,10 +96,10 @@ def presets() -> dict[str, AlignmentAgent]:
 ROUNDS = 2
 
 
-@pytest.mark.parametrize("name", list(presets()))
+@pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_runs_on_tier3_shapes(name):
     env = t3.env()
-    checked = CheckedAgent(presets()[name], t3.B, t3.L, t3.V)
+    checked = CheckedAgent(presets(t3.micro_pretrained())[name], t3.B, t3.L, t3.V)
     chex.clear_trace_counter()
     results = cdb.run(checked, env, rounds=ROUNDS, seeds=1, eval_every=ROUNDS, progress=False)
     m = results.metrics
@@ -145,7 +149,7 @@ def test_more_left_padding_gives_the_same_scores_and_features():
     exact = ref.policy.apply(ref.params, jnp.asarray([[*short[0, 1:], 40, 41, t3.EOS]]))[1][0, -1]
     np.testing.assert_allclose(a.last_hidden[0], exact, rtol=1e-4, atol=1e-5)
     # the agent's reward scores (features -> ensemble) and the implicit reward's inputs agree too
-    agent = presets()["sea_ee_ts"]
+    agent = agents.sea(tiny_pretrained(), num_candidates=3, reward_model=ENSEMBLE)
     state = agent.init(jax.random.key(0), t3.env().spec)
     np.testing.assert_allclose(
         agent.reward_scores(state, short, short_mask, responses, rmask),
@@ -186,14 +190,14 @@ def test_tokens_after_eos_change_neither_the_loss_nor_its_gradient():
     garbage = chosen.at[0, 3:].set(jnp.asarray([7, 8, 9]))  # after row 0's EOS
     weight = jnp.ones(2)
     for name in ("online_dpo", "online_simpo", "sail_pp"):
-        agent = presets()[name]
+        agent = presets(ref)[name]
         objective = jax.value_and_grad(agent.policy_objective, has_aux=True)
         (clean, _), g_clean = objective(ref.params, _pair_batch(chosen, rejected, prompts, mask, weight), LAYOUT)
         (dirty, _), g_dirty = objective(ref.params, _pair_batch(garbage, rejected, prompts, mask, weight), LAYOUT)
         assert float(clean) == pytest.approx(float(dirty), rel=1e-6), name
         chex.assert_trees_all_close(g_clean, g_dirty, rtol=1e-5, atol=1e-7)
     # SimPO divides by the real lengths: 3 (…EOS) and 6
-    agent = presets()["online_simpo"]
+    agent = presets(ref)["online_simpo"]
     batch = _pair_batch(chosen, rejected, prompts, mask, weight)
     loss, _ = agent.policy_objective(ref.params, batch, LAYOUT)
     lp = score_responses(ref.policy, ref.params, prompts, chosen, mask, response_mask(chosen, t3.EOS)).logprob
@@ -336,7 +340,8 @@ SHARDED = textwrap.dedent(
         return duel.arms, new.policy_params, new.reward_model, info
 
     single = round_(state, obs)
-    mesh = jax.make_mesh((4,), ("batch",))
+    # Auto axes: XLA propagates the batch sharding into the sampler's caches and the losses
+    mesh = jax.make_mesh((4,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
     batch_sharding = NamedSharding(mesh, P("batch"))
     sharded_obs = jax.device_put(obs, batch_sharding)
     assert len(sharded_obs.prompts.sharding.device_set) == 4

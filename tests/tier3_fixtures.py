@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from llm_fixtures import tiny_pretrained
+from llm_fixtures import byte_tokenizer, tiny_pretrained
 
+from cdb.models import Policy, Pretrained, TransformerConfig
 from cdb.sequences import response_mask
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 
@@ -29,6 +30,19 @@ B, LP, L, B_EVAL = 2, 5, 6, 2
 V = 259
 # a pool of prompts of 2-5 real tokens (bytes), left-padded to LP
 POOL_TEXTS = ("hi", "tell", "abc d", "ok!", "why?", "sun")
+
+
+# one layer of width 16: each preset's cdb.run compiles its own programs, and compilation grows with depth
+MICRO_CONFIG = TransformerConfig(
+    vocab_size=V, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, d_ff=32, max_len=LP + L + 4
+)
+
+
+@functools.cache
+def micro_pretrained() -> Pretrained:
+    """A random one-layer model on the byte tokenizer, for the runs of every preset."""
+    policy = Policy(MICRO_CONFIG)
+    return Pretrained(policy, policy.init(jax.random.key(0)), byte_tokenizer(), name="micro-random")
 
 
 def left_padded(texts, width: int = LP) -> tuple[np.ndarray, np.ndarray]:
