@@ -17,7 +17,7 @@ from cdb.agents.karmed import (
     empirical_preferences,
     rucb_pair,
 )
-from cdb.environments import KArmedDuel
+from cdb.environments import KArmedDuel, LinearDuel
 
 # W[i, j] = times i beat j. Pair (1, 2) never played.
 WINS = np.array([[0.0, 3.0, 1.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]], np.float32)
@@ -156,5 +156,20 @@ def test_finds_the_condorcet_winner(agent):
 def test_bad_hyper_parameters(cls):
     with pytest.raises(ValueError, match=f"{cls.__name__}.alpha=-0.1"):
         cls(alpha=-0.1)
-    with pytest.raises(ValueError, match="num_arms"):
+    with pytest.raises(ValueError, match="K-armed"):
         cls().init(jax.random.key(0), cdb.EnvSpec(batch_size=1, prompt_length=3))
+    with pytest.raises(ValueError, match="num_arms"):
+        cls().init(jax.random.key(0), cdb.EnvSpec(batch_size=1, num_arms=1, feature_dim=1, k_armed=True))
+
+
+@pytest.mark.parametrize("cls", [DoubleThompsonSampling, RUCB])
+def test_refuses_an_environment_that_is_not_k_armed(cls):
+    # LinearDuel's arms are new feature vectors every round: a wins matrix over their indices is
+    # meaningless, even when its shapes (K arms, d = K) look like KArmedDuel's.
+    env = LinearDuel(num_arms=4, feature_dim=4, batch_size=2)
+    with pytest.raises(ValueError, match=r"DoubleThompsonSampling|RUCB") as err:
+        cls().init(jax.random.key(0), env.spec)
+    assert "k_armed=False" in str(err.value) and "KArmedDuel" in str(err.value)
+    with pytest.raises(ValueError, match="K-armed environment"):
+        cdb.run(cls(), env, rounds=2, progress=False)
+    assert KArmedDuel(num_arms=4).spec.k_armed
