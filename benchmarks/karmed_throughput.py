@@ -19,7 +19,7 @@ reports its best and its range. Regret: the mean ± standard error over seeds of
 regret after ``--rounds`` rounds, for both sides (the NumPy seeds of all repeats pooled).
 
 ``--breakdown`` also times the pieces of one DTS round in isolation (one compiled ``lax.scan``
-of ``--rounds`` steps over a vmapped batch of 128 seeds each, on a random wins matrix), including
+of ``--breakdown-rounds`` steps over a vmapped batch of 128 seeds each, on a random wins matrix), including
 the ``jax.random.beta`` draws an implementation that samples ``θ¹`` and ``θ²`` directly would
 need: that is where the time of such an implementation goes.
 
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--breakdown-rounds", type=int, default=200)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "karmed_throughput"))
     args = parser.parse_args(argv)
     _use_host_devices(args.devices)
@@ -260,8 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"({row['numpy_regret_seeds']} seeds)"
         )
     if args.breakdown:
-        print(f"DTS round pieces, {args.rounds} rounds x 128 vmapped seeds on one device:")
-        report["breakdown_seconds"] = breakdown(args.arms, args.rounds)
+        print(f"DTS round pieces, {args.breakdown_rounds} rounds x 128 vmapped seeds on one device:")
+        report["breakdown_rounds"] = args.breakdown_rounds
+        report["breakdown_seconds"] = breakdown(args.arms, args.breakdown_rounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "karmed_throughput.json").write_text(json.dumps(report, indent=2))
