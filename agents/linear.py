@@ -5,11 +5,11 @@ one learner (:class:`LinearDuelingAgent`):
 
 * the **design matrix** of the queried differences ``z = φ_{a1} − φ_{a2}``,
   ``V_t = λI + Σ_s z_s z_sᵀ``, and its inverse kept by Sherman–Morrison rank-one updates
-  (:func:`sherman_morrison`), so ``V_t⁻¹`` costs ``O(d²)`` per duel;
+  (:func:`cdb.linalg.sherman_morrison_rows`), so ``V_t⁻¹`` costs ``O(d²)`` per duel;
 * the **logistic MLE** ``θ̂ = argmin_θ Σ_s [log(1 + e^{θᵀz_s}) − y_s θᵀz_s] + (λ/2)‖θ‖²`` on a
   fixed-size ring buffer (:mod:`cdb.replay`) of the last ``buffer_capacity`` queried pairs,
   by ``mle_steps`` safeguarded Newton steps per round, warm-started at the previous ``θ̂``
-  (:func:`fit_logistic`). Shapes never change, so a whole run is one ``lax.scan``. ``V_t``
+  (:func:`cdb.linalg.fit_logistic`). Shapes never change, so a whole run is one ``lax.scan``. ``V_t``
   counts every queried pair ever seen, the MLE only the buffer's (the same set until the
   buffer wraps).
 * **recommend** = ``argmax_a θ̂ᵀφ(x, a)`` per context.
@@ -21,7 +21,7 @@ each); the update then adds all ``B`` queried pairs. Self-duels (never played he
 unqueried rows are not learned from.
 
 Confidence widths: ``w_ij = ‖φ_i − φ_j‖_{V⁻¹} = sqrt((φ_i − φ_j)ᵀ V⁻¹ (φ_i − φ_j))``
-(:func:`pair_widths`). The papers' theoretical radii (``β_t ∝ sqrt(d log T)/κ``) are far too
+(:func:`cdb.linalg.pair_widths`). The papers' theoretical radii (``β_t ∝ sqrt(d log T)/κ``) are far too
 conservative for small problems; here the multiplier is a hyper-parameter.
 """
 
@@ -40,13 +40,13 @@ from cdb.agents.reward_model_agent import (
     duel_pair_features,
     take_pair_features,
 )
+from cdb.linalg import fit_logistic, pair_widths, sherman_morrison_rows
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 from cdb.validation import check_choice, check_float, check_int
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
 PERTURBATIONS = ("gumbel", "normal")
-_BACKTRACK = 0.5 ** jnp.arange(8, dtype=jnp.float32)  # Newton step sizes tried, largest first
 
 __all__ = [
     "PERTURBATIONS",
@@ -56,103 +56,16 @@ __all__ = [
     "MaxInP",
     "colstim_first_arm",
     "colstim_second_arm",
-    "fit_logistic",
-    "logistic_nll",
+    "learn_pairs",
     "maxinp_candidates",
     "maxinp_pair",
-    "pair_widths",
     "random_distinct_pair",
-    "sherman_morrison",
 ]
 
 
 # --------------------------------------------------------------------------------------------
-# Pure pieces: design matrix, widths, logistic MLE.
+# Pure pieces (the linear algebra lives in cdb.linalg).
 # --------------------------------------------------------------------------------------------
-
-
-def sherman_morrison(v_inv: Array, z: Array, mask: Array) -> Array:
-    """``(V + Σ_{b: mask_b} z_b z_bᵀ)⁻¹`` from ``V⁻¹`` by successive Sherman–Morrison updates.
-
-    ``(V + zzᵀ)⁻¹ = V⁻¹ − V⁻¹z zᵀV⁻¹ / (1 + zᵀV⁻¹z)``, applied for each row with ``mask`` True,
-    in order, then symmetrised.
-
-    Args:
-      v_inv: ``[d, d]`` symmetric positive definite.
-      z: ``[n, d]`` rows to add.
-      mask: ``[n]`` bool; rows with False are skipped.
-    """
-
-    def add(inv, row):
-        zi, keep = row
-        u = jnp.matmul(inv, zi, precision=_HI)
-        update = jnp.outer(u, u) / (1.0 + jnp.dot(zi, u, precision=_HI))
-        return inv - jnp.where(keep, update, 0.0), None
-
-    inv, _ = jax.lax.scan(add, v_inv, (z.astype(v_inv.dtype), jnp.asarray(mask, bool)))
-    return 0.5 * (inv + inv.T)
-
-
-def pair_widths(features: Array, v_inv: Array) -> Array:
-    """``w_ij = ‖φ_i − φ_j‖_{V⁻¹}`` for every pair of arms: ``features [K, d]`` → ``[K, K]`` (zero diagonal).
-
-    Computed from ``A = Φ V⁻¹ Φᵀ`` as ``sqrt(max(A_ii + A_jj − 2 A_ij, 0))``.
-    """
-    a = jnp.matmul(jnp.matmul(features, v_inv, precision=_HI), features.T, precision=_HI)
-    diag = jnp.diagonal(a)
-    sq = diag[:, None] + diag[None, :] - 2.0 * a
-    k = features.shape[0]
-    return jnp.where(jnp.eye(k, dtype=bool), 0.0, jnp.sqrt(jnp.maximum(sq, 0.0)))
-
-
-def logistic_nll(theta: Array, z: Array, label: Array, weight: Array) -> Array:
-    """``Σ_s weight_s [log(1 + e^{θᵀz_s}) − label_s θᵀz_s]``, the Bradley–Terry negative log-likelihood."""
-    s = jnp.matmul(z, theta, precision=_HI)
-    return jnp.sum(weight * (jax.nn.softplus(s) - label * s))
-
-
-def fit_logistic(theta: Array, z: Array, label: Array, weight: Array, l2: float, steps: int) -> tuple[Array, Array]:
-    """``steps`` safeguarded Newton steps on the ridge-regularised logistic MLE.
-
-    Objective ``L(θ) = logistic_nll(θ) + (l2/2)‖θ‖²`` (strictly convex for ``l2 > 0``). Each step
-    tries the damped Newton steps ``θ − η H⁻¹∇L``, ``H = Σ w σ'(θᵀz) zzᵀ + l2·I``, for
-    ``η = 1, ½, …, 2⁻⁷`` and takes the largest that does not increase ``L``; if none does, the
-    bound-optimisation step ``θ − (¼ Σ w zzᵀ + l2·I)⁻¹∇L`` (Böhning 1992), which never increases
-    ``L``. Near the optimum the full Newton step is taken (quadratic convergence).
-
-    Args:
-      theta: ``[d]`` starting point (warm start).
-      z: ``[N, d]`` differences ``φ_first − φ_second``.
-      label: ``[N]`` 1.0 where the first arm won.
-      weight: ``[N]`` 1.0 for valid rows, 0.0 for empty buffer slots.
-      l2: ridge ``λ > 0``.
-      steps: number of steps (static).
-
-    Returns:
-      ``(θ̂ [d], mean NLL per valid row)`` (0.0 when there is none).
-    """
-    d = z.shape[-1]
-    eye = jnp.eye(d, dtype=jnp.float32)
-    z = z.astype(jnp.float32)
-    bound_h = 0.25 * jnp.einsum("n,ni,nj->ij", weight, z, z, precision=_HI) + l2 * eye
-
-    def objective(th):
-        return logistic_nll(th, z, label, weight) + 0.5 * l2 * jnp.sum(th * th)
-
-    def step(_, th):
-        s = jnp.matmul(z, th, precision=_HI)
-        p = jax.nn.sigmoid(s)
-        grad = jnp.matmul(weight * (p - label), z, precision=_HI) + l2 * th
-        hess = jnp.einsum("n,ni,nj->ij", weight * p * (1.0 - p), z, z, precision=_HI) + l2 * eye
-        trials = th[None] - _BACKTRACK[:, None] * jnp.linalg.solve(hess, grad)[None]  # [8, d]
-        values = jax.vmap(objective)(trials)
-        ok = jnp.isfinite(values) & (values <= objective(th))
-        safe = th - jnp.linalg.solve(bound_h, grad)
-        return jnp.where(jnp.any(ok), trials[jnp.argmax(ok)], safe)
-
-    theta = jax.lax.fori_loop(0, steps, step, theta.astype(jnp.float32))
-    count = jnp.sum(weight)
-    return theta, logistic_nll(theta, z, label, weight) / jnp.maximum(count, 1.0)
 
 
 def random_distinct_pair(key: Array, num_arms: int) -> Array:
@@ -370,7 +283,7 @@ def learn_pairs(state: LinearState, first: Array, second: Array, mask: Array, la
     w = mask.astype(jnp.float32)
     return state.replace(
         v=state.v + jnp.einsum("b,bi,bj->ij", w, z, z, precision=_HI),
-        v_inv=sherman_morrison(state.v_inv, z, mask),
+        v_inv=sherman_morrison_rows(state.v_inv, z, mask),
         buffer=replay.add(state.buffer, first, second, label, mask),
     )
 

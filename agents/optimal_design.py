@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from typing import Any
 
 import jax
@@ -53,15 +54,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from cdb import design as design_lib
-from cdb.agents.linear import (
-    LinearDuelingAgent,
-    LinearState,
-    fit_logistic,
-    pair_widths,
-    random_distinct_pair,
-    sherman_morrison,
-)
+from cdb.agents.linear import LinearDuelingAgent, LinearState, random_distinct_pair
 from cdb.agents.reward_model_agent import check_observation
+from cdb.linalg import fit_logistic, pair_widths, sherman_morrison_rows
+from cdb.results import Results
+from cdb.run import _EVAL, _INIT, _RESET, _ROUNDS, _as_key, _stage_key, describe
 from cdb.types import Duel, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -71,11 +68,11 @@ DESIGNS = ("d_optimal", "random")
 
 __all__ = [
     "DESIGNS",
-    "OfflineDesignResults",
     "OfflineOptimalDesign",
     "OptimalDesignAgent",
     "all_pairs",
     "run_offline_design",
+    "seed_keys",
 ]
 
 
@@ -116,7 +113,7 @@ class OptimalDesignAgent(LinearDuelingAgent):
             arms = jnp.where(state.t < self.explore_rounds, random_distinct_pair(sub, k), arms)
             z = features[arms[0]] - features[arms[1]]
             gain = jnp.log1p(jnp.dot(z, jnp.matmul(v_inv, z, precision=_HI)))
-            return sherman_morrison(v_inv, z[None], jnp.ones((1,), bool)), (arms, gain)
+            return sherman_morrison_rows(v_inv, z[None], jnp.ones((1,), bool)), (arms, gain)
 
         _, (arms, gain) = jax.lax.scan(choose, state.v_inv, (obs.features, keys))
         return Duel(arms=arms, query=jnp.ones((batch,), bool)), {"log_det_gain": jnp.mean(gain)}
@@ -161,11 +158,19 @@ class OfflineOptimalDesign:
     def run(self, key: Any, env: Any, env_params: Any = None, seeds: int = 1) -> dict[str, np.ndarray]:
         """Runs the experiment for ``seeds`` seeds (problem instance, pool and labels per seed).
 
+        Keys are ``cdb.run``'s (:func:`seed_keys`): the same ``key`` gives seed ``s`` the problem
+        instance and the first ``pool_rounds`` rounds of contexts that ``cdb.run(..., key=key)``
+        gives it, for an environment whose contexts do not depend on the duels.
+
         Returns:
           ``bai_regret`` (mean over the held-out contexts), ``log_det`` (of the chosen set's
           normalised information matrix ``(1/T) Σ zzᵀ + εI``) and ``queries``, each ``[seeds]``.
         """
         _check_env(env, self)
+        check_int(self, "run seeds", seeds, low=1)
+        return self._run(seed_keys(key, seeds), env, env_params)
+
+    def _run(self, keys: Array, env: Any, env_params: Any) -> dict[str, np.ndarray]:
         pool = self.pool_rounds * env.spec.batch_size
         if self.budget > pool:
             raise ValueError(
@@ -173,6 +178,7 @@ class OfflineOptimalDesign:
                 f"the pool size pool_rounds × batch_size = {pool} (one query per pool context)"
             )
         params = env.default_params if env_params is None else env_params
+        impl = str(jax.random.key_impl(keys))
         config = (
             env,
             self.pool_rounds,
@@ -181,13 +187,13 @@ class OfflineOptimalDesign:
             self.design_reg,
             self.lam,
             self.mle_steps,
+            impl,
         )
         try:
             fn = _compiled(*config)  # cached: one compilation per configuration, whatever the budget
         except TypeError:  # an unhashable environment
             fn = _compiled.__wrapped__(*config)
-        keys = jax.random.split(_as_key(key), seeds)
-        out = {k: np.asarray(v) for k, v in fn(keys, jnp.int32(self.budget), params).items()}
+        out = {k: np.asarray(v) for k, v in fn(jax.random.key_data(keys), jnp.int32(self.budget), params).items()}
         if np.any(out.pop("pool_queried")):
             raise RuntimeError(f"{type(env).__name__} queried the oracle during the pool pass (query=False was asked)")
         mismatch = float(np.max(out.pop("replay_mismatch")))
@@ -199,25 +205,13 @@ class OfflineOptimalDesign:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class OfflineDesignResults:
-    """Simple regret of offline designs.
+def seed_keys(key: Any, seeds: int) -> Array:
+    """The ``[seeds]`` per-seed keys that ``cdb.run(..., key=key, seeds=seeds)`` uses.
 
-    Attributes:
-      budgets: ``[n_budgets]`` query budgets.
-      bai_regret: ``[seeds, n_budgets]`` held-out simple regret of ``argmax θ̂ᵀφ``.
-      log_det: ``[seeds, n_budgets]`` D-criterion of the chosen query sets.
-      design: ``'d_optimal'`` or ``'random'``.
+    ``key`` is what ``cdb.run`` accepts: an int (JAX's default PRNG), a typed JAX key or raw key
+    data; seed ``s`` gets ``split(key, seeds)[s]``.
     """
-
-    budgets: np.ndarray
-    bai_regret: np.ndarray
-    log_det: np.ndarray
-    design: str
-
-    def mean(self) -> np.ndarray:
-        """Mean simple regret over seeds, ``[n_budgets]``."""
-        return self.bai_regret.mean(axis=0)
+    return jax.random.split(_as_key(key), seeds)
 
 
 def run_offline_design(
@@ -230,24 +224,50 @@ def run_offline_design(
     design: str = "d_optimal",
     env_params: Any = None,
     **options: Any,
-) -> OfflineDesignResults:
-    """Simple regret per budget of the offline design (module docstring, 1).
+) -> Results:
+    """Simple regret per budget of the offline design (module docstring, 1), as a :class:`cdb.Results`.
 
     For a given seed every budget sees the same problem instance, pool and held-out contexts, so
-    curves over budgets are paired. ``options`` are the other fields of :class:`OfflineOptimalDesign`.
-    One compilation serves all budgets.
+    curves over budgets are paired; keys are ``cdb.run``'s (:meth:`OfflineOptimalDesign.run`),
+    so seed ``s`` also meets the problem instance that ``cdb.run(agent, env, key=key)`` gives it.
+    ``options`` are the other fields of :class:`OfflineOptimalDesign`. One compilation serves all
+    budgets.
+
+    Returns:
+      :class:`cdb.Results` without per-round metrics (the experiment has no rounds of its own):
+      ``eval_rounds`` holds the budgets ``T`` (oracle queries), and ``eval_metrics`` holds
+      ``bai_regret`` (held-out simple regret of ``argmax θ̂ᵀφ``), ``log_det`` (D-criterion of the
+      chosen query set) and ``queries``, each ``[seeds, n_budgets]``; so
+      ``results.curve("bai_regret")`` is simple regret against budget. ``config`` records the
+      design, its fields, the environment and ``key_impl``, as ``cdb.run`` does.
     """
-    budgets = np.asarray(budgets, dtype=np.int64).reshape(-1)
+    budgets = np.asarray(budgets).reshape(-1)
     if budgets.size == 0:
         raise ValueError("run_offline_design: budgets is empty; expected at least one integer >= 1")
-    regret, logdet = [], []
-    for b in budgets:
-        out = OfflineOptimalDesign(budget=int(b), pool_rounds=pool_rounds, design=design, **options).run(
-            key, env, env_params=env_params, seeds=seeds
-        )
-        regret.append(out["bai_regret"])
-        logdet.append(out["log_det"])
-    return OfflineDesignResults(budgets, np.stack(regret, axis=1), np.stack(logdet, axis=1), design)
+    if not np.issubdtype(budgets.dtype, np.integer):
+        raise ValueError(f"run_offline_design: budgets={budgets.tolist()} are not integers; expected integers >= 1")
+    experiments = [
+        OfflineOptimalDesign(budget=int(b), pool_rounds=pool_rounds, design=design, **options) for b in budgets
+    ]
+    _check_env(env, experiments[0])
+    check_int("run_offline_design", "seeds", seeds, low=1)
+    keys = seed_keys(key, seeds)
+    outs = [experiment._run(keys, env, env_params) for experiment in experiments]
+    params = env.default_params if env_params is None else env_params
+    first = describe(experiments[0])
+    config = {
+        "experiment": "offline_design",
+        "design": {k: v for k, v in first.items() if k != "budget"},
+        "budgets": budgets.astype(int).tolist(),
+        "env": describe(env),
+        "env_params": describe(params),
+        "seeds": seeds,
+        "key_impl": str(jax.random.key_impl(keys)),
+    }
+    eval_metrics = {
+        name: np.stack([out[name] for out in outs], axis=1) for name in ("bai_regret", "log_det", "queries")
+    }
+    return Results({}, budgets.astype(np.int64), eval_metrics, json.loads(json.dumps(config, default=str)))
 
 
 def _check_env(env: Any, owner: Any) -> None:
@@ -260,24 +280,29 @@ def _check_env(env: Any, owner: Any) -> None:
         raise ValueError(f"{type(owner).__name__} needs arm features and num_arms >= 2; got {spec}")
 
 
-def _as_key(key: Any) -> Array:
-    if isinstance(key, int | np.integer):
-        return jax.random.key(int(key))
-    return key
-
-
 @functools.lru_cache(maxsize=32)
-def _compiled(env, pool_rounds, design, design_steps, design_reg, lam, mle_steps):
-    """``jit(vmap(one_seed))`` for one configuration; the budget is a traced argument."""
+def _compiled(env, pool_rounds, design, design_steps, design_reg, lam, mle_steps, impl):
+    """``jit(vmap(one_seed))`` for one configuration; the budget is a traced argument.
+
+    ``one_seed`` takes a seed's raw key data (of PRNG ``impl``) and draws its keys as ``cdb.run``
+    does: the reset key, and for pool round ``t`` the environment's key of round ``t``. The random
+    design draws from ``cdb.run``'s agent-init key, the held-out evaluation from its evaluation key
+    at index 0.
+    """
     spec = env.spec
     batch, k, d = spec.batch_size, spec.num_arms, spec.feature_dim
     first_idx, second_idx = (jnp.asarray(a) for a in all_pairs(k))
     n_pairs = first_idx.shape[0]
 
-    def one_seed(key, budget, params):
-        k_reset, k_pool, k_random, k_eval = jax.random.split(key, 4)
+    def env_round_key(raw, t):
+        return jax.random.split(_stage_key(raw, _ROUNDS, t, impl), 3)[1]
+
+    def one_seed(raw, budget, params):
+        seed_key = jax.random.wrap_key_data(raw, impl=impl)
+        k_reset, k_random = (jax.random.fold_in(seed_key, s) for s in (_RESET, _INIT))
+        k_eval = jax.random.split(_stage_key(raw, _EVAL, 0, impl))[1]
         state0, obs0 = env.reset(k_reset, params)
-        round_keys = jax.random.split(k_pool, pool_rounds)
+        round_keys = jax.vmap(env_round_key, in_axes=(None, 0))(raw, jnp.arange(pool_rounds, dtype=jnp.int32))
 
         def play(carry, xs):
             state, obs = carry

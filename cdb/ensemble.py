@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from cdb import replay, rng
+from cdb import linalg, replay, rng
 from cdb.losses import bradley_terry_nll
 from cdb.validation import check_choice, check_float, check_int
 
@@ -333,9 +333,9 @@ class LinearEnsemble:
             = P (λθ_e⁰ + Σ_i (y_i + ε_{e,i}) x_i),   P = (λI + Σ_i x_i x_iᵀ)⁻¹,
 
     with perturbations ε_{e,i} ~ N(0, noise_scale²) and prior draws θ_e⁰ ~ N(0, prior_scale² I).
-    Each masked pair is absorbed by recursive least squares — a Sherman–Morrison rank-one
-    update of the shared P, then θ_e ← θ_e + P x (y + ε_e − θ_eᵀx) — processed in order with
-    ``lax.scan``; unmasked rows are no-ops. Cost O(B(d² + E·d)) per round, no solves.
+    Each masked pair is absorbed by recursive least squares (:func:`cdb.linalg.rls_rows`) — a
+    Sherman–Morrison rank-one update of the shared P, then θ_e ← θ_e + P_new x (y + ε_e − θ_eᵀx)
+    — processed in order with ``lax.scan``; unmasked rows are no-ops. Cost O(B(d² + E·d)) per round, no solves.
     ``scores = φ @ θ_eᵀ``.
 
     ``rm_loss`` is the mean squared residual (y_i − θ_eᵀx_i)² of the new masked pairs under the
@@ -404,15 +404,8 @@ class LinearEnsemble:
         sq = jnp.where(mask[:, None], jnp.square(y[:, None] - pred), 0.0)
         rm_loss = jnp.sum(sq) / (jnp.maximum(n_masked, 1) * self.num_members)
 
-        def absorb(carry, row):
-            p, theta = carry
-            x_i, y_i, eps_i = row
-            px = p @ x_i
-            gain = px / (1.0 + x_i @ px)  # = P_new x_i
-            return (p - jnp.outer(px, gain), theta + jnp.outer(y_i + eps_i - theta @ x_i, gain)), None
-
         # An unmasked row enters as x = 0, for which the update is exactly the identity (px = 0).
         x_masked = jnp.where(mask[:, None], x, 0.0)
-        (p, theta), _ = jax.lax.scan(absorb, (state.precision_inverse, state.theta), (x_masked, y, eps))
+        p, theta = linalg.rls_rows(state.precision_inverse, state.theta, x_masked, y[:, None] + eps)
         state = state.replace(precision_inverse=p, theta=theta, num_queries=state.num_queries + n_masked)
         return state, {"rm_loss": rm_loss.astype(jnp.float32), "rm_correct": correct}

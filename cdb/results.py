@@ -27,11 +27,12 @@ class Results:
 
     @property
     def num_seeds(self) -> int:
-        return next(iter(self.metrics.values())).shape[0]
+        # an experiment without rounds of its own (e.g. the offline design) has only evaluations
+        return next(iter(self.metrics.values() or self.eval_metrics.values())).shape[0]
 
     @property
     def num_rounds(self) -> int:
-        return next(iter(self.metrics.values())).shape[1]
+        return next(iter(self.metrics.values())).shape[1] if self.metrics else 0
 
     @property
     def rounds(self) -> np.ndarray:

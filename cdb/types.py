@@ -95,6 +95,9 @@ class EnvSpec:
         length L (tier 2). A response is the tokens up to and including its first EOS; the
         tokens after it are ``pad_id`` and do not belong to it.
       pad_id: the token of left padding in prompts and of right padding after an EOS.
+      k_armed: the ``K`` arms are the same fixed arms in every round, with no context
+        (:class:`~cdb.environments.KArmedDuel`; its features are one-hot arm indices). Agents that
+        keep statistics per arm index (Double Thompson Sampling, RUCB) need it.
     """
 
     batch_size: int
@@ -106,6 +109,7 @@ class EnvSpec:
     eval_batch_size: int = 0
     eos_id: int | None = None
     pad_id: int = 0
+    k_armed: bool = False
 
     @property
     def has_features(self) -> bool:

@@ -116,6 +116,7 @@ class KArmedDuel:
             num_arms=self.num_arms,
             feature_dim=self.num_arms,
             eval_batch_size=self.eval_batch_size,
+            k_armed=True,
         )
 
     @property

@@ -122,7 +122,8 @@ def test_shapes_dtypes_and_spec(name):
     env, params, _, _, evaluate = compiled(name)
     d = D if name in FEATURE_ENVS else K
     assert isinstance(env, Environment) and env.pure_jax is True
-    assert env.spec == EnvSpec(batch_size=B, num_arms=K, feature_dim=d, eval_batch_size=B_EVAL)
+    k_armed = name not in FEATURE_ENVS
+    assert env.spec == EnvSpec(batch_size=B, num_arms=K, feature_dim=d, eval_batch_size=B_EVAL, k_armed=k_armed)
     state, obs, new_state, next_obs, feedback, info = play(name)
     for o in (obs, next_obs):
         assert o.features.shape == (B, K, d) and o.features.dtype == jnp.float32

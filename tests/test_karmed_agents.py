@@ -11,13 +11,17 @@ import cdb
 from cdb.agents.karmed import (
     RUCB,
     DoubleThompsonSampling,
+    beats_half,
+    beats_half_update,
+    beta_integer,
     confidence_bounds,
     copeland_winner,
     dts_pair,
     empirical_preferences,
+    gamma_marsaglia_tsang,
     rucb_pair,
 )
-from cdb.environments import KArmedDuel
+from cdb.environments import KArmedDuel, LinearDuel
 
 # W[i, j] = times i beat j. Pair (1, 2) never played.
 WINS = np.array([[0.0, 3.0, 1.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]], np.float32)
@@ -156,5 +160,110 @@ def test_finds_the_condorcet_winner(agent):
 def test_bad_hyper_parameters(cls):
     with pytest.raises(ValueError, match=f"{cls.__name__}.alpha=-0.1"):
         cls(alpha=-0.1)
-    with pytest.raises(ValueError, match="num_arms"):
+    with pytest.raises(ValueError, match="K-armed"):
         cls().init(jax.random.key(0), cdb.EnvSpec(batch_size=1, prompt_length=3))
+    with pytest.raises(ValueError, match="num_arms"):
+        cls().init(jax.random.key(0), cdb.EnvSpec(batch_size=1, num_arms=1, feature_dim=1, k_armed=True))
+
+
+@pytest.mark.parametrize("cls", [DoubleThompsonSampling, RUCB])
+def test_refuses_an_environment_that_is_not_k_armed(cls):
+    # LinearDuel's arms are new feature vectors every round: a wins matrix over their indices is
+    # meaningless, even when its shapes (K arms, d = K) look like KArmedDuel's.
+    env = LinearDuel(num_arms=4, feature_dim=4, batch_size=2)
+    with pytest.raises(ValueError, match=r"DoubleThompsonSampling|RUCB") as err:
+        cls().init(jax.random.key(0), env.spec)
+    assert "k_armed=False" in str(err.value) and "KArmedDuel" in str(err.value)
+    with pytest.raises(ValueError, match="K-armed environment"):
+        cdb.run(cls(), env, rounds=2, progress=False)
+    assert KArmedDuel(num_arms=4).spec.k_armed
+
+
+def _exact_beats_half(a, b):
+    """P(Beta(a, b) > ½) = P(Bin(a + b − 1, ½) ≤ a − 1) for integers, exactly."""
+    n = a + b - 1
+    return sum(math.comb(n, i) for i in range(a)) / 2**n
+
+
+def test_beats_half_is_the_beta_tail():
+    q = np.asarray(beats_half(jnp.asarray(WINS)))
+    for i in range(3):
+        for j in range(3):
+            expected = _exact_beats_half(int(WINS[i, j]) + 1, int(WINS[j, i]) + 1)
+            assert abs(q[i, j] - expected) < 1e-6, (i, j, q[i, j], expected)
+
+
+def test_beats_half_recurrence_tracks_the_exact_value_over_many_duels():
+    # three pairs with win rates 0.5, 0.6 and 0.9, 1500 duels each, every step checked exactly
+    rng = np.random.default_rng(0)
+    update = jax.jit(beats_half_update)
+    for rate in (0.5, 0.6, 0.9):
+        q, log_m, a, b = jnp.float32(0.5), jnp.float32(math.log(0.5)), 1, 1
+        worst = 0.0
+        for step in range(1500):
+            won = bool(rng.random() < rate)
+            q, log_m = update(q, log_m, jnp.float32(a), jnp.float32(b), won)
+            a, b = (a + 1, b) if won else (a, b + 1)
+            if step % 50 == 0 or step == 1499:
+                worst = max(worst, abs(float(q) - _exact_beats_half(a, b)))
+                assert abs(float(log_m) - math.log(math.comb(a + b - 1, a - 1) / 2 ** (a + b - 1))) < 1e-3 * max(
+                    1.0, abs(float(log_m))
+                )
+        assert worst < 2e-5, (rate, worst)
+
+
+def test_dts_agent_keeps_beats_half_of_its_wins():
+    agent = DoubleThompsonSampling()
+    state = agent.init(jax.random.key(0), KENV.spec)
+    update = jax.jit(agent.update)
+    obs = cdb.Observation(features=jnp.zeros((3, 4, 4)))
+    rng = np.random.default_rng(1)
+    for step in range(40):  # a pair may recur within a batch; self-duels and unqueried rows are skipped
+        arms = jnp.asarray(rng.integers(0, 3, size=(3, 2)), jnp.int32)
+        fb = cdb.Feedback(
+            preference=jnp.asarray(rng.random(3) < 0.7, jnp.float32), queried=jnp.asarray(rng.random(3) < 0.8)
+        )
+        state, _ = update(jax.random.key(step), state, obs, cdb.Duel(arms=arms, query=jnp.ones(3, bool)), fb)
+    wins = np.asarray(state.wins)
+    assert wins.sum() > 40
+    expected = [[_exact_beats_half(int(wins[i, j]) + 1, int(wins[j, i]) + 1) for j in range(4)] for i in range(4)]
+    np.testing.assert_allclose(state.beats_half, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.5, 60.0])
+def test_marsaglia_tsang_gamma_moments(alpha):
+    keys = jax.random.split(jax.random.key(3), 2)
+    for proposals, key in zip((3, 1), keys, strict=True):  # 1 proposal: the while loop draws the rejects
+        g = np.asarray(gamma_marsaglia_tsang(key, jnp.full((20000,), alpha), proposals))
+        assert np.all(g > 0)
+        se = math.sqrt(alpha / 20000)
+        assert abs(g.mean() - alpha) < 4 * se, (proposals, g.mean())
+        assert abs(g.var() / alpha - 1) < 0.06, (proposals, g.var())
+    # P(G <= median-ish point) for alpha = 1 (exponential): 1 − e^{-1}
+    if alpha == 1.0:
+        assert abs(np.mean(g <= 1.0) - (1 - math.exp(-1))) < 0.015
+
+
+def test_beta_integer_moments():
+    draw = jax.vmap(lambda k: beta_integer(k, jnp.array([3.0, 1.0, 40.0]), jnp.array([5.0, 1.0, 2.0])))
+    x = np.asarray(draw(jax.random.split(jax.random.key(4), 20000)))
+    a, b = np.array([3.0, 1.0, 40.0]), np.array([5.0, 1.0, 2.0])
+    np.testing.assert_allclose(x.mean(0), a / (a + b), atol=4e-3)
+    np.testing.assert_allclose(x.var(0), a * b / ((a + b) ** 2 * (a + b + 1)), rtol=0.06)
+
+
+def test_dts_first_candidate_has_the_law_of_beta_sampling():
+    # Small counts, t = 1 (no radius): every arm is in C and the first candidate is decided by the
+    # signs of θ¹. Its law under cdb's sign draws must match drawing θ¹ ~ Beta and comparing.
+    wins = np.array([[0.0, 3.0, 2.0], [2.0, 0.0, 4.0], [3.0, 1.0, 0.0]], np.float32)
+    first = _draws(dts_pair, wins, 1, 0.51, n=4000)[:, 0]
+    freq = np.bincount(first, minlength=3) / len(first)
+    rng = np.random.default_rng(5)
+    n = 200_000
+    theta = {(i, j): rng.beta(wins[i, j] + 1, wins[j, i] + 1, size=n) for i, j in ((0, 1), (0, 2), (1, 2))}
+    above = np.zeros((n, 3, 3), bool)
+    for (i, j), th in theta.items():
+        above[:, i, j], above[:, j, i] = th > 0.5, th <= 0.5
+    score = above.sum(axis=2) + rng.random((n, 3)) * 0.5  # random ties
+    reference = np.bincount(score.argmax(axis=1), minlength=3) / n
+    np.testing.assert_allclose(freq, reference, atol=0.03)

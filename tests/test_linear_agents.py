@@ -13,13 +13,11 @@ from cdb.agents.linear import (
     MaxInP,
     colstim_first_arm,
     colstim_second_arm,
-    fit_logistic,
     maxinp_candidates,
     maxinp_pair,
-    pair_widths,
-    sherman_morrison,
 )
 from cdb.environments import KArmedDuel, LinearDuel
+from cdb.linalg import pair_widths
 
 # Hand-made 2-D example: three arms on a line and one off it, V = diag(1, 4), θ̂ = (1, 0).
 FEATURES = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
@@ -32,15 +30,6 @@ W01, W02, W12 = math.sqrt(1.25), 2.0, math.sqrt(1.25)
 def test_pair_widths_by_hand():
     expected = np.array([[0, W01, W02], [W01, 0, W12], [W02, W12, 0]])
     np.testing.assert_allclose(pair_widths(FEATURES, V_INV), expected, rtol=1e-6)
-
-
-def test_sherman_morrison_matches_the_inverse():
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(5, 3)).astype(np.float32)
-    mask = np.array([True, False, True, True, False])
-    v = 2.0 * np.eye(3) + z[mask].T @ z[mask]
-    got = sherman_morrison(jnp.eye(3) / 2.0, jnp.asarray(z), jnp.asarray(mask))
-    np.testing.assert_allclose(got, np.linalg.inv(v), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -90,42 +79,6 @@ def test_colstim_first_arm_perturbations():
     assert counts[0] == counts.max() and counts[1] + counts[2] > 0
     normal = np.asarray(jax.vmap(lambda k: colstim_first_arm(k, FEATURES, THETA, 25.0 * V_INV, 10.0, "normal"))(keys))
     assert not np.array_equal(normal, np.asarray(first(keys, FEATURES, THETA, 25.0 * V_INV, 10.0)))
-
-
-def test_fit_logistic_reaches_the_regularised_optimum():
-    rng = np.random.default_rng(1)
-    theta_star = np.array([1.5, -1.0, 0.5], np.float32)
-    z = rng.normal(size=(400, 3)).astype(np.float32)
-    y = (rng.random(400) < 1 / (1 + np.exp(-z @ theta_star))).astype(np.float32)
-    weight = np.ones(400, np.float32)
-    weight[-50:] = 0.0  # empty slots must not count
-    theta, nll = fit_logistic(jnp.zeros(3), jnp.asarray(z), jnp.asarray(y), jnp.asarray(weight), 1.0, 8)
-    theta = np.asarray(theta, np.float64)
-    p = 1 / (1 + np.exp(-z @ theta))
-    grad = (weight * (p - y)) @ z + theta
-    assert np.abs(grad).max() < 1e-3, grad
-    assert np.dot(theta, theta_star) / np.linalg.norm(theta) / np.linalg.norm(theta_star) > 0.95
-    ref = np.sum(weight * (np.logaddexp(0, z @ theta) - y * (z @ theta))) / weight.sum()
-    np.testing.assert_allclose(float(nll), ref, rtol=1e-4)
-
-
-def test_fit_logistic_never_increases_the_objective_from_a_bad_start():
-    # Separable data and a far-off warm start: plain Newton would overshoot; the safeguard keeps descent.
-    z = jnp.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 2.0]])
-    y = jnp.array([1.0, 0.0, 1.0])
-    w = jnp.ones(3)
-
-    def objective(th):
-        s = z @ th
-        return float(jnp.sum(jax.nn.softplus(s) - y * s) + 0.005 * jnp.sum(th * th))
-
-    theta = jnp.array([-20.0, 15.0])
-    values = [objective(theta)]
-    for _ in range(6):
-        theta, _ = fit_logistic(theta, z, y, w, 0.01, 1)
-        values.append(objective(theta))
-    assert all(b <= a + 1e-4 for a, b in zip(values[:-1], values[1:], strict=True)), values
-    assert values[-1] < 0.1 * values[0]
 
 
 # --- the agents in cdb.run ---------------------------------------------------------------------

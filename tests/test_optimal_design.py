@@ -1,5 +1,6 @@
 """D-optimal design (cdb.design) and the optimal-design agents (cdb.agents.optimal_design)."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -14,6 +15,7 @@ from cdb.agents.optimal_design import (
     OptimalDesignAgent,
     all_pairs,
     run_offline_design,
+    seed_keys,
 )
 from cdb.environments import KArmedDuel, LinearDuel
 
@@ -126,17 +128,64 @@ def offline():
 
 def test_offline_design_regret_decreases_with_budget(offline):
     res = offline["d_optimal"]
-    assert res.bai_regret.shape == (6, 3)
-    mean = res.mean()
+    assert isinstance(res, cdb.Results)
+    np.testing.assert_array_equal(res.eval_rounds, BUDGETS)
+    assert res.eval_metrics["bai_regret"].shape == (6, 3) and res.num_seeds == 6 and res.metrics == {}
+    np.testing.assert_array_equal(res.eval_metrics["queries"], np.broadcast_to(BUDGETS, (6, 3)))
+    values, budgets = res.curve("bai_regret")
+    np.testing.assert_array_equal(budgets, BUDGETS)
+    mean = values.mean(axis=0)
     assert mean[0] > mean[1] > mean[2], mean
     assert mean[2] < 0.5 * mean[0], mean
+    assert res.config["budgets"] == list(BUDGETS) and res.config["design"]["design"] == "d_optimal"
+    assert res.config["key_impl"] == "threefry2x32"
 
 
 def test_offline_design_beats_random_queries(offline):
-    opt, rnd = offline["d_optimal"], offline["random"]
+    opt, rnd = (offline[d].eval_metrics for d in ("d_optimal", "random"))
     # Same instances, pools and held-out contexts per seed; the designed query sets are better.
-    assert np.all(opt.log_det > rnd.log_det)
-    assert opt.bai_regret.mean() < 0.6 * rnd.bai_regret.mean(), (opt.mean(), rnd.mean())
+    assert np.all(opt["log_det"] > rnd["log_det"])
+    assert opt["bai_regret"].mean() < 0.6 * rnd["bai_regret"].mean(), (opt["bai_regret"], rnd["bai_regret"])
+
+
+def test_offline_design_takes_cdb_run_keys(tmp_path):
+    # cdb.run's per-seed keys: an int, the typed key and its raw data give the same results; another
+    # PRNG is carried through (and recorded) as cdb.run does.
+    small = dict(pool_rounds=2, seeds=2, design_steps=5)
+    by_int = run_offline_design(OFFLINE_ENV, [3], key=7, **small)
+    for key in (jax.random.key(7), jax.random.key_data(jax.random.key(7))):
+        same = run_offline_design(OFFLINE_ENV, [3], key=key, **small)
+        np.testing.assert_array_equal(same.eval_metrics["bai_regret"], by_int.eval_metrics["bai_regret"])
+    other = run_offline_design(OFFLINE_ENV, [3], key=8, **small)
+    assert not np.array_equal(other.eval_metrics["log_det"], by_int.eval_metrics["log_det"])
+    rbg = run_offline_design(OFFLINE_ENV, [3], key=jax.random.key(7, impl="rbg"), **small)
+    assert rbg.config["key_impl"] == "rbg" and np.all(np.isfinite(rbg.eval_metrics["bai_regret"]))
+    np.testing.assert_array_equal(seed_keys_data(7, 2), jax.random.key_data(jax.random.split(jax.random.key(7), 2)))
+    # Results round-trips through save/load like any cdb.run result.
+    loaded = cdb.Results.load(by_int.save(tmp_path / "offline"))
+    np.testing.assert_array_equal(loaded.eval_metrics["log_det"], by_int.eval_metrics["log_det"])
+    assert loaded.num_seeds == 2
+
+
+def seed_keys_data(key, seeds):
+    return jax.random.key_data(seed_keys(key, seeds))
+
+
+@dataclasses.dataclass(frozen=True)
+class _InstanceProbe(KArmedDuel):
+    """KArmedDuel whose "regret" reports the first drawn utility: which instance reset drew."""
+
+    def evaluate(self, key, state, obs, arms, params):
+        return {"bai_regret": jnp.broadcast_to(state.utilities[0], arms.shape)}
+
+
+def test_offline_design_meets_cdb_runs_problem_instance():
+    env = _InstanceProbe(num_arms=4, batch_size=2, eval_batch_size=2)
+    online = cdb.run(OptimalDesignAgent(buffer_capacity=4), env, rounds=1, seeds=3, key=5, progress=False)
+    offline = run_offline_design(env, [2], pool_rounds=1, seeds=3, key=5, design_steps=2)
+    expected = online.eval_metrics["bai_regret"][:, 0]
+    assert len(set(expected.tolist())) == 3  # three different instances
+    np.testing.assert_array_equal(offline.eval_metrics["bai_regret"][:, 0], expected)
 
 
 def test_offline_design_counts_queries_and_checks_budget():
@@ -147,6 +196,10 @@ def test_offline_design_counts_queries_and_checks_budget():
         OfflineOptimalDesign(budget=9, pool_rounds=2).run(0, OFFLINE_ENV)  # pool holds 2 × 4 contexts
     with pytest.raises(ValueError, match="pure-JAX|features"):
         OfflineOptimalDesign(budget=1, pool_rounds=1).run(0, _HostEnv())
+    with pytest.raises(ValueError, match="budgets"):
+        run_offline_design(OFFLINE_ENV, [], pool_rounds=2)
+    with pytest.raises(ValueError, match="budgets"):
+        run_offline_design(OFFLINE_ENV, [2.5], pool_rounds=2)
 
 
 class _HostEnv:
