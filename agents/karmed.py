@@ -21,8 +21,8 @@ Batches: the ``B`` duels of a round are ``B`` independent draws from the same st
 each); the wins of all ``B`` are added afterwards.
 
 Speed (``benchmarks/karmed_throughput.py``): drawing DTS's ``K²`` Beta samples with
-``jax.random.beta`` (a per-element gamma rejection loop, vmapped over seeds) cost about 100× the
-rest of a round. DTS therefore draws only what its rule reads: the signs ``[θ¹_ij > ½]`` from
+``jax.random.beta`` (a per-element gamma rejection loop, vmapped over seeds) cost hundreds of times
+the rest of a round. DTS therefore draws only what its rule reads: the signs ``[θ¹_ij > ½]`` from
 ``P(θ¹_ij > ½)``, which the state keeps exact by a binomial recurrence (:func:`beats_half_update`),
 and the ``K`` values of ``θ²`` by batched Marsaglia–Tsang gammas (:func:`beta_integer`); the
 law of every duel is unchanged. Cheap draws come from :mod:`cdb.rng`.
