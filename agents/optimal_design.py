@@ -58,7 +58,8 @@ from cdb.agents.linear import LinearDuelingAgent, LinearState, random_distinct_p
 from cdb.agents.reward_model_agent import check_observation
 from cdb.linalg import fit_logistic, pair_widths, sherman_morrison_rows
 from cdb.results import Results
-from cdb.run import _EVAL, _INIT, _RESET, _ROUNDS, _as_key, _stage_key, describe
+from cdb.run import _as_key, describe
+from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, _stage_key
 from cdb.types import Duel, Observation
 from cdb.validation import check_choice, check_float, check_int
 

@@ -363,7 +363,7 @@ def test_links_match_closed_forms(link):
 
 @pytest.mark.parametrize("name", list(ENVS))
 def test_latent_reward_is_not_in_the_observation(name):
-    assert {f.name for f in dataclasses.fields(Observation)} == {"features", "prompts"}
+    assert {f.name for f in dataclasses.fields(Observation)} == {"features", "prompts", "prompt_mask"}
     assert {f.name for f in dataclasses.fields(Feedback)} == {"preference", "queried"}
     state, obs, _, _, feedback, info = play(name)
     leaves = jax.tree.leaves(obs)

@@ -265,6 +265,8 @@ def test_a_prompt_longer_than_the_context_is_an_error_at_construction():
     ):
         LLMDuel(ref, long, RecordingOracle(), batch_size=1, max_new_tokens=16, eval_prompts=EVAL)
     with pytest.raises(ValueError, match=r"leaves no room in tiny-random's context max_len=128"):
+        LLMDuel(ref, PromptSet(["y" * 109]), RecordingOracle(), batch_size=1, eval_prompts=EVAL)  # 128 tokens
+    with pytest.raises(ValueError, match=r"129 tokens, more than the model's context max_len=128"):
         LLMDuel(ref, PromptSet(["y" * 110]), RecordingOracle(), batch_size=1, eval_prompts=EVAL)
     env = LLMDuel(ref, long, RecordingOracle(), batch_size=1, eval_prompts=EVAL)
     assert env.max_new_tokens == 128 - 119  # the default shrinks to the context left

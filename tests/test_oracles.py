@@ -253,7 +253,9 @@ def test_judge_bad_input_gets_clear_errors(judge):
     plain = dataclasses.replace(ref, tokenizer=_without_chat_template(ref.tokenizer))
     with pytest.raises(ValueError, match="no chat template; pass chat=False"):
         JudgeOracle(plain, template=SHORT_TEMPLATE)
-    with pytest.raises(ValueError, match=r"more than tiny-random's context max_len=128.*shorter responses"):
+    with pytest.raises(
+        ValueError, match=r"JudgeOracle: .*more than the model's context max_len=128.*shorter responses"
+    ):
         judge.compare(["Hi?"], ["word " * 20], ["other " * 20])
 
 

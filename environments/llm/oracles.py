@@ -366,14 +366,12 @@ class JudgeOracle:
 
     def label_probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """``softmax(ℓ_first, ℓ_second)`` ``[n, 2]`` after each judge prompt of ``texts``."""
-        tokens, mask = self.pretrained.encode(list(texts), chat=self.chat)
         max_len = self.pretrained.config.max_len
-        if tokens.shape[1] > max_len:
-            raise ValueError(
-                f"JudgeOracle: a judge prompt has {tokens.shape[1]} tokens, more than {self.judge}'s context "
-                f"max_len={max_len}; use shorter responses (LLMDuel max_new_tokens), a shorter template or a "
-                "judge with a longer context"
-            )
+        advice = "use shorter responses (LLMDuel max_new_tokens), a shorter template or a judge with a longer context"
+        try:
+            tokens, mask = self.pretrained.encode(list(texts), chat=self.chat)
+        except ValueError as err:  # Pretrained.encode refuses prompts longer than the context
+            raise ValueError(f"JudgeOracle: {err}; {advice}") from err
         width = min(max_len, -(-tokens.shape[1] // 64) * 64)
         rows = -(-tokens.shape[0] // self.batch_size) * self.batch_size
         padded = np.full((rows, width), self.pretrained.pad_id, np.int32)
