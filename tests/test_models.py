@@ -79,11 +79,28 @@ def prompts():
         (dict(norm_eps=-1e-6), "norm_eps"),
         (dict(dtype=jnp.int32), "dtype"),
         (dict(vocab_size=2.5), "vocab_size"),
+        (dict(architecture="bert"), "architecture"),
+        (dict(activation="relu"), "activation"),
+        (dict(rotary_pct=0.0), "rotary_pct"),
+        (dict(rotary_pct=0.3), "d_model"),  # int(4 * 0.3) = 1 rotated dimension: odd
+        (dict(rope_scaling=(8.0, 4.0, 1.0, 8192)), "rope_scaling"),  # low_freq_factor > high_freq_factor
+        (dict(lora_rank=-1), "lora_rank"),
+        (dict(lora_rank=2, lora_alpha=0.0), "lora_alpha"),
+        (dict(lora_targets=("lm_head",)), "lora_targets"),
+        (dict(architecture="gpt2", lora_rank=2, lora_targets=("gate_proj",)), "lora_targets"),
     ],
 )
 def test_config_rejects_bad_values(change, field):
     with pytest.raises(ValueError, match=rf"TransformerConfig\.{field}="):
         TransformerConfig(**{**BASE, **change})
+
+
+def test_gpt2_needs_no_rotary_pairs():
+    config = TransformerConfig(**{**BASE, "d_model": 12}, architecture="gpt2")  # odd head_dim 3 is fine
+    assert not config.uses_rope
+    tree = nnx.to_pure_dict(Policy(config).abstract_params())
+    assert tree["embed_positions"]["embedding"].shape == (16, 12)  # learned positions [max_len, D]
+    assert "gate_proj" not in tree["layers"][0]["mlp"]
 
 
 def test_config_is_hashable_and_policy_is_static():

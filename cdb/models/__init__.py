@@ -1,4 +1,5 @@
-"""Causal language models for tiers 2-3 (DESIGN §6): a Llama-style NNX decoder and its samplers.
+"""Causal language models for tiers 2-3 (DESIGN §6): an NNX decoder (Llama / Qwen2, GPT-2, GPT-NeoX),
+its samplers, pretrained checkpoints (:func:`load_pretrained`) and LoRA adapters (:func:`with_lora`).
 
 from cdb.models import Policy, TransformerConfig, sample, sequence_logprobs
 
@@ -8,9 +9,14 @@ params = policy.init(key)                                              # nnx.Sta
 logits, hidden = policy.apply(params, tokens, attention_mask)          # [B, T, V], [B, T, D]
 out = sample(key, policy, params, prompts, prompt_mask, length=8, temperature=1.0, top_p=0.9)
 lp = sequence_logprobs(policy, params, prompts, prompt_mask, out.tokens, out.mask)  # == out.logprobs
+
+reference = load_pretrained("path/to/hf-folder")        # or a .gguf file, or "smollm2-135m-instruct"
+policy, params = with_lora(reference, rank=8, alpha=16, key=key)   # pi_theta; pi_ref = reference
 """
 
-from cdb.models.pretrained import Pretrained
+from cdb.models.hf import config_from_hf, params_from_hf
+from cdb.models.lora import base_params, lora_optimizer, lora_trainable, merge_lora, with_lora
+from cdb.models.pretrained import Pretrained, load_pretrained
 from cdb.models.sampling import (
     DecodeState,
     Samples,
@@ -32,7 +38,9 @@ from cdb.models.sampling import (
     token_logprobs,
 )
 from cdb.models.transformer import (
+    ARCHITECTURES,
     KVCache,
+    LoRALinear,
     Policy,
     Transformer,
     TransformerConfig,
@@ -40,27 +48,38 @@ from cdb.models.transformer import (
     init_cache,
     positions_from_mask,
     rope_angles,
+    rope_inv_freq,
 )
 
 __all__ = [
+    "ARCHITECTURES",
     "DecodeState",
     "KVCache",
+    "LoRALinear",
     "Policy",
     "Pretrained",
     "Samples",
     "Transformer",
     "TransformerConfig",
     "apply_rope",
+    "base_params",
+    "config_from_hf",
     "decode_step",
     "dera_logits",
     "geometric_mixture_logits",
     "init_cache",
+    "load_pretrained",
+    "lora_optimizer",
+    "lora_trainable",
+    "merge_lora",
     "mixture_logits",
+    "params_from_hf",
     "positions_from_mask",
     "prefill",
     "process_logits",
     "response_logits",
     "rope_angles",
+    "rope_inv_freq",
     "sample",
     "sample_dera",
     "sample_geometric_mixture",
@@ -70,4 +89,5 @@ __all__ = [
     "sequence_logprob",
     "sequence_logprobs",
     "token_logprobs",
+    "with_lora",
 ]

