@@ -9,8 +9,29 @@ Tier 1 (arm features):
 * optimal design — :class:`OptimalDesignAgent` (label-free sequential D-optimal design) and
   :func:`run_offline_design` (Scheid et al. 2024: the whole query set up front);
 * K-armed — :class:`DoubleThompsonSampling` (Wu & Liu 2016), :class:`RUCB` (Zoghi et al. 2014).
+
+Tiers 2-3 (token sequences, ``SequenceDuel`` / ``LLMDuel``): one :class:`AlignmentAgent`
+(:mod:`cdb.agents.alignment`) and its presets (:mod:`cdb.agents.alignment_presets`) —
+:func:`offline_dpo`, :func:`frozen_sampler_dpo`, :func:`online_dap` (:func:`online_dpo`,
+:func:`online_ipo`, :func:`online_slic`), :func:`sea`, :func:`apl`, :func:`xpo`, :func:`ee4llm`,
+:func:`nash_md`, :func:`sail`.
 """
 
+from cdb.agents.alignment import AlignmentAgent, policy_optimizer
+from cdb.agents.alignment_presets import (
+    apl,
+    ee4llm,
+    frozen_sampler_dpo,
+    nash_md,
+    offline_dpo,
+    online_dap,
+    online_dpo,
+    online_ipo,
+    online_slic,
+    sail,
+    sea,
+    xpo,
+)
 from cdb.agents.karmed import RUCB, DoubleThompsonSampling
 from cdb.agents.linear import CoLSTIM, LinearDuelingAgent, MaxInP
 from cdb.agents.optimal_design import OfflineOptimalDesign, OptimalDesignAgent, run_offline_design
@@ -28,6 +49,7 @@ from cdb.agents.reward_model_agent import (
 
 __all__ = [
     "RUCB",
+    "AlignmentAgent",
     "CoLSTIM",
     "DoubleThompsonSampling",
     "LinearDuelingAgent",
@@ -44,4 +66,17 @@ __all__ = [
     "passive",
     "run_offline_design",
     "uncertainty",
+    "apl",
+    "ee4llm",
+    "frozen_sampler_dpo",
+    "nash_md",
+    "offline_dpo",
+    "online_dap",
+    "online_dpo",
+    "online_ipo",
+    "online_slic",
+    "policy_optimizer",
+    "sail",
+    "sea",
+    "xpo",
 ]

@@ -16,8 +16,12 @@ One class, :class:`AlignmentAgent`, runs every agent of the SEA paper's comparis
 * SAIL-PR / PP — π_θ, M=2 → random pair → oracle / the policy's own preference → DPO + self-improving term;
 * SAIL-DP — offline DPO's dataset → DPO + SAIL's preference term on the dataset pairs.
 
-Recommendations (``recommend``, the BAI evaluation): greedy decoding of π_θ; greedy decoding of
-DeRa's logits ``λ·h_θ + (1−λ)·h_ref`` (Liu et al. 2024); or EE4LLM's best of N π_ref samples.
+Recommendations (``recommend``, the BAI evaluation) come from a :mod:`cdb.recommenders` part:
+greedy decoding of π_θ; greedy decoding of DeRa's logits ``λ·h_θ + (1−λ)·h_ref`` (Liu et al.
+2024); or EE4LLM's best of N π_ref samples.
+
+The presets (:func:`sea`, :func:`online_dap`, ...) live in :mod:`cdb.agents.alignment_presets`
+and are reachable from here (``alignment.sea(reference)``) and from ``cdb.agents``.
 
 A round, for a batch of B prompts::
 
@@ -35,7 +39,18 @@ the oracle get the ``'pr'`` term, those labelled by the policy's own sampled pre
 ``'pp'`` term, and the pairs of an offline dataset (fixed π_ref responses) the ``'dp'`` term.
 
 The reference policy is given the way an SFT checkpoint would be: ``reference`` holds the model
-definition and its params (``SequenceDuel.reference``). π_θ starts as a copy of π_ref.
+definition and its params — ``SequenceDuel.reference`` (tier 2) or a :class:`cdb.models.Pretrained`
+(tier 3). π_θ starts as a copy of π_ref (or only some of its leaves train, ``trainable``: LoRA
+adapters over a frozen base). Lengths, ``eos_id`` and ``pad_id`` come from the environment's
+:class:`~cdb.types.EnvSpec`: tier-3 prompts arrive left-padded with ``obs.prompt_mask`` and
+responses end at EOS; every log-prob, loss and feature counts the real tokens only.
+
+Policy updates: ``policy_steps`` optimiser steps per round (an ``optax.GradientTransformation``,
+by default clipping at global norm 1 then Adam 1e-3), each on the gradient of the round's batch
+accumulated over ``gradient_accumulation`` micro-batches. Every term of the loss is a weighted
+mean ``Σ_i w_i ℓ_i / Σ_i w_i`` over the batch; micro-batch ``k`` contributes
+``Σ_{i∈k} w_i ℓ_i / Σ_i w_i`` (its own weighted mean times its share of the batch's weight), so the
+accumulated gradient is exactly the full-batch gradient.
 """
 
 from __future__ import annotations
@@ -51,25 +66,65 @@ import optax
 from flax import struct
 
 from cdb import selection
-from cdb.ensemble import MLPEnsemble, RewardModel
-from cdb.features import reference_hidden_features
-from cdb.labelers import EntropyQueries, Labels, MixedLabeler, OracleLabeler, QueryBudget
+from cdb.ensemble import RewardModel
+from cdb.features import FeatureMap, reference_hidden_features
+from cdb.labelers import Labeler, Labels, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss, sail_term, xpo_term
-from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples, ReferenceSamples
-from cdb.sequences import (
-    ResponseScores,
-    greedy_responses,
-    repeat_prompts,
-    sample_mixture_responses,
-    sample_responses,
-    score_responses,
-)
+from cdb.proposers import PolicyAndReference, PolicySamples, Proposer
+from cdb.recommenders import Greedy, Recommender, RecommendInputs
+from cdb.scorers import NoScores, Scorer, ScorerInputs
+from cdb.sequences import ResponseScores, repeat_prompts, response_mask, score_responses
 from cdb.types import Duel, EnvSpec, Feedback, Observation
-from cdb.validation import check_choice, check_float, check_int
+from cdb.validation import check_float, check_int
 
 Array = jax.Array
-SCORERS = ("ensemble", "implicit_reward", "none")
-RECOMMENDERS = ("greedy", "best_of_n", "dera")
+
+# the presets of the SEA paper's comparison, defined in cdb.agents.alignment_presets (module __getattr__)
+PRESETS = (
+    "apl",
+    "default_ensemble",
+    "ee4llm",
+    "frozen_sampler_dpo",
+    "nash_md",
+    "offline_dpo",
+    "online_dap",
+    "online_dpo",
+    "online_ipo",
+    "online_slic",
+    "sail",
+    "sea",
+    "xpo",
+)
+
+
+def policy_optimizer(learning_rate: float | optax.Schedule = 1e-3, *, max_norm: float = 1.0):
+    """The default policy optimiser: clip the gradient at global norm ``max_norm``, then Adam.
+
+    ``learning_rate`` is a float or an ``optax`` schedule (e.g. ``optax.warmup_cosine_decay_schedule``).
+    """
+    if not callable(learning_rate):
+        check_float("policy_optimizer", "learning_rate", learning_rate, low=0.0, low_inclusive=False)
+    check_float("policy_optimizer", "max_norm", max_norm, low=0.0, low_inclusive=False)
+    return optax.chain(optax.clip_by_global_norm(max_norm), optax.adam(learning_rate))
+
+
+DEFAULT_OPTIMIZER = policy_optimizer()
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+    """The static token shapes of an environment (from its :class:`~cdb.types.EnvSpec` at ``init``).
+
+    Attributes:
+      prompt_length: Lp; response_length: L.
+      eos_id: the token ending a response (``None``: fixed-length responses, tier 2).
+      pad_id: the token after an EOS.
+    """
+
+    prompt_length: int
+    response_length: int
+    eos_id: int | None = None
+    pad_id: int = 0
 
 
 @struct.dataclass
@@ -77,11 +132,15 @@ class PairDataset:
     """A fixed-size dataset of labelled pairs (offline DPO): ``[N, ...]`` arrays and a fill count."""
 
     prompts: Array
+    prompt_mask: Array
     chosen: Array
     rejected: Array
     ref_chosen: Array
     ref_rejected: Array
     size: Array
+
+
+_PAIR_FIELDS = ("prompts", "prompt_mask", "chosen", "rejected", "ref_chosen", "ref_rejected")
 
 
 @struct.dataclass
@@ -94,6 +153,7 @@ class AlignmentState:
       reward_model: the ensemble's state (``None`` without one).
       queries: oracle queries so far.
       dataset: the offline pair dataset (``None`` unless the labeler is a :class:`QueryBudget`).
+      layout: the environment's static :class:`TokenLayout` (not a leaf: static under ``jit``).
     """
 
     policy_params: Any
@@ -101,6 +161,14 @@ class AlignmentState:
     reward_model: Any
     queries: Array
     dataset: Any = None
+    layout: TokenLayout | None = struct.field(pytree_node=False, default=None)
+
+
+def _check_part(owner: str, field: str, value: Any, protocol: type, hint: str) -> None:
+    if isinstance(value, str):
+        raise ValueError(f"{owner}: {field}={value!r} is not allowed (no string switches); expected {hint}")
+    if not isinstance(value, protocol):
+        raise ValueError(f"{owner}: {field}={value!r} is not a {protocol.__name__}; expected {hint}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,73 +176,97 @@ class AlignmentAgent:
     """proposer → scorer → selector → labeler → learners, on a policy initialised from ``reference``.
 
     Attributes:
-      reference: the SFT reference policy (``.policy`` model definition, ``.params``); e.g.
-        ``SequenceDuel.reference``.
-      proposer: a :mod:`cdb.proposers` part.
-      selector: a :mod:`cdb.selection` rule, applied to the scores ``[E, M]`` of each prompt.
-      scorer: ``'ensemble'`` (reward model on ``features``), ``'implicit_reward'``
-        (``β·log π_θ/π_ref``, β of ``policy_loss``) or ``'none'``.
-      labeler: a :mod:`cdb.labelers` part.
-      reward_model: a :mod:`cdb.ensemble` model (required by the ensemble scorer and by model labels).
-      features: ``(ref_scores, prompts, responses) -> [N, D]`` reward-model features; default the
-        frozen π_ref's last hidden state at the last token (pluggable).
+      reference: the SFT reference policy (``.policy`` model definition, ``.params``):
+        ``SequenceDuel.reference`` (tier 2, which also fixes the lengths) or a
+        :class:`cdb.models.Pretrained` (tier 3, lengths from the environment).
+      proposer: a :class:`cdb.proposers.Proposer` (where the M candidates come from).
+      selector: a :class:`cdb.selection.SelectionRule`, applied to the scores ``[E, M]`` of each prompt.
+      scorer: a :class:`cdb.scorers.Scorer` — :class:`~cdb.scorers.EnsembleScores` (reward model on
+        ``features``), :class:`~cdb.scorers.ImplicitReward` (``β·log π_θ/π_ref``) or
+        :class:`~cdb.scorers.NoScores`.
+      labeler: a :class:`cdb.labelers.Labeler`.
+      reward_model: a :class:`cdb.ensemble.RewardModel` (required by the ensemble scorer, by
+        best-of-N recommendations; trained on oracle pairs whenever present).
+      features: a :class:`cdb.features.FeatureMap` of the reward model; default the frozen π_ref's
+        last hidden state at the last real token (pluggable, e.g. a frozen sentence encoder).
       policy_loss: the DAP loss of the policy (:class:`cdb.losses.DAPLoss`), or ``None`` to never
         train the policy (EE4LLM).
-      learning_rate: Adam learning rate of the policy.
-      policy_steps: gradient steps on each round's pairs.
+      optimizer: the policy's ``optax.GradientTransformation`` (default :func:`policy_optimizer`:
+        clip at global norm 1, Adam 1e-3).
+      policy_steps: optimiser steps on each round's pairs.
+      gradient_accumulation: k, micro-batches per step (the batch's rows must divide by k); the
+        accumulated gradient equals the full-batch gradient (module docstring).
+      trainable: ``params -> pytree of bool`` (the structure of the params), the leaves that train
+        (e.g. ``cdb.models.lora.lora_trainable``: adapters only, π_ref is the frozen base); ``None``:
+        every leaf. Frozen leaves get no gradient and no optimiser state.
       xpo_alpha: XPO's exploration coefficient α (Xie et al. 2024), with ``PolicyAndReference``.
       sail_coefficient: weight of SAIL's self-improving term (Ding et al. 2024); 0 disables it.
         The variant follows each pair's route (module docstring): ``'pr'`` / ``'pp'`` online,
         ``'dp'`` on the pairs of an offline dataset (``QueryBudget`` labeler).
-      recommend_with: ``'greedy'`` decoding of π_θ; ``'dera'``, greedy decoding of the DeRa logits
-        ``λ·h_θ + (1−λ)·h_ref`` per token (Liu et al. 2024, "Decoding-time Realignment of Language
-        Models"), λ = ``dera_lambda``; or ``'best_of_n'`` samples of π_ref ranked by the ensemble
-        mean (EE4LLM's policy).
-      best_of_n: N for ``'best_of_n'``.
-      dera_lambda: DeRa's λ ≥ 0 for ``'dera'``: 1 decodes π_θ (= ``'greedy'``), 0 decodes π_ref,
-        λ > 1 extrapolates past π_θ (stronger alignment).
+      recommender: a :class:`cdb.recommenders.Recommender` (``Greedy()``, ``DeRa(lam)``, ``BestOfN(n)``).
       name: a label for results.
     """
 
     reference: Any
-    proposer: Any = PolicySamples(2)
-    selector: Any = selection.Passive()
-    scorer: str = "none"
-    labeler: Any = OracleLabeler()
+    proposer: Proposer = PolicySamples(2)
+    selector: selection.SelectionRule = selection.Passive()
+    scorer: Scorer = NoScores()
+    labeler: Labeler = OracleLabeler()
     reward_model: RewardModel | None = None
-    features: Callable[[ResponseScores, Array, Array], Array] = reference_hidden_features
+    features: FeatureMap = reference_hidden_features
     policy_loss: DAPLoss | None = DAPLoss()
-    learning_rate: float = 1e-3
+    optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER
     policy_steps: int = 1
+    gradient_accumulation: int = 1
+    trainable: Callable[[Any], Any] | None = None
     xpo_alpha: float = 0.0
     sail_coefficient: float = 0.0
-    recommend_with: str = "greedy"
-    best_of_n: int = 8
-    dera_lambda: float = 1.0
+    recommender: Recommender = Greedy()
     name: str = "alignment_agent"
 
     def __post_init__(self):
-        check_choice(self, "scorer", self.scorer, SCORERS)
-        check_choice(self, "recommend_with", self.recommend_with, RECOMMENDERS)
-        check_float(self, "learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
+        _check_part(self.name, "proposer", self.proposer, Proposer, "a cdb.proposers part, e.g. PolicySamples(2)")
+        _check_part(
+            self.name, "selector", self.selector, selection.SelectionRule, "a cdb.selection rule, e.g. Passive()"
+        )
+        _check_part(
+            self.name,
+            "scorer",
+            self.scorer,
+            Scorer,
+            "a cdb.scorers part: EnsembleScores(), ImplicitReward(beta), NoScores()",
+        )
+        _check_part(self.name, "labeler", self.labeler, Labeler, "a cdb.labelers part, e.g. OracleLabeler()")
+        _check_part(
+            self.name,
+            "recommender",
+            self.recommender,
+            Recommender,
+            "a cdb.recommenders part: Greedy(), DeRa(lam), BestOfN(n)",
+        )
+        if not isinstance(self.optimizer, optax.GradientTransformation):
+            raise ValueError(
+                f"{self.name}: optimizer={self.optimizer!r} is not allowed; expected an optax.GradientTransformation "
+                "(e.g. cdb.agents.alignment.policy_optimizer(1e-3))"
+            )
+        if self.trainable is not None and not callable(self.trainable):
+            raise ValueError(f"{self.name}: trainable={self.trainable!r}; expected None or params -> pytree of bool")
         check_int(self, "policy_steps", self.policy_steps, low=1)
+        check_int(self, "gradient_accumulation", self.gradient_accumulation, low=1)
         check_float(self, "xpo_alpha", self.xpo_alpha, low=0.0)
         check_float(self, "sail_coefficient", self.sail_coefficient, low=0.0)
-        check_int(self, "best_of_n", self.best_of_n, low=1)
-        check_float(self, "dera_lambda", self.dera_lambda, low=0.0)
-        if self.labeler.uses_model_labels and self.scorer == "none":
+        if self.labeler.uses_model_labels and not self.scorer.provides_labels:
             raise ValueError(
                 f"{self.name}: labeler={type(self.labeler).__name__} labels pairs with the scorer's "
-                "model; scorer='none' is not allowed with it (use 'ensemble' or 'implicit_reward')"
+                f"model; scorer={type(self.scorer).__name__}() has none (use EnsembleScores or ImplicitReward)"
             )
-        needs_rm = self.scorer == "ensemble" or self.recommend_with == "best_of_n"
+        needs_rm = self.scorer.needs_reward_model or self.recommender.needs_reward_model
         if needs_rm and self.reward_model is None:
             raise ValueError(
                 f"{self.name}: reward_model=None is not allowed with scorer={self.scorer!r}, "
-                f"labeler={type(self.labeler).__name__}, recommend_with={self.recommend_with!r}; "
-                "expected a cdb.ensemble reward model"
+                f"recommender={self.recommender!r}; expected a cdb.ensemble reward model"
             )
-        members = self.reward_model.num_members if self.scorer == "ensemble" else 1
+        members = self.scorer.num_members(self.reward_model)
         if members < self.selector.min_members:
             raise ValueError(
                 f"{self.name}: reward_model.num_members={members} is out of range; "
@@ -182,8 +274,11 @@ class AlignmentAgent:
             )
         if self.proposer.num_candidates < 2:
             raise ValueError(f"{self.name}: proposer.num_candidates={self.proposer.num_candidates}; expected >= 2")
-        if self.scorer == "implicit_reward" and self.policy_loss is None:
-            raise ValueError(f"{self.name}: scorer='implicit_reward' needs a policy_loss (its β)")
+        if self.scorer.needs_policy_logprob and self.policy_loss is None:
+            raise ValueError(
+                f"{self.name}: scorer={self.scorer!r} scores with the trained policy; policy_loss=None "
+                "(a policy that never trains) is not allowed with it"
+            )
         if self.xpo_alpha > 0 and not isinstance(self.proposer, PolicyAndReference):
             raise ValueError(f"{self.name}: xpo_alpha={self.xpo_alpha} needs proposer=PolicyAndReference()")
         if self.sail_coefficient > 0 and not (self.proposer.from_policy or self._offline):
@@ -208,89 +303,128 @@ class AlignmentAgent:
     def _offline(self) -> bool:
         return isinstance(self.labeler, QueryBudget)
 
-    def _optimizer(self):
-        return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(self.learning_rate))
+    def _trainable_mask(self, params):
+        return None if self.trainable is None else self.trainable(params)
+
+    def _optimizer(self) -> optax.GradientTransformation:
+        """``optimizer`` on the trainable leaves; the frozen ones get no update and no state."""
+        if self.trainable is None:
+            return self.optimizer
+
+        def labels(params):
+            return jax.tree.map(lambda t: "train" if t else "frozen", self.trainable(params))
+
+        return optax.multi_transform({"train": self.optimizer, "frozen": optax.set_to_zero()}, labels)
 
     def init(self, key: Array, spec: EnvSpec) -> AlignmentState:
         if spec.prompt_length is None or spec.response_length is None:
             raise ValueError(
                 f"{self.name} needs a token environment (EnvSpec.prompt_length, response_length); got {spec}"
             )
-        expected = (self.reference.prompt_length, self.reference.response_length)
-        if (spec.prompt_length, spec.response_length) != expected:
+        fixed = (getattr(self.reference, "prompt_length", None), getattr(self.reference, "response_length", None))
+        if fixed != (None, None) and (spec.prompt_length, spec.response_length) != fixed:
             raise ValueError(
                 f"{self.name}: the environment has prompt_length={spec.prompt_length}, "
                 f"response_length={spec.response_length}; the reference policy was built for "
-                f"prompt_length={expected[0]}, response_length={expected[1]}"
+                f"prompt_length={fixed[0]}, response_length={fixed[1]}"
             )
+        config = self.policy.config
+        if spec.prompt_length + spec.response_length > config.max_len:
+            raise ValueError(
+                f"{self.name}: prompt_length={spec.prompt_length} + response_length={spec.response_length} "
+                f"exceeds the reference's max_len={config.max_len}; expected a total <= max_len"
+            )
+        if spec.vocab_size is not None and spec.vocab_size > config.vocab_size:
+            raise ValueError(
+                f"{self.name}: EnvSpec.vocab_size={spec.vocab_size} exceeds the reference's vocab_size="
+                f"{config.vocab_size}; expected at most {config.vocab_size}"
+            )
+        layout = TokenLayout(spec.prompt_length, spec.response_length, spec.eos_id, spec.pad_id)
         params = self.reference.params if self._trains_policy else None
         opt_state = self._optimizer().init(params) if self._trains_policy else None
         rm_state = None
         if self.reward_model is not None:
-            rm_state = self.reward_model.init(key, self._feature_dim(spec))
+            rm_state = self.reward_model.init(key, self._feature_dim(layout))
         dataset = None
         if self._offline:
             n, lp, length = self.labeler.budget, spec.prompt_length, spec.response_length
             dataset = PairDataset(
                 prompts=jnp.zeros((n, lp), jnp.int32),
+                prompt_mask=jnp.ones((n, lp), bool),
                 chosen=jnp.zeros((n, length), jnp.int32),
                 rejected=jnp.zeros((n, length), jnp.int32),
                 ref_chosen=jnp.zeros((n,), jnp.float32),
                 ref_rejected=jnp.zeros((n,), jnp.float32),
                 size=jnp.zeros((), jnp.int32),
             )
-        return AlignmentState(params, opt_state, rm_state, jnp.zeros((), jnp.int32), dataset)
+        return AlignmentState(params, opt_state, rm_state, jnp.zeros((), jnp.int32), dataset, layout)
 
-    def _feature_dim(self, spec: EnvSpec) -> int:
+    def _feature_dim(self, layout: TokenLayout) -> int:
         """D of the feature map, from its output shape on abstract inputs (nothing is computed)."""
         n, d_model = 1, self.policy.config.d_model
-        ref = ResponseScores(jnp.zeros((n,)), jnp.zeros((n, spec.response_length)), jnp.zeros((n, d_model)))
-        prompts = jnp.zeros((n, spec.prompt_length), jnp.int32)
-        responses = jnp.zeros((n, spec.response_length), jnp.int32)
-        return int(jax.eval_shape(self.features, ref, prompts, responses).shape[-1])
+        ref = ResponseScores(
+            jnp.zeros((n,)), jnp.zeros((n, layout.response_length)), jnp.zeros((n, d_model)), jnp.zeros((n,))
+        )
+        prompts = jnp.zeros((n, layout.prompt_length), jnp.int32)
+        responses = jnp.zeros((n, layout.response_length), jnp.int32)
+        masks = {}
+        if layout.eos_id is not None:
+            masks = {"prompt_mask": jnp.ones(prompts.shape, bool), "response_mask": jnp.ones(responses.shape, bool)}
+        return int(jax.eval_shape(lambda *a: self.features(*a, **masks), ref, prompts, responses).shape[-1])
 
     def _policy_params(self, state: AlignmentState):
         return state.policy_params if self._trains_policy else self.reference.params
 
-    def _scores(self, state, ref: ResponseScores, policy_logprob, prompts, candidates) -> tuple[Array, Array | None]:
-        """Scores ``[B, E, M]`` and, with a reward model, features ``[B, M, D]``."""
-        batch, m, length = candidates.shape
-        feats = None
-        if self.reward_model is not None:
-            flat = self.features(ref, repeat_prompts(prompts, m), candidates.reshape(batch * m, length))
-            feats = flat.reshape(batch, m, -1)
-        if self.scorer == "ensemble":
-            return jnp.swapaxes(self.reward_model.scores(state.reward_model, feats), 0, 1), feats
-        if self.scorer == "implicit_reward":
-            implicit = self.policy_loss.beta * (policy_logprob - ref.logprob.reshape(batch, m))
-            return implicit[:, None, :], feats
-        return jnp.zeros((batch, 1, m), jnp.float32), feats
+    def _features(self, ref: ResponseScores, prompts, responses, prompt_mask, rmask) -> Array:
+        if prompt_mask is None and rmask is None:
+            return self.features(ref, prompts, responses)
+        return self.features(ref, prompts, responses, prompt_mask=prompt_mask, response_mask=rmask)
+
+    def reward_scores(self, state: AlignmentState, prompts, prompt_mask, responses, rmask) -> Array:
+        """The reward members' scores ``[E, N]`` of responses ``[N, L]`` (features of π_ref's pass)."""
+        ref = score_responses(self.policy, self.reference.params, prompts, responses, prompt_mask, rmask)
+        return self.reward_model.scores(state.reward_model, self._features(ref, prompts, responses, prompt_mask, rmask))
 
     # --- the agent API -------------------------------------------------------------------------
 
     def select(self, key: Array, state: AlignmentState, obs: Observation) -> tuple[Duel, dict]:
-        prompts = obs.prompts
+        prompts, prompt_mask, layout = obs.prompts, obs.prompt_mask, state.layout
         chex.assert_rank(prompts, 2)
-        batch, length = prompts.shape[0], self.reference.response_length
+        batch, length = prompts.shape[0], layout.response_length
         k_propose, k_select, k_label = jax.random.split(key, 3)
         policy_params = self._policy_params(state)
-        candidates = self.proposer(k_propose, self.policy, policy_params, self.reference.params, prompts, length)
+        candidates = self.proposer(
+            k_propose,
+            self.policy,
+            policy_params,
+            self.reference.params,
+            prompts,
+            length,
+            prompt_mask=prompt_mask,
+            eos_id=layout.eos_id,
+            pad_id=layout.pad_id,
+        )
         m = candidates.shape[1]
         flat_prompts, flat = repeat_prompts(prompts, m), candidates.reshape(batch * m, length)
-        ref = score_responses(self.policy, self.reference.params, flat_prompts, flat)
+        flat_mask, rmask = repeat_prompts(prompt_mask, m), response_mask(flat, layout.eos_id)
+        ref = score_responses(self.policy, self.reference.params, flat_prompts, flat, flat_mask, rmask)
         needs_policy_logprob = (
-            self.scorer == "implicit_reward" or isinstance(self.labeler, EntropyQueries) or self.proposer.from_policy
+            self.scorer.needs_policy_logprob or self.labeler.needs_policy_logprob or self.proposer.from_policy
         )
         policy_logprob = None
         if needs_policy_logprob:
-            policy_logprob = score_responses(self.policy, policy_params, flat_prompts, flat).logprob.reshape(batch, m)
-        scores, feats = self._scores(state, ref, policy_logprob, prompts, candidates)
+            scored = score_responses(self.policy, policy_params, flat_prompts, flat, flat_mask, rmask)
+            policy_logprob = scored.logprob.reshape(batch, m)
+        feats = None
+        if self.reward_model is not None:
+            feats = self._features(ref, flat_prompts, flat, flat_mask, rmask).reshape(batch, m, -1)
+        ref_logprob = ref.logprob.reshape(batch, m)
+        scores = self.scorer(ScorerInputs(self.reward_model, state.reward_model, feats, policy_logprob, ref_logprob))
         pairs = selection.select_pairs(self.selector, k_select, scores)
         labels: Labels = self.labeler(k_label, pairs, scores, policy_logprob, state.queries)
         arms = jnp.take_along_axis(candidates, labels.pairs[:, :, None], axis=1)  # [B, 2, L]
-        ref_logprob = jnp.take_along_axis(ref.logprob.reshape(batch, m), labels.pairs, axis=1)  # [B, 2]
         aux = {
-            "ref_logprob": ref_logprob,
+            "ref_logprob": jnp.take_along_axis(ref_logprob, labels.pairs, axis=1),  # [B, 2]
             "model_label": labels.model_label,
             "model_trained": labels.model_trained,
             "features": None if feats is None else jnp.take_along_axis(feats, labels.pairs[:, :, None], axis=1),
@@ -299,7 +433,7 @@ class AlignmentAgent:
         info = {"model_labelled": jnp.sum(labels.model_trained).astype(jnp.int32)}
         if self.proposer.from_policy:
             # KL(π_θ ‖ π_ref) estimated on the policy's own samples: E_y~π_θ[log π_θ(y) − log π_ref(y)]
-            info["kl"] = jnp.mean(policy_logprob - ref.logprob.reshape(batch, m))
+            info["kl"] = jnp.mean(policy_logprob - ref_logprob)
         return Duel(arms=arms, query=labels.query, aux=aux), info
 
     def update(self, key: Array, state: AlignmentState, obs: Observation, duel: Duel, feedback: Feedback):
@@ -320,6 +454,7 @@ class AlignmentAgent:
         first_wins = label > 0.5
         batch = {
             "prompts": obs.prompts,
+            "prompt_mask": obs.prompt_mask,
             "chosen": jnp.where(first_wins[:, None], duel.arms[:, 0], duel.arms[:, 1]),
             "rejected": jnp.where(first_wins[:, None], duel.arms[:, 1], duel.arms[:, 0]),
             "ref_chosen": jnp.where(first_wins, aux["ref_logprob"][:, 0], aux["ref_logprob"][:, 1]),
@@ -334,58 +469,80 @@ class AlignmentAgent:
         }
         if self._offline:
             state, batch = self._offline_batch(key, state, batch, oracle)
-        params, opt_state, loss_info = self._policy_steps(state.policy_params, state.opt_state, batch)
+        params, opt_state, loss_info = self._policy_steps(state.policy_params, state.opt_state, batch, state.layout)
         info.update(loss_info)
         return state.replace(policy_params=params, opt_state=opt_state), info
 
     def _offline_batch(self, key, state: AlignmentState, batch: dict, oracle: Array):
         """Stores the queried pairs; once the dataset is full, trains on a uniform minibatch of it."""
         data = state.dataset
+        masked = batch["prompt_mask"] is not None
+        new = dict(batch)
+        if not masked:
+            new["prompt_mask"] = jnp.ones(batch["prompts"].shape, bool)
         slots = jnp.where(oracle, data.size + jnp.cumsum(oracle) - 1, data.prompts.shape[0])  # full: dropped
         data = data.replace(
-            **{
-                k: getattr(data, k).at[slots].set(batch[k], mode="drop")
-                for k in ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")
-            },
+            **{k: getattr(data, k).at[slots].set(new[k], mode="drop") for k in _PAIR_FIELDS},
             size=jnp.minimum(data.size + jnp.sum(oracle, dtype=jnp.int32), data.prompts.shape[0]),
         )
         full = data.size == data.prompts.shape[0]
         index = jax.random.randint(key, (batch["prompts"].shape[0],), 0, data.prompts.shape[0])
-        train = {k: getattr(data, k)[index] for k in ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")}
+        train = {k: getattr(data, k)[index] for k in _PAIR_FIELDS}
+        if not masked:
+            train["prompt_mask"] = None
         train["weight"] = jnp.full(index.shape, full, jnp.float32)
         # SAIL-DP: fixed (offline) responses, so only the preference term
         train["sail_rows"] = {"dp": train["weight"]}
         train["reference_sample"] = None
         return state.replace(dataset=data), train
 
-    def _policy_loss(self, params, batch: dict) -> tuple[Array, dict]:
-        """The policy's minimised objective on a batch of pairs: the DAP loss (+ XPO / SAIL terms)."""
-        length = batch["chosen"].shape[-1]
+    def policy_objective(self, params, batch: dict, layout: TokenLayout, totals: dict | None = None):
+        """The policy's minimised objective on a batch of pairs: the DAP loss (+ XPO / SAIL terms).
+
+        Each term is a weighted mean over the batch's rows. With ``totals`` (the full batch's weight
+        sum per term, :func:`_weight_totals`), ``batch`` is a micro-batch and each term is scaled by
+        its share of the full batch's weight, so that the micro-batches' objectives sum to the
+        full batch's. Returns ``(loss, info)``.
+        """
+
+        def scaled(term, rows, name):
+            # a micro-batch's term: its weighted mean times its share of the full batch's weight
+            if totals is None:
+                return term
+            total = totals[name]
+            return term * (jnp.sum(rows) / jnp.where(total > 0, total, 1.0))
+
+        eos = layout.eos_id
         prompts2 = jnp.concatenate([batch["prompts"], batch["prompts"]])
+        mask2 = None if batch["prompt_mask"] is None else jnp.concatenate([batch["prompt_mask"]] * 2)
         responses = jnp.concatenate([batch["chosen"], batch["rejected"]])
-        scored = score_responses(self.policy, params, prompts2, responses).logprob
-        chosen, rejected = jnp.split(scored, 2)
-        lengths = jnp.full(chosen.shape, length, jnp.float32)
+        scored = score_responses(self.policy, params, prompts2, responses, mask2, response_mask(responses, eos))
+        chosen, rejected = jnp.split(scored.logprob, 2)
+        chosen_length, rejected_length = jnp.split(scored.length, 2)
         loss, info = self.policy_loss(
             chosen,
             rejected,
             batch["ref_chosen"],
             batch["ref_rejected"],
-            chosen_length=lengths,
-            rejected_length=lengths,
+            chosen_length=chosen_length,
+            rejected_length=rejected_length,
             weight=batch["weight"],
         )
+        loss = scaled(loss, batch["weight"], "weight")
+        info = {k: scaled(v, batch["weight"], "weight") for k, v in info.items()}
         if self.xpo_alpha > 0:
+            sample = batch["reference_sample"]
             ref_sample_logprob = score_responses(
-                self.policy, params, batch["prompts"], batch["reference_sample"]
+                self.policy, params, batch["prompts"], sample, batch["prompt_mask"], response_mask(sample, eos)
             ).logprob
-            loss = loss + xpo_term(ref_sample_logprob, self.xpo_alpha, weight=batch["weight"])
+            term = xpo_term(ref_sample_logprob, self.xpo_alpha, weight=batch["weight"])
+            loss = loss + scaled(term, batch["weight"], "weight")
         if self.sail_coefficient > 0:
             # each pair's SAIL variant follows its route (Ding et al. 2024): 'pr' / 'pp' for π_θ's
             # samples labelled by the oracle / by the policy's own sampled preference, 'dp' for the
             # pairs of an offline dataset
             for variant, rows in batch["sail_rows"].items():
-                loss = loss + sail_term(
+                term = sail_term(
                     chosen,
                     rejected,
                     batch["ref_chosen"],
@@ -395,14 +552,53 @@ class AlignmentAgent:
                     variant=variant,
                     weight=rows,
                 )
+                loss = loss + scaled(term, rows, f"sail_{variant}")
         return loss, info
 
-    def _policy_steps(self, params, opt_state, batch: dict):
+    def policy_gradient(self, params, batch: dict, layout: TokenLayout):
+        """``(loss, info, grads)`` of :meth:`policy_objective` on ``batch``, accumulated over
+        ``gradient_accumulation`` micro-batches of its rows (equal to the full-batch gradient).
+
+        Frozen leaves (``trainable``) are held constant (``stop_gradient``): their gradient is 0.
+        """
+        mask = self._trainable_mask(params)
+
+        def objective(p, b, totals):
+            if mask is not None:
+                p = jax.tree.map(lambda x, t: x if t else jax.lax.stop_gradient(x), p, mask)
+            return self.policy_objective(p, b, layout, totals)
+
+        k = self.gradient_accumulation
+        if k == 1:
+            (loss, info), grads = jax.value_and_grad(objective, has_aux=True)(params, batch, None)
+            return loss, info, grads
+        rows = batch["prompts"].shape[0]
+        if rows % k:
+            raise ValueError(
+                f"{self.name}: gradient_accumulation={k} does not divide the batch of {rows} pairs; "
+                f"expected a divisor of {rows}"
+            )
+        totals = {"weight": jnp.sum(batch["weight"])}
+        totals.update({f"sail_{v}": jnp.sum(r) for v, r in batch["sail_rows"].items()})
+        micro = jax.tree.map(lambda x: x.reshape(k, rows // k, *x.shape[1:]), batch)
+
+        def accumulate(carry, b):
+            (loss, info), grads = jax.value_and_grad(objective, has_aux=True)(params, b, totals)
+            return jax.tree.map(jnp.add, carry, (loss, info, grads)), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(lambda: jax.value_and_grad(objective, has_aux=True)(params, first, totals))
+        (loss0, info0), grads0 = shapes
+        init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss0, info0, grads0))
+        (loss, info, grads), _ = jax.lax.scan(accumulate, init, micro)
+        return loss, info, grads
+
+    def _policy_steps(self, params, opt_state, batch: dict, layout: TokenLayout):
         optimizer = self._optimizer()
 
         def step(carry, _):
             p, o = carry
-            (loss, info), grads = jax.value_and_grad(self._policy_loss, has_aux=True)(p, batch)
+            loss, info, grads = self.policy_gradient(p, batch, layout)
             updates, o = optimizer.update(grads, o, p)
             return (optax.apply_updates(p, updates), o), (loss, info)
 
@@ -413,239 +609,36 @@ class AlignmentAgent:
         return params, opt_state, out
 
     def recommend(self, key: Array, state: AlignmentState, obs: Observation) -> Array:
-        """Greedy decoding of π_θ or of DeRa's logits, or (EE4LLM) the best of N π_ref samples (ensemble mean)."""
-        prompts, length = obs.prompts, self.reference.response_length
-        if self.recommend_with == "greedy":
-            return greedy_responses(self.policy, self._policy_params(state), prompts, length)
-        if self.recommend_with == "dera":
-            # argmax_v [λ·h_θ + (1−λ)·h_ref]_v per token: DeRa at temperature 0 (``key`` is unused)
-            return sample_mixture_responses(
-                key,
-                self.policy,
-                self._policy_params(state),
-                self.reference.params,
-                prompts,
-                length,
-                mixture="dera",
-                weight=self.dera_lambda,
-                temperature=0.0,
-            )
-        n, batch = self.best_of_n, prompts.shape[0]
-        flat_prompts = repeat_prompts(prompts, n)
-        samples, _ = sample_responses(key, self.policy, self.reference.params, flat_prompts, length)
-        ref = score_responses(self.policy, self.reference.params, flat_prompts, samples)
-        feats = self.features(ref, flat_prompts, samples)
-        mean = jnp.mean(self.reward_model.scores(state.reward_model, feats), axis=0).reshape(batch, n)
-        best = jnp.argmax(mean, axis=1)
-        return samples.reshape(batch, n, length)[jnp.arange(batch), best]
+        """The recommender's response per prompt ``[N, L]`` int32 (greedy π_θ, DeRa, or EE4LLM's best of N)."""
+        layout = state.layout
+        reward = None
+        if self.reward_model is not None:
 
+            def reward(prompts, prompt_mask, responses, rmask):
+                return jnp.mean(self.reward_scores(state, prompts, prompt_mask, responses, rmask), axis=0)
 
-# --- the named agents of the SEA paper's comparison ----------------------------------------------
-
-
-def default_ensemble(num_members: int = 8) -> MLPEnsemble:
-    """SEA's epistemic reward model, sized for the toy policy's 32-dimensional features."""
-    return MLPEnsemble(
-        num_members=num_members,
-        hidden_sizes=(64, 64),
-        prior_scale=1.0,
-        steps_per_update=2,
-        batch_size=64,
-        buffer_capacity=4096,
-        learning_rate=3e-3,
-    )
-
-
-def offline_dpo(reference, budget: int, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
-    """Offline DPO: ``budget`` pairs from π_ref labelled once (the first rounds), then DPO on that dataset."""
-    return AlignmentAgent(
-        reference,
-        proposer=ReferenceSamples(2),
-        labeler=QueryBudget(budget),
-        policy_loss=loss,
-        name="offline_dpo",
-        **kwargs,
-    )
-
-
-def frozen_sampler_dpo(reference, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
-    """Online DPO whose sampler never moves: pairs from π_ref each round, labelled online (Oat's "offline")."""
-    return AlignmentAgent(
-        reference, proposer=ReferenceSamples(2), policy_loss=loss, name="frozen_sampler_dpo", **kwargs
-    )
-
-
-def online_dap(reference, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
-    """Online DPO / IPO / SLiC with passive exploration: two samples of π_θ, a random pair, the oracle labels it.
-
-    The baseline SEA's headline claim is measured against (the paper's "passive online").
-    """
-    return AlignmentAgent(reference, proposer=PolicySamples(2), policy_loss=loss, name=f"online_{loss.kind}", **kwargs)
-
-
-def sea(
-    reference,
-    *,
-    num_candidates: int = 8,
-    rule: str = "ee_ts",
-    gamma: float = 1.0,
-    model_pair: str = "best_worst",
-    reward_model: RewardModel | None = None,
-    loss: DAPLoss = DAPLoss("dpo"),
-    **kwargs,
-) -> AlignmentAgent:
-    """SEA (Liu et al. 2024): Thompson sampling with an epistemic reward ensemble over π_θ's candidates.
-
-    ``rule='ee_ts'`` (explore & exploit) or ``'bai_ts'`` (best-arm identification); ``gamma < 1``
-    turns on mixed preference learning (model-labelled pairs, never sent to the oracle).
-    """
-    rules = {"ee_ts": selection.EETS(), "bai_ts": selection.BAITS()}
-    check_choice("sea", "rule", rule, tuple(rules))
-    labeler = OracleLabeler() if gamma == 1.0 else MixedLabeler(gamma, model_pair)
-    check_float("sea", "gamma", gamma, low=0.0, high=1.0)
-    return AlignmentAgent(
-        reference,
-        proposer=PolicySamples(num_candidates),
-        selector=rules[rule],
-        scorer="ensemble",
-        labeler=labeler,
-        reward_model=default_ensemble() if reward_model is None else reward_model,
-        policy_loss=loss,
-        name=f"sea_{rule}" + ("" if gamma == 1.0 else f"_gamma{gamma:g}"),
-        **kwargs,
-    )
-
-
-def apl(
-    reference, *, num_candidates: int = 8, query_fraction: float = 0.5, loss: DAPLoss = DAPLoss("dpo"), **kwargs
-) -> AlignmentAgent:
-    """APL (Muldrew et al. 2024): query the highest-entropy prompts, on the pair of largest implicit-reward margin."""
-    return AlignmentAgent(
-        reference,
-        proposer=PolicySamples(num_candidates),
-        selector=selection.MaxMargin(),
-        scorer="implicit_reward",
-        labeler=EntropyQueries(query_fraction),
-        policy_loss=loss,
-        name="apl",
-        **kwargs,
-    )
-
-
-def xpo(reference, *, alpha: float = 1e-2, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
-    """XPO (Xie et al. 2024): one π_θ and one π_ref sample; DPO plus α·E[log π_θ(ỹ)], ỹ ~ π_ref."""
-    check_float("xpo", "alpha", alpha, low=0.0, low_inclusive=False)
-    return AlignmentAgent(
-        reference,
-        proposer=PolicyAndReference(),
-        selector=selection.Passive(),
-        policy_loss=loss,
-        xpo_alpha=alpha,
-        name="xpo",
-        **kwargs,
-    )
-
-
-def ee4llm(
-    reference,
-    *,
-    num_candidates: int = 8,
-    rule: str = "double_ts",
-    reward_model: RewardModel | None = None,
-    best_of_n: int = 8,
-    **kwargs,
-) -> AlignmentAgent:
-    """EE4LLM-style (Dwaracherla et al. 2024): reward ensemble only, double TS or infomax over π_ref
-    candidates; the policy is never trained and is evaluated as best-of-N under the ensemble mean."""
-    rules = {"double_ts": selection.DoubleTS(), "infomax": selection.Infomax()}
-    check_choice("ee4llm", "rule", rule, tuple(rules))
-    return AlignmentAgent(
-        reference,
-        proposer=ReferenceSamples(num_candidates),
-        selector=rules[rule],
-        scorer="ensemble",
-        reward_model=default_ensemble() if reward_model is None else reward_model,
-        policy_loss=None,
-        recommend_with="best_of_n",
-        best_of_n=best_of_n,
-        name=f"ee4llm_{rule}",
-        **kwargs,
-    )
-
-
-def nash_md(reference, *, mixture_beta: float = 0.125, loss: DAPLoss = DAPLoss("ipo"), **kwargs) -> AlignmentAgent:
-    """Nash-MD / online IPO (Munos et al. 2023; Calandriello et al. 2024): pairs from the geometric
-    mixture π_θ^{1−β}π_ref^{β}, IPO loss."""
-    return AlignmentAgent(
-        reference, proposer=GeometricMixtureSamples(2, mixture_beta), policy_loss=loss, name="nash_md", **kwargs
-    )
-
-
-def sail(
-    reference,
-    *,
-    variant: str = "pr",
-    coefficient: float = 0.3,
-    policy_label_fraction: float = 0.5,
-    budget: int | None = None,
-    loss: DAPLoss = DAPLoss("dpo"),
-    **kwargs,
-) -> AlignmentAgent:
-    """SAIL (Ding et al. 2024, "SAIL: Self-Improving Efficient Online Alignment of Large Language
-    Models", arXiv 2406.15567): DPO plus the self-improving gradient term.
-
-    The single-level objective ``J(θ) = E_{x,(y_w,y_l)~q_θ}[ℓ_θ]``, ``ℓ_θ = log σ(βΔ_θ)``, has the
-    gradient ``E[∇ℓ_θ] + E[ℓ_θ ∇log q_θ]``; the second part is added through
-    :func:`cdb.losses.sail_term` (a stop-gradient surrogate). Variants by where responses and
-    labels come from:
-
-    * ``'pr'`` — online DPO on two π_θ samples, labels from the oracle:
-      ``∇log q_θ = ∇log π_θ(y_w) + ∇log π_θ(y_l)``;
-    * ``'pp'`` — as ``'pr'``, but a fraction ``policy_label_fraction`` of the prompts is labelled by
-      the policy's own preference, sampled ``z ~ Bernoulli(σ(β·Δ_θ))`` (never sent to the oracle),
-      which adds the label term ``ℓ_θ ∇ℓ_θ`` for those pairs;
-    * ``'dp'`` (name ``sail_dp``) — offline DPO's composition (:func:`offline_dpo`): a fixed dataset
-      of ``budget`` pairs of π_ref samples, labelled once by the oracle in the first rounds
-      (``budget`` queries in all, none after), and on each minibatch of it the loss::
-
-          −log σ(βΔ_θ) + ρ · sg(−ℓ_θ) · ℓ_θ,   gradient   −∇ℓ_θ − ρ ℓ_θ ∇ℓ_θ = ∇[−ℓ_θ − ½ρ ℓ_θ²]
-
-      (ρ = ``coefficient``; :func:`cdb.losses.sail_term` with ``variant='dp'``). The responses are
-      fixed, so only the label term remains; as in the authors' code (``−½ρ·logsigmoid(βΔ)²``) it
-      is evaluated at the dataset's oracle labels, whereas the derivation takes labels sampled from
-      π_θ's own Bradley–Terry model.
-
-    ``coefficient`` defaults to 0.3, the authors' released configuration (their DPR γ); with 1.0
-    the surrogate's variance destabilised training on SequenceDuel (measured in the benchmark).
-    The same default is used for ``'dp'``'s ρ without a measured reason. ``budget`` (the dataset
-    size N) is required by ``'dp'`` and refused by the others.
-    """
-    check_choice("sail", "variant", variant, ("pr", "pp", "dp"))
-    check_float("sail", "coefficient", coefficient, low=0.0, low_inclusive=False)
-    if variant == "dp":
-        check_int("sail", "budget", budget, low=1)
-        agent = offline_dpo(reference, budget, loss=loss, sail_coefficient=coefficient, **kwargs)
-        return dataclasses.replace(agent, name="sail_dp")
-    if budget is not None:
-        raise ValueError(f"sail.budget={budget!r} is not allowed with variant={variant!r}; expected None (or 'dp')")
-    if variant == "pr":
-        return AlignmentAgent(
-            reference,
-            proposer=PolicySamples(2),
-            policy_loss=loss,
-            sail_coefficient=coefficient,
-            name="sail_pr",
-            **kwargs,
+        inputs = RecommendInputs(
+            policy=self.policy,
+            policy_params=self._policy_params(state),
+            reference_params=self.reference.params,
+            prompts=obs.prompts,
+            prompt_mask=obs.prompt_mask,
+            length=layout.response_length,
+            eos_id=layout.eos_id,
+            pad_id=layout.pad_id,
+            reward=reward,
         )
-    check_float("sail", "policy_label_fraction", policy_label_fraction, low=0.0, high=1.0)
-    labeler = MixedLabeler(1.0 - policy_label_fraction, model_pair="selected", label_mode="sample")
-    return AlignmentAgent(
-        reference,
-        proposer=PolicySamples(2),
-        scorer="implicit_reward",
-        labeler=labeler,
-        policy_loss=loss,
-        sail_coefficient=coefficient,
-        name="sail_pp",
-        **kwargs,
-    )
+        return self.recommender(key, inputs)
+
+
+def __getattr__(name: str):
+    """The presets (``alignment.sea(reference)``, ...), defined in :mod:`cdb.agents.alignment_presets`."""
+    if name in PRESETS:
+        from cdb.agents import alignment_presets
+
+        return getattr(alignment_presets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(PRESETS))

@@ -1,10 +1,20 @@
 """Reward-model features of a (prompt, response) pair, for the epistemic ensemble (pluggable).
 
-A feature map is a callable ``(ref_scores, prompts [N, Lp], responses [N, L]) -> [N, D]`` where
-``ref_scores`` is the frozen reference policy's teacher-forced pass (:class:`cdb.sequences.ResponseScores`).
+A feature map (:class:`FeatureMap`) is a callable::
+
+    phi = features(ref_scores, prompts [N, Lp], responses [N, L], *, prompt_mask=None, response_mask=None)  # [N, D]
+
+where ``ref_scores`` is the frozen reference policy's teacher-forced pass
+(:class:`cdb.sequences.ResponseScores`) and the masks say which tokens are real (tier 3: left-padded
+prompts, responses ending at EOS; ``None`` = all real, tier 2). Features are computed once per
+candidate response, in ``select``, and carried to ``update``.
 
 * :func:`reference_hidden_features` (default, as in SEA / Oat): π_ref's last hidden state at the
-  last token of ``(x, y)``.
+  last real token of ``(x, y)``.
+* :class:`FrozenEncoderFeatures`: a frozen sentence encoder's embedding of the decoded text (the
+  SEA paper puts its ensemble on a frozen PairRM backbone; e.g. MiniLM from
+  ``cdb.models.encoder.load_sentence_encoder()``). Decoding is a host operation, reached through
+  ``jax.pure_callback``.
 * :class:`ChainCountFeatures`: co-occurrence counts in which :class:`~cdb.environments.SequenceDuel`'s
   gold reward is exactly linear (``r*(x, y) = Σ_s Σ_t M[x_s, t, y_t] + Σ_t U[y_{t−1}, y_t]``),
   for ablations that separate exploration from representation learning.
@@ -13,9 +23,12 @@ A feature map is a callable ``(ref_scores, prompts [N, Lp], responses [N, L]) ->
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cdb.sequences import ResponseScores
 from cdb.validation import check_int
@@ -23,9 +36,122 @@ from cdb.validation import check_int
 Array = jax.Array
 
 
-def reference_hidden_features(ref: ResponseScores, prompts: Array, responses: Array) -> Array:
-    """π_ref's last (normed) hidden state at the last token of ``(x, y)``, ``[N, D]``."""
+@runtime_checkable
+class FeatureMap(Protocol):
+    """``(ref_scores, prompts [N, Lp], responses [N, L], *, prompt_mask, response_mask) -> [N, D]`` float32."""
+
+    def __call__(
+        self,
+        ref: ResponseScores,
+        prompts: Array,
+        responses: Array,
+        *,
+        prompt_mask: Array | None = None,
+        response_mask: Array | None = None,
+    ) -> Array: ...
+
+
+def reference_hidden_features(
+    ref: ResponseScores,
+    prompts: Array,
+    responses: Array,
+    *,
+    prompt_mask: Array | None = None,
+    response_mask: Array | None = None,
+) -> Array:
+    """π_ref's last (normed) hidden state at the last real token of ``(x, y)``, ``[N, D]``.
+
+    :func:`cdb.sequences.score_responses` takes it at the response's EOS (never at padding), so
+    the masks are already accounted for.
+    """
     return ref.last_hidden
+
+
+class SentenceEncoder(Protocol):
+    """A frozen text encoder: ``embed(texts: list[str]) -> np.ndarray [N, D]`` float32."""
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrozenEncoderFeatures:
+    """Features from a frozen sentence encoder of the decoded text, ``[N, D]`` float32.
+
+    ``φ(x, y) = encoder.embed([text(y)])`` or, with ``include_prompt``, of ``text(x) + separator +
+    text(y)``; the text is the tokenizer's decoding of the real tokens only (prompt tokens where
+    ``prompt_mask``, response tokens where ``response_mask``; special tokens skipped).
+
+    Decoding is a host operation, so the whole map runs through ``jax.pure_callback``: a compiled
+    round leaves the program once per call (once per ``select`` for the M candidates of the
+    batch, once per best-of-N recommendation), hands the tokens to the host, and continues with
+    the embeddings. It is frozen (no gradient flows through it) and deterministic. Under ``vmap``
+    (``cdb.run``'s seeds) the callback receives all seeds at once (``vmap_method='broadcast_all'``).
+
+    Attributes:
+      encoder: an object with ``embed(texts) -> [N, D]`` (e.g. ``cdb.models.encoder.load_sentence_encoder()``).
+      tokenizer: an object with ``decode(ids, skip_special_tokens=True) -> str`` (e.g. ``Pretrained.tokenizer``).
+      include_prompt: embed the prompt with the response (a cross-encoding of the pair), or the
+        response alone.
+      separator: the text between prompt and response when ``include_prompt``.
+    """
+
+    encoder: Any
+    tokenizer: Any
+    include_prompt: bool = False
+    separator: str = "\n"
+
+    @functools.cached_property
+    def dim(self) -> int:
+        """D, from the encoder's output on one probe text (computed once)."""
+        return int(np.asarray(self.encoder.embed(["a"])).shape[-1])
+
+    def texts(self, prompts: np.ndarray, responses: np.ndarray, prompt_mask, response_mask) -> list[str]:
+        """The decoded texts of ``[N, ...]`` host arrays (real tokens only)."""
+        out = []
+        for row in range(responses.shape[0]):
+            text = self.tokenizer.decode([int(t) for t in responses[row][response_mask[row]]], skip_special_tokens=True)
+            if self.include_prompt:
+                prompt = self.tokenizer.decode(
+                    [int(t) for t in prompts[row][prompt_mask[row]]], skip_special_tokens=True
+                )
+                text = prompt + self.separator + text
+            out.append(text)
+        return out
+
+    def _host_embed(self, prompts, responses, prompt_mask, response_mask) -> np.ndarray:
+        prompts, responses = np.asarray(prompts), np.asarray(responses)
+        prompt_mask, response_mask = np.asarray(prompt_mask, bool), np.asarray(response_mask, bool)
+        lead = responses.shape[:-1]  # [..., N] (seeds under vmap, then rows)
+        flat = self.texts(
+            prompts.reshape(-1, prompts.shape[-1]),
+            responses.reshape(-1, responses.shape[-1]),
+            prompt_mask.reshape(-1, prompt_mask.shape[-1]),
+            response_mask.reshape(-1, response_mask.shape[-1]),
+        )
+        embedded = np.asarray(self.encoder.embed(flat), np.float32)
+        if embedded.shape != (len(flat), self.dim):
+            raise ValueError(
+                f"FrozenEncoderFeatures: encoder.embed returned shape {embedded.shape}; "
+                f"expected {(len(flat), self.dim)}"
+            )
+        return embedded.reshape(*lead, self.dim)
+
+    def __call__(
+        self,
+        ref: ResponseScores | None,
+        prompts: Array,
+        responses: Array,
+        *,
+        prompt_mask: Array | None = None,
+        response_mask: Array | None = None,
+    ) -> Array:
+        prompts, responses = jnp.asarray(prompts, jnp.int32), jnp.asarray(responses, jnp.int32)
+        prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
+        response_mask = jnp.ones(responses.shape, bool) if response_mask is None else jnp.asarray(response_mask, bool)
+        shape = jax.ShapeDtypeStruct((responses.shape[0], self.dim), jnp.float32)
+        return jax.pure_callback(
+            self._host_embed, shape, prompts, responses, prompt_mask, response_mask, vmap_method="broadcast_all"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +161,7 @@ class ChainCountFeatures:
     ``φ(x, y) = [ vec_{u,t,v} #{s : x_s = u}·1[y_t = v] ,  vec_{u,v} #{t : y_{t−1} = u, y_t = v} ]``,
     dimension ``V·L·V + V²``. Any reward of the form ``Σ_s Σ_t M[x_s, t, y_t] + Σ_t U[y_{t−1}, y_t]``
     is linear in φ — in particular SequenceDuel's gold reward, whose unary table is linear in a
-    bag-of-tokens prompt embedding.
+    bag-of-tokens prompt embedding. Padding (masked tokens) counts nothing.
     """
 
     vocab_size: int
@@ -43,10 +169,23 @@ class ChainCountFeatures:
     def __post_init__(self):
         check_int(self, "vocab_size", self.vocab_size, low=2)
 
-    def __call__(self, ref: ResponseScores | None, prompts: Array, responses: Array) -> Array:
+    def __call__(
+        self,
+        ref: ResponseScores | None,
+        prompts: Array,
+        responses: Array,
+        *,
+        prompt_mask: Array | None = None,
+        response_mask: Array | None = None,
+    ) -> Array:
         v = self.vocab_size
-        prompt_counts = jnp.sum(jax.nn.one_hot(prompts, v), axis=1)  # [N, V]
+        prompt_onehot = jax.nn.one_hot(prompts, v)
         response_onehot = jax.nn.one_hot(responses, v)  # [N, L, V]
+        if prompt_mask is not None:
+            prompt_onehot = prompt_onehot * jnp.asarray(prompt_mask, prompt_onehot.dtype)[..., None]
+        if response_mask is not None:
+            response_onehot = response_onehot * jnp.asarray(response_mask, response_onehot.dtype)[..., None]
+        prompt_counts = jnp.sum(prompt_onehot, axis=1)  # [N, V]
         unary = jnp.einsum("nu,ntv->nutv", prompt_counts, response_onehot).reshape(prompts.shape[0], -1)
         bigram = jnp.einsum("ntu,ntv->nuv", response_onehot[:, :-1], response_onehot[:, 1:]).reshape(
             prompts.shape[0], -1

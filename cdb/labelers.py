@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import math
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,20 @@ class Labels:
     model_trained: Array
 
 
+@runtime_checkable
+class Labeler(Protocol):
+    """What agents rely on: ``uses_model_labels`` (some pairs are labelled by the scorer's model,
+    so the agent needs a scorer that provides one) and the call
+    ``(key, pairs [B, 2], scores [B, E, M], policy_logprob [B, M] | None, queries_so_far []) -> Labels``."""
+
+    uses_model_labels: ClassVar[bool]
+    needs_policy_logprob: ClassVar[bool]
+
+    def __call__(
+        self, key: Array, pairs: Array, scores: Array, policy_logprob: Array | None = None, queries_so_far=None
+    ) -> Labels: ...
+
+
 def _oracle_only(pairs: Array, query: Array) -> Labels:
     batch = pairs.shape[0]
     return Labels(pairs, query, jnp.zeros(batch, jnp.float32), jnp.zeros(batch, bool))
@@ -52,6 +66,7 @@ class OracleLabeler:
     """Every pair goes to the oracle."""
 
     uses_model_labels: ClassVar[bool] = False
+    needs_policy_logprob: ClassVar[bool] = False
 
     def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
         return _oracle_only(pairs, jnp.ones(pairs.shape[0], bool))
@@ -63,6 +78,7 @@ class QueryBudget:
 
     budget: int
     uses_model_labels: ClassVar[bool] = False
+    needs_policy_logprob: ClassVar[bool] = False
 
     def __post_init__(self):
         check_int(self, "budget", self.budget, low=1)
@@ -92,6 +108,7 @@ class MixedLabeler:
     model_pair: str = "best_worst"
     label_mode: str = "argmax"
     uses_model_labels: ClassVar[bool] = True
+    needs_policy_logprob: ClassVar[bool] = False
 
     def __post_init__(self):
         check_float(self, "gamma", self.gamma, low=0.0, high=1.0)
@@ -144,6 +161,7 @@ class EntropyQueries:
 
     fraction: float = 0.5
     uses_model_labels: ClassVar[bool] = False
+    needs_policy_logprob: ClassVar[bool] = True
 
     def __post_init__(self):
         check_float(self, "fraction", self.fraction, low=0.0, high=1.0, low_inclusive=False)

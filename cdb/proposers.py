@@ -2,24 +2,51 @@
 
 A proposer maps prompts ``[B, Lp]`` to ``M`` candidate responses per prompt ``[B, M, L]``::
 
-    candidates = proposer(key, policy, policy_params, reference_params, prompts, length)
+    candidates = proposer(key, policy, policy_params, reference_params, prompts, length,
+                          prompt_mask=None, eos_id=None, pad_id=0)
 
 ``policy`` is the model definition shared by π_θ and π_ref (π_θ is initialised from π_ref).
+Prompts are left-padded with ``prompt_mask`` (``None``: all real); with ``eos_id`` each response
+stops at its first EOS and is ``pad_id`` after it. All single-policy sampling goes through
+:func:`cdb.sequences.generate_responses`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
 from cdb.models import Policy
-from cdb.sequences import repeat_prompts, sample_mixture_responses, sample_responses
+from cdb.sequences import generate_responses, repeat_prompts, sample_mixture_responses
 from cdb.validation import check_float, check_int
 
 Array = jax.Array
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """What agents rely on: ``num_candidates`` (M), ``from_policy`` (the candidates are π_θ's own
+    samples) and the call ``-> [B, M, L]`` int32."""
+
+    num_candidates: int
+    from_policy: ClassVar[bool]
+
+    def __call__(
+        self,
+        key: Array,
+        policy: Policy,
+        policy_params: Any,
+        reference_params: Any,
+        prompts: Array,
+        length: int,
+        *,
+        prompt_mask: Array | None = None,
+        eos_id: int | None = None,
+        pad_id: int = 0,
+    ) -> Array: ...
 
 
 def _split_candidates(tokens: Array, batch: int) -> Array:
@@ -38,11 +65,33 @@ class _TemperatureSamples:
         check_int(self, "num_candidates", self.num_candidates, low=2)
         check_float(self, "temperature", self.temperature, low=0.0, low_inclusive=False)
 
-    def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
+    def __call__(
+        self,
+        key,
+        policy: Policy,
+        policy_params: Any,
+        reference_params: Any,
+        prompts: Array,
+        length: int,
+        *,
+        prompt_mask: Array | None = None,
+        eos_id: int | None = None,
+        pad_id: int = 0,
+    ):
         params = policy_params if self.from_policy else reference_params
-        prompts_per_candidate = repeat_prompts(prompts, self.num_candidates)
-        tokens, _ = sample_responses(key, policy, params, prompts_per_candidate, length, temperature=self.temperature)
-        return _split_candidates(tokens, prompts.shape[0])
+        out = generate_responses(
+            key,
+            policy,
+            params,
+            prompts,
+            prompt_mask,
+            length,
+            num_samples=self.num_candidates,
+            temperature=self.temperature,
+            eos_id=eos_id,
+            pad_id=pad_id,
+        )
+        return _split_candidates(out.tokens, prompts.shape[0])
 
 
 class PolicySamples(_TemperatureSamples):
@@ -64,10 +113,23 @@ class PolicyAndReference:
     num_candidates: ClassVar[int] = 2
     from_policy: ClassVar[bool] = False
 
-    def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
+    def __call__(
+        self,
+        key,
+        policy: Policy,
+        policy_params: Any,
+        reference_params: Any,
+        prompts: Array,
+        length: int,
+        *,
+        prompt_mask: Array | None = None,
+        eos_id: int | None = None,
+        pad_id: int = 0,
+    ):
         k_pi, k_ref = jax.random.split(key)
-        y_pi, _ = sample_responses(k_pi, policy, policy_params, prompts, length)
-        y_ref, _ = sample_responses(k_ref, policy, reference_params, prompts, length)
+        options = dict(eos_id=eos_id, pad_id=pad_id)
+        y_pi = generate_responses(k_pi, policy, policy_params, prompts, prompt_mask, length, **options).tokens
+        y_ref = generate_responses(k_ref, policy, reference_params, prompts, prompt_mask, length, **options).tokens
         return jnp.stack([y_pi, y_ref], axis=1)
 
 
@@ -86,7 +148,19 @@ class GeometricMixtureSamples:
         check_int(self, "num_candidates", self.num_candidates, low=2)
         check_float(self, "beta", self.beta, low=0.0, high=1.0)
 
-    def __call__(self, key, policy: Policy, policy_params: Any, reference_params: Any, prompts: Array, length: int):
+    def __call__(
+        self,
+        key,
+        policy: Policy,
+        policy_params: Any,
+        reference_params: Any,
+        prompts: Array,
+        length: int,
+        *,
+        prompt_mask: Array | None = None,
+        eos_id: int | None = None,
+        pad_id: int = 0,
+    ):
         tokens = sample_mixture_responses(
             key,
             policy,
@@ -96,5 +170,8 @@ class GeometricMixtureSamples:
             length,
             mixture="geometric",
             weight=self.beta,
+            prompt_mask=repeat_prompts(prompt_mask, self.num_candidates),
+            eos_id=eos_id,
+            pad_id=pad_id,
         )
         return _split_candidates(tokens, prompts.shape[0])

@@ -93,7 +93,7 @@ def tiny_agents(env: SequenceDuel) -> dict[str, alignment.AlignmentAgent]:
         "offline_dpo": alignment.offline_dpo(ref, budget=8),
         "frozen_sampler_dpo": alignment.frozen_sampler_dpo(ref),
         # the larger learning rate makes the win-rate test (test_alignment_agents) fast and safe
-        "online_dpo": alignment.online_dap(ref, loss=DAPLoss("dpo"), learning_rate=1e-2),
+        "online_dpo": alignment.online_dap(ref, loss=DAPLoss("dpo"), optimizer=alignment.policy_optimizer(1e-2)),
         "online_ipo": alignment.online_dap(ref, loss=DAPLoss("ipo")),
         "online_slic": alignment.online_dap(ref, loss=DAPLoss("slic")),
         "sea_ee_ts": alignment.sea(ref, num_candidates=m, rule="ee_ts", reward_model=LEARNING_ENSEMBLE),

@@ -6,7 +6,7 @@
 3. SEA's reward ensemble ranks *held-out* pairs of reference samples (fresh prompts) in the
    gold reward's order better than chance.
 4. Bad configurations fail at construction with an error naming the field.
-5. DeRa recommendations (``recommend_with='dera'``): λ = 1 is exactly ``'greedy'``, λ = 0 exactly
+5. DeRa recommendations (``recommender=DeRa(λ)``): λ = 1 is exactly ``Greedy()``, λ = 0 exactly
    greedy decoding of π_ref, and λ = 2 picks ``argmax(2·h_θ − h_ref)`` at every token of its own
    output, recomputed by a teacher-forced pass.
 
@@ -31,6 +31,8 @@ from cdb.environments.sequence_duel import SequenceDuel
 from cdb.labelers import EntropyQueries, MixedLabeler, QueryBudget
 from cdb.losses import DAPLoss
 from cdb.proposers import GeometricMixtureSamples, PolicySamples
+from cdb.recommenders import BestOfN, DeRa, Greedy
+from cdb.scorers import EnsembleScores, ImplicitReward
 from cdb.sequences import greedy_responses
 from cdb.types import EnvSpec, Observation
 
@@ -227,9 +229,9 @@ def test_a_featureless_environment_is_rejected_at_init(reference):
 
 def test_ensemble_scorer_without_a_reward_model_is_rejected(reference):
     with pytest.raises(ValueError, match=r"reward_model=None"):
-        alignment.AlignmentAgent(reference, proposer=PolicySamples(3), scorer="ensemble")
+        alignment.AlignmentAgent(reference, proposer=PolicySamples(3), scorer=EnsembleScores())
     with pytest.raises(ValueError, match=r"reward_model=None"):
-        alignment.AlignmentAgent(reference, recommend_with="best_of_n")
+        alignment.AlignmentAgent(reference, recommender=BestOfN(8))
 
 
 def test_xpo_alpha_without_policy_and_reference_is_rejected(reference):
@@ -242,16 +244,17 @@ def test_xpo_alpha_without_policy_and_reference_is_rejected(reference):
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"scorer": "bogus"}, "scorer"),
-        ({"recommend_with": "bogus"}, "recommend_with"),
-        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"scorer": "ensemble"}, "scorer='ensemble'"),  # no string switches
+        ({"scorer": object()}, "scorer"),
+        ({"recommender": "greedy"}, "recommender='greedy'"),
+        ({"proposer": "policy"}, "proposer"),
+        ({"labeler": None}, "labeler"),
+        ({"optimizer": 1e-3}, "optimizer"),
+        ({"trainable": True}, "trainable"),
         ({"policy_steps": 0}, "policy_steps"),
-        ({"best_of_n": 0}, "best_of_n"),
+        ({"gradient_accumulation": 0}, "gradient_accumulation"),
         ({"sail_coefficient": -1.0}, "sail_coefficient"),
-        ({"recommend_with": "dera", "dera_lambda": -0.5}, "dera_lambda"),
-        ({"recommend_with": "dera", "dera_lambda": float("nan")}, "dera_lambda"),
-        ({"recommend_with": "dera", "dera_lambda": float("inf")}, "dera_lambda"),
-        ({"scorer": "implicit_reward", "policy_loss": None}, "policy_loss"),
+        ({"scorer": ImplicitReward(0.1), "policy_loss": None}, "policy_loss"),
         ({"labeler": MixedLabeler(0.5)}, "scorer"),  # model labels need a model to label with
     ],
 )
@@ -269,6 +272,11 @@ def test_other_bad_agent_fields_are_rejected(reference, kwargs, field):
         (lambda: MixedLabeler(0.5, model_pair="bogus"), "model_pair"),
         (lambda: GeometricMixtureSamples(2, beta=1.5), "beta"),
         (lambda: PolicySamples(2, temperature=0.0), "temperature"),
+        (lambda: BestOfN(0), "BestOfN.n"),
+        (lambda: DeRa(-0.5), "DeRa.lam"),
+        (lambda: DeRa(float("nan")), "DeRa.lam"),
+        (lambda: DeRa(float("inf")), "DeRa.lam"),
+        (lambda: ImplicitReward(0.0), "ImplicitReward.beta"),
     ],
 )
 def test_bad_part_fields_are_rejected(build, field):
@@ -314,12 +322,10 @@ def test_dera_with_lambda_one_is_greedy_and_zero_is_the_reference(dera_setup, ti
     ref = tiny_env.reference
     greedy = _recommend(agent, state, obs)
     reference_greedy = np.asarray(greedy_responses(ref.policy, ref.params, obs.prompts, seq.L))
-    assert agent.recommend_with == "greedy"
+    assert agent.recommender == Greedy()
     assert not np.array_equal(greedy, reference_greedy)  # π_θ and π_ref decode differently here
-    np.testing.assert_array_equal(_recommend(agent, state, obs, recommend_with="dera", dera_lambda=1.0), greedy)
-    np.testing.assert_array_equal(
-        _recommend(agent, state, obs, recommend_with="dera", dera_lambda=0.0), reference_greedy
-    )
+    np.testing.assert_array_equal(_recommend(agent, state, obs, recommender=DeRa(1.0)), greedy)
+    np.testing.assert_array_equal(_recommend(agent, state, obs, recommender=DeRa(0.0)), reference_greedy)
 
 
 def test_dera_extrapolation_is_the_argmax_of_the_mixed_logits(dera_setup, tiny_env):  # noqa: F811
@@ -328,7 +334,7 @@ def test_dera_extrapolation_is_the_argmax_of_the_mixed_logits(dera_setup, tiny_e
     agent, state, obs = dera_setup
     ref = tiny_env.reference
     lam = 2.0
-    out = _recommend(agent, state, obs, recommend_with="dera", dera_lambda=lam)
+    out = _recommend(agent, state, obs, recommender=DeRa(lam))
     assert out.shape == (DERA_PROMPTS, seq.L) and out.dtype == np.int32
     tokens = jnp.concatenate([obs.prompts, jnp.asarray(out)], axis=1)
     h_theta = ref.policy.apply(state.policy_params, tokens)[0][:, seq.LP - 1 : seq.LP - 1 + seq.L]
@@ -338,4 +344,4 @@ def test_dera_extrapolation_is_the_argmax_of_the_mixed_logits(dera_setup, tiny_e
     np.testing.assert_allclose(picked, mixed.max(axis=-1), rtol=0, atol=1e-4)  # argmax up to float ties
     # and λ = 2 is neither end: it decodes differently from π_θ and from π_ref on some prompts
     assert not np.array_equal(out, _recommend(agent, state, obs))
-    assert not np.array_equal(out, _recommend(agent, state, obs, recommend_with="dera", dera_lambda=0.0))
+    assert not np.array_equal(out, _recommend(agent, state, obs, recommender=DeRa(0.0)))

@@ -14,6 +14,7 @@ from cdb.agents.alignment import AlignmentAgent
 from cdb.ensemble import LinearEnsemble, MLPEnsemble
 from cdb.environments import DuelParams, KArmedDuel, LinearDuel, SequenceDuel
 from cdb.losses import DAPLoss
+from cdb.recommenders import DeRa
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +42,19 @@ def test_thompson_sampling_with_a_single_member_is_rejected():
 
 
 def test_negative_dera_lambda_is_rejected():
-    # checked at construction, before the reference policy is touched (hence None)
-    with pytest.raises(ValueError, match=r"AlignmentAgent\.dera_lambda=-0\.5 .*out of range.*>= 0"):
-        AlignmentAgent(None, recommend_with="dera", dera_lambda=-0.5)
+    with pytest.raises(ValueError, match=r"DeRa\.lam=-0\.5 .*out of range.*>= 0"):
+        DeRa(-0.5)
 
 
 def test_nan_dera_lambda_is_rejected():
-    with pytest.raises(ValueError, match=r"AlignmentAgent\.dera_lambda=nan .*not finite"):
-        AlignmentAgent(None, recommend_with="dera", dera_lambda=float("nan"))
+    with pytest.raises(ValueError, match=r"DeRa\.lam=nan .*not finite"):
+        DeRa(float("nan"))
 
 
 def test_unknown_recommender_is_rejected_and_dera_is_offered():
-    with pytest.raises(ValueError, match=r"AlignmentAgent\.recommend_with='beam' .*not allowed.*'dera'"):
-        AlignmentAgent(None, recommend_with="beam")
+    # checked at construction, before the reference policy is touched (hence None)
+    with pytest.raises(ValueError, match=r"recommender='beam' .*not allowed.*DeRa\(lam\)"):
+        AlignmentAgent(None, recommender="beam")
 
 
 def test_linear_duel_with_one_arm_is_rejected():

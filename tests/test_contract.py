@@ -23,6 +23,7 @@ from cdb import agents
 from cdb.agents import alignment
 from cdb.ensemble import LinearEnsemble, MLPEnsemble
 from cdb.environments import KArmedDuel, LinearDuel, NeuralDuel
+from cdb.recommenders import DeRa
 
 ROUNDS, SEEDS, EVAL_EVERY = 6, 2, 2
 
@@ -135,7 +136,7 @@ EXTRA_AGENTS = {
     "sail_pr": lambda ref: alignment.sail(ref, variant="pr"),
     "sail_pp": lambda ref: alignment.sail(ref, variant="pp"),
     "sail_dp": lambda ref: alignment.sail(ref, variant="dp", budget=8),
-    "online_dpo_dera": lambda ref: alignment.online_dap(ref, recommend_with="dera", dera_lambda=2.0),
+    "online_dpo_dera": lambda ref: alignment.online_dap(ref, recommender=DeRa(2.0)),
 }
 
 

@@ -254,7 +254,10 @@ def test_sail_dp_loss_is_offline_dpo_plus_the_dp_term(tiny_env, sail_dp_run):  #
     fields = ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")
     # a minibatch as update draws it (nothing new is stored: no pair is queried)
     new_state, batch = agent._offline_batch(
-        jax.random.key(3), state, {k: getattr(data, k)[: seq.B] for k in fields}, jnp.zeros(seq.B, bool)
+        jax.random.key(3),
+        state,
+        {**{k: getattr(data, k)[: seq.B] for k in fields}, "prompt_mask": None},  # tier 2: no padding
+        jnp.zeros(seq.B, bool),
     )
     np.testing.assert_array_equal(new_state.dataset.prompts, data.prompts)
     np.testing.assert_array_equal(batch["weight"], 1.0)  # the dataset is full
@@ -283,8 +286,9 @@ def test_sail_dp_loss_is_offline_dpo_plus_the_dp_term(tiny_env, sail_dp_run):  #
             weight=batch["weight"],
         )
 
-    (got, got_info), got_grad = jax.value_and_grad(agent._policy_loss, has_aux=True)(params, batch)
-    (base, base_info), base_grad = jax.value_and_grad(offline._policy_loss, has_aux=True)(params, batch)
+    layout = state.layout
+    (got, got_info), got_grad = jax.value_and_grad(agent.policy_objective, has_aux=True)(params, batch, layout)
+    (base, base_info), base_grad = jax.value_and_grad(offline.policy_objective, has_aux=True)(params, batch, layout)
     # π_θ has left π_ref (trained on the dataset for two rounds), so the pairs' margins are not 0
     chosen, rejected = logps(params)
     delta = np.asarray((chosen - batch["ref_chosen"]) - (rejected - batch["ref_rejected"]))

@@ -1,0 +1,265 @@
+"""The named alignment agents of the SEA paper's comparison: :class:`~cdb.agents.alignment.AlignmentAgent`
+configurations (DESIGN §4), one function each.
+
+Every preset takes the reference policy first (``SequenceDuel.reference`` or a
+:class:`cdb.models.Pretrained`) and passes any other keyword to :class:`AlignmentAgent` (e.g.
+``optimizer=``, ``gradient_accumulation=``, ``trainable=``, ``features=``, ``recommender=``)::
+
+    from cdb.agents import sea, online_dpo
+    agent = sea(reference, rule="bai_ts", gamma=0.5)
+
+They are also reachable as ``cdb.agents.alignment.<name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cdb import selection
+from cdb.agents.alignment import AlignmentAgent
+from cdb.ensemble import MLPEnsemble, RewardModel
+from cdb.labelers import EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
+from cdb.losses import DAPLoss
+from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples, ReferenceSamples
+from cdb.recommenders import BestOfN
+from cdb.scorers import EnsembleScores, ImplicitReward
+from cdb.validation import check_choice, check_float, check_int
+
+__all__ = [
+    "apl",
+    "default_ensemble",
+    "ee4llm",
+    "frozen_sampler_dpo",
+    "nash_md",
+    "offline_dpo",
+    "online_dap",
+    "online_dpo",
+    "online_ipo",
+    "online_slic",
+    "sail",
+    "sea",
+    "xpo",
+]
+
+
+def default_ensemble(num_members: int = 8) -> MLPEnsemble:
+    """SEA's epistemic reward model, sized for the toy policy's 32-dimensional features."""
+    return MLPEnsemble(
+        num_members=num_members,
+        hidden_sizes=(64, 64),
+        prior_scale=1.0,
+        steps_per_update=2,
+        batch_size=64,
+        buffer_capacity=4096,
+        learning_rate=3e-3,
+    )
+
+
+def offline_dpo(reference, budget: int, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
+    """Offline DPO: ``budget`` pairs from π_ref labelled once (the first rounds), then DPO on that dataset."""
+    return AlignmentAgent(
+        reference,
+        proposer=ReferenceSamples(2),
+        labeler=QueryBudget(budget),
+        policy_loss=loss,
+        name="offline_dpo",
+        **kwargs,
+    )
+
+
+def frozen_sampler_dpo(reference, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
+    """Online DPO whose sampler never moves: pairs from π_ref each round, labelled online (Oat's "offline")."""
+    return AlignmentAgent(
+        reference, proposer=ReferenceSamples(2), policy_loss=loss, name="frozen_sampler_dpo", **kwargs
+    )
+
+
+def online_dap(reference, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
+    """Online DPO / IPO / SLiC with passive exploration: two samples of π_θ, a random pair, the oracle labels it.
+
+    The baseline SEA's headline claim is measured against (the paper's "passive online").
+    """
+    return AlignmentAgent(reference, proposer=PolicySamples(2), policy_loss=loss, name=f"online_{loss.kind}", **kwargs)
+
+
+def online_dpo(reference, *, beta: float = 0.1, **kwargs) -> AlignmentAgent:
+    """Online DPO (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback"):
+    :func:`online_dap` with ``DAPLoss('dpo', beta)``."""
+    return online_dap(reference, loss=DAPLoss("dpo", beta=beta), **kwargs)
+
+
+def online_ipo(reference, *, beta: float = 0.1, **kwargs) -> AlignmentAgent:
+    """Online IPO (Calandriello et al. 2024): :func:`online_dap` with ``DAPLoss('ipo', beta)``."""
+    return online_dap(reference, loss=DAPLoss("ipo", beta=beta), **kwargs)
+
+
+def online_slic(reference, *, beta: float = 0.1, **kwargs) -> AlignmentAgent:
+    """Online SLiC (Zhao et al. 2023's hinge, online): :func:`online_dap` with ``DAPLoss('slic', beta)``."""
+    return online_dap(reference, loss=DAPLoss("slic", beta=beta), **kwargs)
+
+
+def sea(
+    reference,
+    *,
+    num_candidates: int = 8,
+    rule: str = "ee_ts",
+    gamma: float = 1.0,
+    model_pair: str = "best_worst",
+    reward_model: RewardModel | None = None,
+    loss: DAPLoss = DAPLoss("dpo"),
+    **kwargs,
+) -> AlignmentAgent:
+    """SEA (Liu et al. 2024): Thompson sampling with an epistemic reward ensemble over π_θ's candidates.
+
+    ``rule='ee_ts'`` (explore & exploit) or ``'bai_ts'`` (best-arm identification); ``gamma < 1``
+    turns on mixed preference learning (model-labelled pairs, never sent to the oracle).
+    """
+    rules = {"ee_ts": selection.EETS(), "bai_ts": selection.BAITS()}
+    check_choice("sea", "rule", rule, tuple(rules))
+    labeler = OracleLabeler() if gamma == 1.0 else MixedLabeler(gamma, model_pair)
+    check_float("sea", "gamma", gamma, low=0.0, high=1.0)
+    return AlignmentAgent(
+        reference,
+        proposer=PolicySamples(num_candidates),
+        selector=rules[rule],
+        scorer=EnsembleScores(),
+        labeler=labeler,
+        reward_model=default_ensemble() if reward_model is None else reward_model,
+        policy_loss=loss,
+        name=f"sea_{rule}" + ("" if gamma == 1.0 else f"_gamma{gamma:g}"),
+        **kwargs,
+    )
+
+
+def apl(
+    reference, *, num_candidates: int = 8, query_fraction: float = 0.5, loss: DAPLoss = DAPLoss("dpo"), **kwargs
+) -> AlignmentAgent:
+    """APL (Muldrew et al. 2024): query the highest-entropy prompts, on the pair of largest implicit-reward margin."""
+    return AlignmentAgent(
+        reference,
+        proposer=PolicySamples(num_candidates),
+        selector=selection.MaxMargin(),
+        scorer=ImplicitReward(loss.beta),
+        labeler=EntropyQueries(query_fraction),
+        policy_loss=loss,
+        name="apl",
+        **kwargs,
+    )
+
+
+def xpo(reference, *, alpha: float = 1e-2, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
+    """XPO (Xie et al. 2024): one π_θ and one π_ref sample; DPO plus α·E[log π_θ(ỹ)], ỹ ~ π_ref."""
+    check_float("xpo", "alpha", alpha, low=0.0, low_inclusive=False)
+    return AlignmentAgent(
+        reference,
+        proposer=PolicyAndReference(),
+        selector=selection.Passive(),
+        policy_loss=loss,
+        xpo_alpha=alpha,
+        name="xpo",
+        **kwargs,
+    )
+
+
+def ee4llm(
+    reference,
+    *,
+    num_candidates: int = 8,
+    rule: str = "double_ts",
+    reward_model: RewardModel | None = None,
+    best_of_n: int = 8,
+    **kwargs,
+) -> AlignmentAgent:
+    """EE4LLM-style (Dwaracherla et al. 2024): reward ensemble only, double TS or infomax over π_ref
+    candidates; the policy is never trained and is evaluated as best-of-N under the ensemble mean."""
+    rules = {"double_ts": selection.DoubleTS(), "infomax": selection.Infomax()}
+    check_choice("ee4llm", "rule", rule, tuple(rules))
+    return AlignmentAgent(
+        reference,
+        proposer=ReferenceSamples(num_candidates),
+        selector=rules[rule],
+        scorer=EnsembleScores(),
+        reward_model=default_ensemble() if reward_model is None else reward_model,
+        policy_loss=None,
+        recommender=BestOfN(best_of_n),
+        name=f"ee4llm_{rule}",
+        **kwargs,
+    )
+
+
+def nash_md(reference, *, mixture_beta: float = 0.125, loss: DAPLoss = DAPLoss("ipo"), **kwargs) -> AlignmentAgent:
+    """Nash-MD / online IPO (Munos et al. 2023; Calandriello et al. 2024): pairs from the geometric
+    mixture π_θ^{1−β}π_ref^{β}, IPO loss."""
+    return AlignmentAgent(
+        reference, proposer=GeometricMixtureSamples(2, mixture_beta), policy_loss=loss, name="nash_md", **kwargs
+    )
+
+
+def sail(
+    reference,
+    *,
+    variant: str = "pr",
+    coefficient: float = 0.3,
+    policy_label_fraction: float = 0.5,
+    budget: int | None = None,
+    loss: DAPLoss = DAPLoss("dpo"),
+    **kwargs,
+) -> AlignmentAgent:
+    """SAIL (Ding et al. 2024, "SAIL: Self-Improving Efficient Online Alignment of Large Language
+    Models", arXiv 2406.15567): DPO plus the self-improving gradient term.
+
+    The single-level objective ``J(θ) = E_{x,(y_w,y_l)~q_θ}[ℓ_θ]``, ``ℓ_θ = log σ(βΔ_θ)``, has the
+    gradient ``E[∇ℓ_θ] + E[ℓ_θ ∇log q_θ]``; the second part is added through
+    :func:`cdb.losses.sail_term` (a stop-gradient surrogate). Variants by where responses and
+    labels come from:
+
+    * ``'pr'`` — online DPO on two π_θ samples, labels from the oracle:
+      ``∇log q_θ = ∇log π_θ(y_w) + ∇log π_θ(y_l)``;
+    * ``'pp'`` — as ``'pr'``, but a fraction ``policy_label_fraction`` of the prompts is labelled by
+      the policy's own preference, sampled ``z ~ Bernoulli(σ(β·Δ_θ))`` (never sent to the oracle),
+      which adds the label term ``ℓ_θ ∇ℓ_θ`` for those pairs;
+    * ``'dp'`` (name ``sail_dp``) — offline DPO's composition (:func:`offline_dpo`): a fixed dataset
+      of ``budget`` pairs of π_ref samples, labelled once by the oracle in the first rounds
+      (``budget`` queries in all, none after), and on each minibatch of it the loss::
+
+          −log σ(βΔ_θ) + ρ · sg(−ℓ_θ) · ℓ_θ,   gradient   −∇ℓ_θ − ρ ℓ_θ ∇ℓ_θ = ∇[−ℓ_θ − ½ρ ℓ_θ²]
+
+      (ρ = ``coefficient``; :func:`cdb.losses.sail_term` with ``variant='dp'``). The responses are
+      fixed, so only the label term remains; as in the authors' code (``−½ρ·logsigmoid(βΔ)²``) it
+      is evaluated at the dataset's oracle labels, whereas the derivation takes labels sampled from
+      π_θ's own Bradley–Terry model.
+
+    ``coefficient`` defaults to 0.3, the authors' released configuration (their DPR γ); with 1.0
+    the surrogate's variance destabilised training on SequenceDuel (measured in the benchmark).
+    The same default is used for ``'dp'``'s ρ without a measured reason. ``budget`` (the dataset
+    size N) is required by ``'dp'`` and refused by the others.
+    """
+    check_choice("sail", "variant", variant, ("pr", "pp", "dp"))
+    check_float("sail", "coefficient", coefficient, low=0.0, low_inclusive=False)
+    if variant == "dp":
+        check_int("sail", "budget", budget, low=1)
+        agent = offline_dpo(reference, budget, loss=loss, sail_coefficient=coefficient, **kwargs)
+        return dataclasses.replace(agent, name="sail_dp")
+    if budget is not None:
+        raise ValueError(f"sail.budget={budget!r} is not allowed with variant={variant!r}; expected None (or 'dp')")
+    if variant == "pr":
+        return AlignmentAgent(
+            reference,
+            proposer=PolicySamples(2),
+            policy_loss=loss,
+            sail_coefficient=coefficient,
+            name="sail_pr",
+            **kwargs,
+        )
+    check_float("sail", "policy_label_fraction", policy_label_fraction, low=0.0, high=1.0)
+    labeler = MixedLabeler(1.0 - policy_label_fraction, model_pair="selected", label_mode="sample")
+    return AlignmentAgent(
+        reference,
+        proposer=PolicySamples(2),
+        scorer=ImplicitReward(loss.beta),
+        labeler=labeler,
+        policy_loss=loss,
+        sail_coefficient=coefficient,
+        name="sail_pp",
+        **kwargs,
+    )

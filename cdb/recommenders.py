@@ -1,0 +1,154 @@
+"""Recommenders: an alignment agent's best guess per prompt, the arm its BAI regret is measured on.
+
+A recommender decodes one response per prompt::
+
+    responses = recommender(key, RecommendInputs(policy, policy_params, reference_params, prompts,
+                                                 prompt_mask, length, eos_id, pad_id, reward))  # [N, L] int32
+
+* :class:`Greedy` — greedy decoding of π_θ (temperature 0);
+* :class:`DeRa` — greedy decoding of DeRa's per-token logits ``λ·h_θ + (1−λ)·h_ref`` (Liu et al.
+  2024, "Decoding-time Realignment of Language Models"): λ = 1 is π_θ, λ = 0 is π_ref, λ > 1
+  extrapolates past π_θ;
+* :class:`BestOfN` — N samples of π_ref ranked by the reward ensemble's mean (EE4LLM's policy,
+  Dwaracherla et al. 2024); needs a reward model.
+
+Recommenders are frozen dataclasses (static under ``jit``); ``needs_reward_model`` tells the
+agent to supply ``reward``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+from cdb.models import Policy
+from cdb.sequences import generate_responses, greedy_responses, repeat_prompts, response_mask, sample_mixture_responses
+from cdb.validation import check_float, check_int
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RecommendInputs:
+    """What a recommender may use (a plain container; built inside the agent's traced ``recommend``).
+
+    Attributes:
+      policy: the model definition shared by π_θ and π_ref.
+      policy_params: π_θ's parameters (π_ref's when the policy is never trained).
+      reference_params: π_ref's parameters.
+      prompts: ``[N, Lp]`` int32, left-padded; ``prompt_mask`` ``[N, Lp]`` bool or ``None``.
+      length: L, the response length (static).
+      eos_id, pad_id: the responses' end token (``None``: fixed length) and padding.
+      reward: ``(prompts [K, Lp], prompt_mask, responses [K, L], response_mask) -> [K]`` the reward
+        model's mean score, or ``None`` when the agent has no reward model.
+    """
+
+    policy: Policy
+    policy_params: Any
+    reference_params: Any
+    prompts: Array
+    prompt_mask: Array | None
+    length: int
+    eos_id: int | None = None
+    pad_id: int = 0
+    reward: Callable[..., Array] | None = None
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """``recommender(key, inputs: RecommendInputs) -> [N, L]`` int32."""
+
+    needs_reward_model: ClassVar[bool]
+
+    def __call__(self, key: Array, inputs: RecommendInputs) -> Array: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+    """Greedy decoding of π_θ: ``y_t = argmax_v π_θ(v | x, y_<t)`` (``key`` unused)."""
+
+    needs_reward_model: ClassVar[bool] = False
+
+    def __call__(self, key: Array, inputs: RecommendInputs) -> Array:
+        return greedy_responses(
+            inputs.policy,
+            inputs.policy_params,
+            inputs.prompts,
+            inputs.length,
+            prompt_mask=inputs.prompt_mask,
+            eos_id=inputs.eos_id,
+            pad_id=inputs.pad_id,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeRa:
+    """Greedy decoding of DeRa's logits: ``y_t = argmax_v [λ·h_θ + (1−λ)·h_ref]_v`` (``key`` unused).
+
+    Attributes:
+      lam: λ ≥ 0; 1 decodes π_θ (= :class:`Greedy`), 0 decodes π_ref, λ > 1 extrapolates.
+    """
+
+    lam: float = 1.0
+    needs_reward_model: ClassVar[bool] = False
+
+    def __post_init__(self):
+        check_float(self, "lam", self.lam, low=0.0)
+
+    def __call__(self, key: Array, inputs: RecommendInputs) -> Array:
+        return sample_mixture_responses(
+            key,
+            inputs.policy,
+            inputs.policy_params,
+            inputs.reference_params,
+            inputs.prompts,
+            inputs.length,
+            mixture="dera",
+            weight=self.lam,
+            temperature=0.0,
+            prompt_mask=inputs.prompt_mask,
+            eos_id=inputs.eos_id,
+            pad_id=inputs.pad_id,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class BestOfN:
+    """The best of ``n`` π_ref samples under the reward ensemble's mean: ``argmax_i mean_e r_e(x, y_i)``.
+
+    Attributes:
+      n: N ≥ 1 samples per prompt.
+    """
+
+    n: int = 8
+    needs_reward_model: ClassVar[bool] = True
+
+    def __post_init__(self):
+        check_int(self, "n", self.n, low=1)
+
+    def __call__(self, key: Array, inputs: RecommendInputs) -> Array:
+        if inputs.reward is None:
+            raise ValueError("BestOfN needs the agent's reward model (RecommendInputs.reward is None)")
+        batch, length = inputs.prompts.shape[0], inputs.length
+        samples = generate_responses(
+            key,
+            inputs.policy,
+            inputs.reference_params,
+            inputs.prompts,
+            inputs.prompt_mask,
+            length,
+            num_samples=self.n,
+            eos_id=inputs.eos_id,
+            pad_id=inputs.pad_id,
+        ).tokens
+        flat_prompts = repeat_prompts(inputs.prompts, self.n)
+        flat_mask = repeat_prompts(inputs.prompt_mask, self.n)
+        mean = inputs.reward(flat_prompts, flat_mask, samples, response_mask(samples, inputs.eos_id)).reshape(
+            batch, self.n
+        )
+        best = jnp.argmax(mean, axis=1)
+        return samples.reshape(batch, self.n, length)[jnp.arange(batch), best]
