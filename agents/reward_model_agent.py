@@ -58,6 +58,16 @@ class RewardModelAgent:
     name: str = "reward_model_agent"
 
     def __post_init__(self):
+        if not isinstance(self.reward_model, RewardModel):  # e.g. the string 'linear'
+            raise ValueError(
+                f"{self.name}: reward_model={self.reward_model!r} is not a reward model; expected an object with "
+                "num_members, init, scores and update, e.g. cdb.ensemble.LinearEnsemble() or MLPEnsemble()"
+            )
+        if not callable(self.selector):
+            raise ValueError(
+                f"{self.name}: selector={self.selector!r} is not a selection rule; expected a rule of "
+                "cdb.selection, e.g. cdb.selection.EETS()"
+            )
         need = getattr(self.selector, "min_members", 1)
         if self.reward_model.num_members < need:
             raise ValueError(

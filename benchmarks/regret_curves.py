@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             )
             seconds = time.perf_counter() - start
             all_results[env_name, agent_name] = res
-            res.save(out / f"{env_name}_{agent_name.split()[0]}.npz")
+            res.save(out / f"{env_name}_{agent_name.split()[0]}.npz", overwrite=True)  # a rerun replaces its files
             frame = res.to_dataframe()
             frame.insert(0, "agent", agent_name)
             frame.insert(0, "env", env_name)

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 progress=not args.no_progress,
             )
             res.metrics["online_win_rate_smoothed"] = smoothed(res.metrics["online_win_rate"], SMOOTH)
-            res.save(out / f"{name}.npz")
+            res.save(out / f"{name}.npz", overwrite=True)  # a rerun replaces its files
         results[name] = res
         frame = res.to_dataframe()
         frame.insert(0, "agent", name)

@@ -85,11 +85,17 @@ class Results:
             frame = frame.merge(pd.DataFrame(ev), on=["seed", "round"], how="outer").sort_values(["seed", "round"])
         return frame.reset_index(drop=True)
 
-    def save(self, path: str | Path) -> Path:
-        """Writes one ``.npz`` file (arrays exactly, config as JSON). Returns the path."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Writes one ``.npz`` file (arrays exactly, config as JSON). Returns the path.
+
+        ``.npz`` is appended to a name that does not end in it (``"exp_lr0.1"`` → ``exp_lr0.1.npz``,
+        never ``exp_lr0.npz``). An existing file is only replaced with ``overwrite=True``.
+        """
         path = Path(path)
         if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
+            path = path.with_name(path.name + ".npz")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"Results.save: {str(path)!r} exists; pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"metrics/{k}": np.asarray(v) for k, v in self.metrics.items()}
         arrays.update({f"eval/{k}": np.asarray(v) for k, v in self.eval_metrics.items()})
@@ -100,10 +106,36 @@ class Results:
 
     @classmethod
     def load(cls, path: str | Path) -> Results:
-        with np.load(Path(path), allow_pickle=False) as data:
-            metrics = {k[len("metrics/") :]: data[k] for k in data.files if k.startswith("metrics/")}
-            evals = {k[len("eval/") :]: data[k] for k in data.files if k.startswith("eval/")}
-            return cls(metrics, data["eval_rounds"], evals, json.loads(str(data["config"])))
+        """Reads a file written by :meth:`save` (no pickle); a ``ValueError`` says what is wrong
+        with a file that is not one (missing, empty, another program's, ragged arrays)."""
+        path = Path(path)
+        where = f"Results.load: {str(path)!r}"
+        try:
+            data = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise ValueError(
+                f"{where} is not a Results file written by Results.save ({type(err).__name__}: {err})"
+            ) from err
+        if not hasattr(data, "files"):  # a bare .npy array
+            raise ValueError(f"{where} holds a single array, not a Results file written by Results.save")
+        with data:
+            missing = [k for k in ("config", "eval_rounds") if k not in data.files]
+            if missing:
+                raise ValueError(
+                    f"{where} is not a Results file written by Results.save: it has no {missing} "
+                    f"(its arrays: {sorted(data.files)[:10]})"
+                )
+            try:
+                metrics = {k[len("metrics/") :]: data[k] for k in data.files if k.startswith("metrics/")}
+                evals = {k[len("eval/") :]: data[k] for k in data.files if k.startswith("eval/")}
+                eval_rounds = data["eval_rounds"]
+                config = json.loads(str(data["config"]))
+            except Exception as err:
+                raise ValueError(f"{where} cannot be read ({type(err).__name__}: {err})") from err
+        _check_shapes(where, metrics, eval_rounds, evals)
+        return cls(metrics, eval_rounds, evals, config)
 
     def plot(self, metric: str = "cumulative_regret", *, x: str = "round", ax=None, label: str | None = None):
         """Mean ± one standard error over seeds of ``metric`` against rounds or oracle queries.
@@ -123,3 +155,17 @@ class Results:
             {k: np.asarray(v)[:, keep] for k, v in self.eval_metrics.items()},
             dict(self.config),
         )
+
+
+def _check_shapes(where: str, metrics: dict, eval_rounds: np.ndarray, evals: dict) -> None:
+    """Every metric ``[seeds, rounds]`` with the same shape, every evaluation ``[seeds, len(eval_rounds)]``."""
+    if np.ndim(eval_rounds) != 1:
+        raise ValueError(f"{where}: eval_rounds has shape {np.shape(eval_rounds)}; expected one axis")
+    shapes = {k: np.shape(v) for k, v in metrics.items()}
+    if any(len(shape) != 2 for shape in shapes.values()) or len(set(shapes.values())) > 1:
+        raise ValueError(f"{where}: per-round metrics must all be [seeds, rounds] of one shape; got {shapes}")
+    seeds = next(iter(shapes.values()))[0] if shapes else None
+    for k, v in evals.items():
+        want = (seeds if seeds is not None else np.shape(v)[0], len(eval_rounds))
+        if np.ndim(v) != 2 or np.shape(v) != want:
+            raise ValueError(f"{where}: eval metric {k!r} has shape {np.shape(v)}; expected [seeds, evals] = {want}")

@@ -36,11 +36,13 @@ def check_params(owner: object, params: DuelParams) -> None:
     scale = params.scale
     if isinstance(scale, jax.core.Tracer):
         return
+    expected = "expected a number >= 0, finite in float32"
+    if isinstance(scale, bool | np.bool_ | str | bytes) or np.asarray(scale).dtype.kind not in "iuf":
+        raise ValueError(f"{type(owner).__name__} params.scale={scale!r} is not a number; {expected}")
+    # float32 is what the oracle computes in: 1e39 would be inf there
     value = np.asarray(scale, dtype=np.float64)
-    if not (np.all(np.isfinite(value)) and np.all(value >= 0)):
-        raise ValueError(
-            f"{type(owner).__name__} params.scale={scale!r} is out of range; expected a finite number >= 0"
-        )
+    if not (np.all(np.isfinite(value)) and np.all(value >= 0) and np.all(value <= np.finfo(np.float32).max)):
+        raise ValueError(f"{type(owner).__name__} params.scale={scale!r} is out of range; {expected}")
 
 
 def oracle_feedback(key: Array, probability: Array, query: Array) -> Feedback:

@@ -139,9 +139,12 @@ class ReferencePolicy:
     params: Any
     prompt_length: int
     response_length: int
-    path: str | None = None
-    loaded_from_cache: bool = False
-    report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # where it was cached, whether it was read back and how its training went do not change the
+    # policy (``params`` does): left out of a run's configuration, so that a run resumed in a
+    # process that loads the cached policy matches the one that trained it
+    path: str | None = dataclasses.field(default=None, metadata={"describe": False})
+    loaded_from_cache: bool = dataclasses.field(default=False, metadata={"describe": False})
+    report: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"describe": False})
 
     @property
     def config(self) -> TransformerConfig:

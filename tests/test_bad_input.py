@@ -6,6 +6,7 @@ inside JAX — or an error about some other field — fails the test.
 """
 
 import jax
+import numpy as np
 import pytest
 
 import cdb
@@ -131,3 +132,148 @@ def test_wrong_feature_dimension_is_rejected_by_linear_agents(agent_cls, small_e
         raise AssertionError(f"unclear error {type(err).__name__}: {err}") from err
     else:
         raise AssertionError("no error for observations of the wrong feature dimension")
+
+
+# --- keys, sizes and environment parameters given to cdb.run ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "0",
+        1.5,
+        2**32,  # JAX keeps the low 32 bits: it would silently be key 0
+        2**64,
+        -1,
+        True,
+        np.bool_(False),
+        jax.random.split(jax.random.key(0), 3),  # a batch of keys
+        np.zeros(3, np.uint32),  # raw data of no key
+        np.zeros(2, np.int32),
+    ],
+    ids=repr,
+)
+def test_bad_key_is_rejected(small_agent, small_env, key):
+    with pytest.raises(ValueError, match=r"run: key.*expected an int in \[0, 2\*\*32\)"):
+        cdb.run(small_agent, small_env, rounds=2, key=key, progress=False)
+
+
+def test_every_accepted_form_of_a_key_gives_the_same_run(small_agent, small_env):
+    kwargs = dict(rounds=2, progress=False)
+    by_int = cdb.run(small_agent, small_env, key=7, **kwargs)
+    for key in (np.int64(7), jax.random.key(7), jax.random.key_data(jax.random.key(7))):
+        again = cdb.run(small_agent, small_env, key=key, **kwargs)
+        np.testing.assert_array_equal(again.metrics["regret"], by_int.metrics["regret"])
+        assert again.config["key"] == by_int.config["key"]
+
+
+@pytest.mark.parametrize("field, value", [("rounds", 2**31), ("seeds", 2**31), ("eval_every", 2**40)])
+def test_sizes_beyond_the_int32_round_counter_are_rejected(small_agent, small_env, field, value):
+    kwargs = {"rounds": 4, "progress": False, field: value}
+    with pytest.raises(ValueError, match=rf"{field}={value} is out of range.*2\*\*31 - 1"):
+        cdb.run(small_agent, small_env, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"scale": 1.0}, r"env_params of type dict does not have the structure of LinearDuel\.default_params"),
+        (DuelParams(scale=np.ones(3, np.float32)), r"env_params\.scale=.* shape \(3,\).*expected shape \(\)"),
+        (DuelParams(scale="8"), r"env_params\.scale='8' .*dtype <U1.*expected .*float32"),
+    ],
+    ids=["dict", "shape", "string"],
+)
+def test_env_params_of_the_wrong_type_or_shape_are_rejected_before_tracing(small_agent, small_env, params, match):
+    with pytest.raises(ValueError, match=match):
+        cdb.run(small_agent, small_env, rounds=2, env_params=params, progress=False)
+
+
+def test_env_params_that_overflow_float32_are_rejected(small_agent, small_env):
+    with pytest.raises(ValueError, match=r"params\.scale=1e\+39 .*out of range.*float32"):
+        cdb.run(small_agent, small_env, rounds=2, env_params=DuelParams(scale=1e39), progress=False)
+
+
+# --- hyper-parameter types -------------------------------------------------------------------------------
+
+
+def test_scale_beyond_float32_is_rejected():
+    with pytest.raises(ValueError, match=r"LinearDuel\.scale=1e\+39 .*not finite in float32"):
+        LinearDuel(scale=1e39)
+
+
+def test_a_string_scale_is_rejected():
+    with pytest.raises(ValueError, match=r"LinearDuel\.scale='8' .*not a number"):
+        LinearDuel(scale="8")
+
+
+def test_numpy_integers_are_integers():
+    env = LinearDuel(num_arms=np.int64(16), feature_dim=np.int32(3))
+    assert env.spec.num_arms == 16
+    with pytest.raises(ValueError, match=r"LinearDuel\.num_arms=.*not an integer"):
+        LinearDuel(num_arms=np.float64(16))
+
+
+def test_a_reward_model_given_by_name_is_rejected():
+    with pytest.raises(ValueError, match=r"ee_ts: reward_model='linear' is not a reward model.*LinearEnsemble"):
+        ee_ts(reward_model="linear")
+
+
+# --- Results files ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    metrics = {"regret": np.ones((2, 3), np.float32), "queries": np.ones((2, 3), np.int32)}
+    return cdb.Results(metrics, np.array([0, 3]), {"bai_regret": np.zeros((2, 2), np.float32)}, {"rounds": 3})
+
+
+def test_save_keeps_dotted_names_apart_and_never_overwrites_silently(tmp_path, tiny_results):
+    first = tiny_results.save(tmp_path / "exp_lr0.1")
+    second = tiny_results.save(tmp_path / "exp_lr0.2")
+    assert (first.name, second.name) == ("exp_lr0.1.npz", "exp_lr0.2.npz")
+    with pytest.raises(FileExistsError, match=r"exp_lr0\.1\.npz.*overwrite=True"):
+        tiny_results.save(tmp_path / "exp_lr0.1")
+    assert tiny_results.save(first, overwrite=True) == first
+    assert cdb.Results.load(first).config == {"rounds": 3}
+
+
+def _write_foreign(path):
+    np.savez(path, weights=np.zeros(3))
+
+
+def _write_empty(path):
+    path.write_bytes(b"")
+
+
+def _write_ragged(path):
+    np.savez(
+        path,
+        **{"metrics/regret": np.zeros((2, 3)), "metrics/queries": np.zeros((2, 4))},
+        eval_rounds=np.array([0, 3]),
+        config=np.asarray("{}"),
+    )
+
+
+def _write_truncated(path, source):
+    raw = source.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (_write_foreign, r"not a Results file written by Results\.save: it has no \['config', 'eval_rounds'\]"),
+        (_write_empty, r"not a Results file written by Results\.save \(EOFError"),
+        (_write_ragged, r"per-round metrics must all be \[seeds, rounds\] of one shape"),
+        (_write_truncated, r"not a Results file written by Results\.save|cannot be read"),
+    ],
+    ids=["foreign", "empty", "ragged", "truncated"],
+)
+def test_loading_a_file_that_is_not_results_is_a_clear_error(tmp_path, tiny_results, write, match):
+    path = tmp_path / "bad.npz"
+    if write is _write_truncated:
+        write(path, tiny_results.save(tmp_path / "good"))
+    else:
+        write(path)
+    with pytest.raises(ValueError, match=r"Results\.load: .*bad\.npz.*" + match):
+        cdb.Results.load(path)

@@ -273,3 +273,22 @@ def test_host_loop_matches_compiled_loop():
     for name in ("regret", "queries", "rm_loss"):
         np.testing.assert_allclose(host.metrics[name], compiled.metrics[name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(host.eval_metrics["bai_regret"], compiled.eval_metrics["bai_regret"], rtol=1e-5)
+
+
+def test_seed_ranges_concatenate_to_the_full_run(results):
+    kwargs = dict(rounds=12, seeds=3, eval_every=4, progress=False)
+    first = cdb.run(AGENT, ENV, seed_range=(0, 2), **kwargs)
+    last = cdb.run(AGENT, ENV, seed_range=(2, 3), **kwargs)
+    assert first.num_seeds == 2 and last.num_seeds == 1
+    assert first.config["seed_range"] == [0, 2] and results.config["seed_range"] == [0, 3]
+    for name in results.metrics:
+        joined = np.concatenate([first.metrics[name], last.metrics[name]])
+        np.testing.assert_allclose(joined, results.metrics[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    joined = np.concatenate([first.eval_metrics["bai_regret"], last.eval_metrics["bai_regret"]])
+    np.testing.assert_allclose(joined, results.eval_metrics["bai_regret"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed_range", [(2, 2), (-1, 2), (0, 4), (0.0, 1), [0], "0:2", (True, 2)])
+def test_bad_seed_range_is_rejected(seed_range):
+    with pytest.raises(ValueError, match=r"seed_range=.*0 <= start < stop <= seeds=3"):
+        cdb.run(AGENT, ENV, rounds=4, seeds=3, seed_range=seed_range, progress=False)
