@@ -130,7 +130,7 @@ TINY = Sizes(
     eval_prompts=2,
     ensemble=MLPEnsemble(num_members=3, hidden_sizes=(8,), steps_per_update=1, batch_size=8, buffer_capacity=64),
     learning_rate=1e-3,
-    target=0.5,
+    target=0.55,  # above the round-0 evaluation's exact ½ (π_θ = π_ref), which every agent "reaches" at 0 queries
 )
 
 
@@ -214,6 +214,7 @@ def main(argv=None) -> None:
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--eval-every", type=int, default=None, help="rounds between evaluations")
     parser.add_argument("--gamma", type=float, default=0.5, help="SEA's mixed-preference oracle fraction γ")
     parser.add_argument("--lr", type=float, default=None, help="policy learning rate (Adam)")
     parser.add_argument("--target", type=float, default=None, help="win rate for the queries-to-target table")
@@ -224,7 +225,13 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     sizes = TINY if args.tiny else FULL
-    changes = {"rounds": args.rounds, "seeds": args.seeds, "learning_rate": args.lr, "target": args.target}
+    changes = {
+        "rounds": args.rounds,
+        "seeds": args.seeds,
+        "eval_every": args.eval_every,
+        "learning_rate": args.lr,
+        "target": args.target,
+    }
     sizes = dataclasses.replace(sizes, **{k: v for k, v in changes.items() if v is not None})
     out = output_dir(args.out)
     print(header())

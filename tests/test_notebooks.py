@@ -154,7 +154,7 @@ GAMMA = 0.5
 EVAL_EVERY = 2
 EVAL_PROMPTS = 2
 LEARNING_RATE = 1e-3
-TARGET = 0.5
+TARGET = 0.55
 KEY = 0
 """
 
@@ -179,7 +179,7 @@ def test_llm_alignment_notebook(tmp_path, monkeypatch):
         assert re.search(rf"{re.escape(agent)}\s+seconds per round: generation \d", text)
     assert queries["online DPO (passive)"] == duels  # every passive duel goes to the oracle
     assert queries["SEA (E&E-TS, mixed)"] <= duels  # γ = 0.5: model-labelled pairs are not queries
-    assert len(re.findall(r"prompt: Write a short review of .*\n  π_ref: .*\n  reward: [+-]\d\.\d{3}", text)) == 2
+    assert len(re.findall(r"prompt: .*\n  π_ref: .*\n  reward: [+-]\d\.\d{3}", text)) == 2
     assert count_images(book) == 1
 
 
