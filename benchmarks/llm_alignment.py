@@ -38,8 +38,11 @@ DPO step of ``3 seeds × B × 2`` sequences of ``Lp + L`` tokens forward and bac
 π_ref forward (≈ 4 forward passes, about 1 TFLOP a round at B = 4, Lp + L ≈ 100). At an assumed
 ~50 GFLOP/s for two cores that is ~20 s of learning per round, so the defaults are B = 4 prompts a
 round, L = 24 new tokens, M = 4 SEA candidates, 16 rounds (64 duels per seed), an evaluation every
-4 rounds on 8 held-out prompts. These sizes come from that estimate, not from a timed full run;
-``benchmarks/results/llm_alignment/README.md`` records what was actually run and measured.
+4 rounds on 8 held-out prompts. These sizes come from that estimate, not from a timed full run.
+A reduced run at these sizes (2 rounds, 1 seed; 2026-11-30, a shared 2-core machine at load 3-12)
+took 32-51 s a round after compilation and 1.5-6 min of compilation per agent, which suggests the
+full run exceeds the hour and its sizes need revising once it is measured;
+``benchmarks/results/llm_alignment/README.md`` records what was run and measured.
 
     python benchmarks/llm_alignment.py                      # SmolLM2, 3 agents, 3 seeds
     python benchmarks/llm_alignment.py --tiny               # the tiny random test model, seconds of work
