@@ -67,7 +67,7 @@ def count_images(book) -> int:
     return sum("image/png" in out.get("data", {}) for cell in book.cells for out in cell.get("outputs", []))
 
 
-@pytest.mark.parametrize("name", ["regret_curves.ipynb", "toy_alignment.ipynb"])
+@pytest.mark.parametrize("name", ["regret_curves.ipynb", "toy_alignment.ipynb", "llm_alignment.ipynb"])
 def test_committed_notebook_is_clean(name):
     """Stored without outputs, valid nbformat v4, python3 kernel, one parameters cell."""
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -139,6 +139,47 @@ def test_toy_alignment_notebook(tmp_path, monkeypatch, tiny_env):  # noqa: F811
         assert re.search(rf"{re.escape(agent)}\s+after {queries} queries: gap closed [+-]\d\.\d+", text), agent
         assert re.search(rf"{re.escape(agent)}\s+(inf|\d+\.\d) ± \S+ \(\d/2 seeds reached\)", text), agent
     assert "oracle queries to close" in text
+    assert count_images(book) == 1
+
+
+# The tiny random model of llm_fixtures (never SmolLM2, even when installed): seconds of work.
+LLM_PARAMETERS = """\
+USE_REAL_MODEL = False
+ROUNDS = 4
+SEEDS = 2
+BATCH_SIZE = 2
+MAX_NEW_TOKENS = 4
+NUM_CANDIDATES = 3
+GAMMA = 0.5
+EVAL_EVERY = 2
+EVAL_PROMPTS = 2
+LEARNING_RATE = 1e-3
+TARGET = 0.55
+KEY = 0
+"""
+
+
+@pytest.mark.slow
+def test_llm_alignment_notebook(tmp_path, monkeypatch):
+    book = execute("llm_alignment.ipynb", LLM_PARAMETERS, tmp_path, monkeypatch)
+    text = text_of(book)
+    assert "π_ref = tiny-random: 2 layers" in text
+    duels = 4 * 2  # ROUNDS x BATCH_SIZE
+    queries = {}
+    for agent in ("SEA (E&E-TS, mixed)", "online DPO (passive)"):
+        found = re.search(
+            rf"{re.escape(agent)}\s+{duels} duels, (\d+\.\d) oracle queries \(mean over seeds\); "
+            r"win rate before training (\d\.\d+)",
+            text,
+        )
+        assert found, agent
+        queries[agent] = float(found.group(1))
+        assert found.group(2) == "0.500", agent  # round 0: π_θ = π_ref, greedy against greedy
+        assert re.search(rf"{re.escape(agent)}\s+(inf|\d+\.\d) ± \S+ \(\d/2 seeds reached\); final win rate", text)
+        assert re.search(rf"{re.escape(agent)}\s+seconds per round: generation \d", text)
+    assert queries["online DPO (passive)"] == duels  # every passive duel goes to the oracle
+    assert queries["SEA (E&E-TS, mixed)"] <= duels  # γ = 0.5: model-labelled pairs are not queries
+    assert len(re.findall(r"prompt: .*\n  π_ref: .*\n  reward: [+-]\d\.\d{3}", text)) == 2
     assert count_images(book) == 1
 
 
