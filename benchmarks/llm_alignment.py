@@ -55,9 +55,7 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -65,16 +63,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import cdb  # noqa: E402
-from benchmarks.common import header, markdown_table, output_dir  # noqa: E402
 from cdb import agents  # noqa: E402
 from cdb.ensemble import MLPEnsemble  # noqa: E402
 from cdb.environments import LLMDuel, PromptSet, RewardOracle  # noqa: E402
 from cdb.features import FrozenEncoderFeatures, reference_hidden_features  # noqa: E402
 from cdb.metrics import queries_to_target  # noqa: E402
+from cdb.report import header, markdown_table, output_dir  # noqa: E402
 
 AGENTS = ("sea", "online_dpo", "frozen_sampler_dpo")
 LABELS = {
@@ -138,10 +133,9 @@ TINY = Sizes(
 
 
 def load_reference(tiny: bool):
-    """π_ref: SmolLM2-135M-Instruct, or the tiny random Llama of ``tests/llm_fixtures.py``."""
+    """π_ref: SmolLM2-135M-Instruct, or the tiny random Llama of :mod:`cdb.models.tiny`."""
     if tiny:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from llm_fixtures import tiny_pretrained
+        from cdb.models.tiny import tiny_pretrained
 
         return tiny_pretrained()
     from cdb.models import load_pretrained
@@ -223,7 +217,7 @@ def main(argv=None) -> None:
     parser.add_argument("--target", type=float, default=None, help="win rate for the queries-to-target table")
     parser.add_argument("--encoder", choices=("minilm", "reference"), default="minilm", help="SEA's feature map")
     parser.add_argument("--key", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llm_alignment"))
+    parser.add_argument("--out", default="benchmarks/results/llm_alignment")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

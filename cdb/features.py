@@ -23,7 +23,6 @@ candidate response, in ``select``, and carried to ``update``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -99,11 +98,12 @@ class FrozenEncoderFeatures:
     tokenizer: Any
     include_prompt: bool = False
     separator: str = "\n"
+    dim: int = dataclasses.field(init=False, repr=False)
 
-    @functools.cached_property
-    def dim(self) -> int:
-        """D, from the encoder's output on one probe text (computed once)."""
-        return int(np.asarray(self.encoder.embed(["a"])).shape[-1])
+    def __post_init__(self):
+        # D from one probe text, here and not lazily: the first use may be inside an agent's trace,
+        # where the encoder's own JAX computation would be traced instead of run
+        object.__setattr__(self, "dim", int(np.asarray(self.encoder.embed(["a"])).shape[-1]))
 
     def texts(self, prompts: np.ndarray, responses: np.ndarray, prompt_mask, response_mask) -> list[str]:
         """The decoded texts of ``[N, ...]`` host arrays (real tokens only)."""
