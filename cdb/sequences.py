@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from cdb import models
-from cdb.models import Policy, Samples, positions_from_mask, sample, sample_mixture
+from cdb.models import Policy, Samples, generate, positions_from_mask, sample_mixture
 
 Array = jax.Array
 
@@ -146,21 +146,20 @@ def generate_responses(
       :class:`cdb.models.Samples` with ``tokens`` ``[B·M, L]`` int32, ``logprobs`` ``[B·M, L]`` (the
       untempered policy's per-token log-probs, 0 after EOS) and ``mask`` ``[B·M, L]``.
 
-    Built on :func:`cdb.models.sample` (each of the B·M rows prefilled separately); a sampler that
-    prefills each prompt once and shares the prefix cache across its M samples returns the same
-    rows in the same order.
+    Built on :func:`cdb.models.generate`: each prompt is prefilled once and its cache shared by its
+    M samples, and the decode loop stops once every row has ended (the same rows, in the same
+    order and from the same key, as :func:`cdb.models.sample` on ``jnp.repeat(prompts, M)``).
     """
     prompts = jnp.asarray(prompts, jnp.int32)
     prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
-    if num_samples > 1:
-        prompts, prompt_mask = repeat_prompts(prompts, num_samples), repeat_prompts(prompt_mask, num_samples)
-    return sample(
+    return generate(
         key,
         policy,
         params,
         prompts,
         prompt_mask,
         length,
+        num_samples=num_samples,
         temperature=temperature,
         top_p=top_p,
         eos_id=eos_id,

@@ -160,15 +160,18 @@ def test_fast_draw_is_sample_token(temperature, top_p):
         np.testing.assert_array_equal(_jit_draw(key, logits, *args), _jit_sample_token(key, logits, *args))
 
 
-def test_decode_equals_the_plain_loop_and_returns_the_fed_state(model, prompts):
+def test_decode_donates_the_cache_without_changing_the_output(model, prompts):
     tokens, mask = prompts
     key, kw = jax.random.key(3), dict(temperature=1.0, eos_id=model.eos_id, pad_id=model.pad_id)
     state, logits = prefill_shared(model.policy, model.params, tokens, mask, L, 3)  # the first test's shapes
+    donated_leaf = state.cache.keys[0]
     out, final = decode(key, model.policy, model.params, state, logits, L, **kw)
-    assert final.cache.keys[0].shape == state.cache.keys[0].shape
+    assert donated_leaf.is_deleted()  # the decode program took over the prefilled cache
+    assert final.cache.keys[0].shape == donated_leaf.shape
     state2, logits2 = prefill_shared(model.policy, model.params, tokens, mask, L, 3)
-    plain = jax.jit(_decode, static_argnums=(1, 5, 8, 9))  # the loop body, jitted on its own
+    plain = jax.jit(_decode, static_argnums=(1, 5, 8, 9))  # the same loop without donation
     ref, _ = plain(key, model.policy, model.params, state2, logits2, L, 1.0, 1.0, model.eos_id, model.pad_id)
+    assert not state2.cache.keys[0].is_deleted()
     for field in ("tokens", "logprobs", "mask", "steps"):
         np.testing.assert_array_equal(getattr(out, field), getattr(ref, field))
     # the final cache holds the fed tokens: one more decoder step from it continues the greedy path
