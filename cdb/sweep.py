@@ -84,6 +84,7 @@ from tqdm import tqdm
 from cdb.metrics import TargetQueries, queries_to_target
 from cdb.results import Results
 from cdb.store import Store, checkpointed_rounds
+from cdb.xla_options import release_compiled_programs
 
 _RESERVED = ("env", "env_name")
 _CONFIG_MODULE = "cdb_sweep_config_"  # module name prefix of loaded sweep files
@@ -545,6 +546,7 @@ def run_sweep(
             if is_done:
                 report.skipped.append(cell.name)
             else:
+                release_compiled_programs()  # a long sweep would otherwise exhaust the process's memory maps
                 error = _run_cell(
                     cell, store, shard, progress, sweep.checkpoints, keep_checkpoints, on_block, multi, leader
                 )

@@ -64,3 +64,34 @@ def _default_compiler_options(backend: str) -> dict[str, Any]:
     except jax.errors.JaxRuntimeError:
         return {}
     return dict(CPU_COMPILER_OPTIONS)
+
+
+def memory_map_count() -> tuple[int, int] | None:
+    """``(maps, limit)``: this process's memory maps and the kernel's ``vm.max_map_count`` (Linux), else ``None``."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            count = sum(1 for _ in maps)
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return count, int(limit.read())
+    except (OSError, ValueError):
+        return None
+
+
+def release_compiled_programs(fraction: float = 0.5) -> bool:
+    """Clears JAX's caches of compiled programs when this process holds over ``fraction`` of its memory-map limit.
+
+    XLA:CPU maps every compiled kernel into memory on its own, and a compiled program stays alive
+    as long as a ``jax.jit`` cache holds it: a process that compiles some hundreds of programs
+    (a sweep of many cells, a long test run) reaches Linux's ``vm.max_map_count`` (65530 by
+    default), after which LLVM cannot map the next program ("LLVM compilation error: Cannot
+    allocate memory") and the process dies with a segmentation fault. Call this between
+    independent pieces of work; it calls :func:`jax.clear_caches` only near the limit, so
+    programs that are still in use are recompiled (or read from the persistent compilation
+    cache) at most once per clearing. Returns whether it cleared. Does nothing where
+    ``/proc`` does not exist.
+    """
+    counts = memory_map_count()
+    if counts is None or counts[0] <= fraction * counts[1]:
+        return False
+    jax.clear_caches()
+    return True

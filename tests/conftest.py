@@ -13,6 +13,9 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from cdb.xla_options import release_compiled_programs  # noqa: E402
 
 # One cache directory per xdist worker: JAX writes cache entries without an atomic rename, so a
 # worker reading an entry the other is still writing can deserialize a truncated executable (a
@@ -27,3 +30,16 @@ if _cache_root is None:
     atexit.register(shutil.rmtree, _cache_root, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.path.join(_cache_root, os.environ.get("PYTEST_XDIST_WORKER", "main")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(autouse=True)
+def _bounded_memory_maps():
+    """After each test, clears JAX's compiled programs if the worker nears ``vm.max_map_count``.
+
+    An xdist worker compiles some hundreds of programs over the suite and XLA:CPU maps each
+    kernel separately: without this a worker reached the limit of 65530 maps inside
+    ``tests/test_generate.py`` and died with a segmentation fault ("LLVM compilation error: Cannot
+    allocate memory").
+    """
+    yield
+    release_compiled_programs()

@@ -295,3 +295,20 @@ def test_seed_ranges_concatenate_to_the_full_run(results):
 def test_bad_seed_range_is_rejected(seed_range):
     with pytest.raises(ValueError, match=r"seed_range=.*0 <= start < stop <= seeds=3"):
         cdb.run(AGENT, ENV, rounds=4, seeds=3, seed_range=seed_range, progress=False)
+
+
+def test_compiled_programs_are_released_only_near_the_memory_map_limit(monkeypatch):
+    options = importlib.import_module("cdb.xla_options")
+    counts = options.memory_map_count()
+    if counts is not None:  # Linux: real counts of this process
+        assert 0 < counts[0] < counts[1]
+    double = jax.jit(lambda x: 2 * x)
+    double(jnp.ones(3))
+    assert double._cache_size() == 1
+    monkeypatch.setattr(options, "memory_map_count", lambda: (40_000, 65_530))
+    assert not options.release_compiled_programs(fraction=0.7)
+    assert double._cache_size() == 1  # far from the limit: the compiled program stays
+    assert options.release_compiled_programs(fraction=0.5)
+    assert double._cache_size() == 0
+    monkeypatch.setattr(options, "memory_map_count", lambda: None)  # no /proc: nothing to do
+    assert not options.release_compiled_programs()
