@@ -49,13 +49,21 @@ def _make_functions(agent: Agent, env: Environment, params: Any, impl: str):
     return init, one_round, evaluation
 
 
-def _in_chunks(batched: Callable, seeds: int, chunk: int | None) -> Callable:
+def _in_chunks(batched: Callable, seeds: int, chunk: int | None, *, updates_carry: bool) -> Callable:
     """``batched(carry, ts)`` (vmapped over ``seeds``) run on chunks of at most ``chunk`` seeds.
 
-    The chunks are a ``lax.map``: XLA runs every round of the block for one chunk before the
-    next, so that chunk's features, scores and state stay in cache across rounds. The seeds are
-    split into ``n = ceil(seeds / chunk)`` equal chunks, the last seed repeated to fill them
-    (fewer than ``n`` copies, dropped from the output).
+    The seeds are split into ``n = ceil(seeds / chunk)`` equal chunks of ``s`` seeds (the last
+    seed repeated to fill them: fewer than ``n`` copies, dropped from the output), and a
+    ``fori_loop`` runs chunk ``i`` of the ``[n, s, ...]`` carry, so XLA runs every round of the
+    block for one chunk before the next and that chunk's features, scores and state stay in cache.
+
+    With ``updates_carry`` (the block, which returns ``(carry, *outputs)``) the loop writes each
+    chunk's new carry back into the loop's own ``[n, s, ...]`` buffers with
+    ``dynamic_update_index_in_dim``. Because the block's input is donated and a while loop's carry
+    is updated in place, the state of all seeds exists once, and the working memory beyond it is
+    one chunk's. (A ``lax.map`` over the chunks would stack its outputs into a second buffer of
+    the whole state.) When the seeds do not divide into equal chunks, the padding is a copy.
+    Without ``updates_carry`` (the evaluation) the carry is only read.
     """
     if chunk is None or chunk >= seeds:
         return batched
@@ -72,8 +80,28 @@ def _in_chunks(batched: Callable, seeds: int, chunk: int | None) -> Callable:
         return x.reshape(n_chunks * size, *x.shape[2:])[:seeds]
 
     def chunked(carry, ts):
-        out = jax.lax.map(lambda c: batched(c, ts), jax.tree.map(split, carry))
-        return jax.tree.map(merge, out)
+        stacked = jax.tree.map(split, carry)
+
+        def run_chunk(i, state):
+            return batched(jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state), ts)
+
+        def write(buffers, values, i):
+            return jax.tree.map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, i, 0), buffers, values)
+
+        one_chunk = jax.eval_shape(run_chunk, 0, stacked)
+        rest_shape = one_chunk[1:] if updates_carry else one_chunk
+        rest = jax.tree.map(lambda a: jnp.zeros((n_chunks, *a.shape), a.dtype), rest_shape)
+
+        def body(i, loop_carry):
+            state, outputs = loop_carry
+            result = run_chunk(i, state)
+            if updates_carry:
+                return write(state, result[0], i), write(outputs, result[1:], i)
+            return state, write(outputs, result, i)
+
+        state, outputs = jax.lax.fori_loop(0, n_chunks, body, (stacked, rest))
+        merged = jax.tree.map(merge, outputs)
+        return (jax.tree.map(merge, state), *merged) if updates_carry else merged
 
     return chunked
 
@@ -146,19 +174,19 @@ class CompiledRunner:
             jit_kwargs["out_shardings"] = self.sharding
             if seed_chunk is not None and seed_chunk < seeds // n_dev:
                 # chunks of each device's own seeds: a lax.map over a sharded axis would gather it
-                def per_device(fn):
+                def per_device(fn, updates):
                     return jax.shard_map(
-                        _in_chunks(fn, seeds // n_dev, seed_chunk),
+                        _in_chunks(fn, seeds // n_dev, seed_chunk, updates_carry=updates),
                         mesh=mesh,
                         in_specs=(seeds_spec, jax.sharding.PartitionSpec()),
                         out_specs=seeds_spec,
                     )
 
-                batched_block, batched_eval = per_device(batched_block), per_device(batched_eval)
+                batched_block, batched_eval = per_device(batched_block, True), per_device(batched_eval, False)
         else:
             self.sharding = None
-            batched_block = _in_chunks(batched_block, seeds, seed_chunk)
-            batched_eval = _in_chunks(batched_eval, seeds, seed_chunk)
+            batched_block = _in_chunks(batched_block, seeds, seed_chunk, updates_carry=True)
+            batched_eval = _in_chunks(batched_eval, seeds, seed_chunk, updates_carry=False)
         self.init = jax.jit(jax.vmap(init), **jit_kwargs)
         self.block = jax.jit(batched_block, donate_argnums=0, **jit_kwargs)
         self.evaluate = jax.jit(batched_eval, **jit_kwargs)
