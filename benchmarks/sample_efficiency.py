@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     else:
         env = SequenceDuel()
     start = time.perf_counter()
-    ref = env.reference
+    ref = env.build_reference()
     print(
         f"reference policy: {'loaded' if ref.loaded_from_cache else 'trained'} in "
         f"{time.perf_counter() - start:.1f}s; NLL {ref.report.get('nll', float('nan')):.2f} vs teacher entropy "

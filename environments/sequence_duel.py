@@ -18,7 +18,8 @@ the data are good but misaligned. Being a chain, the teacher is sampled exactly 
 filtering / backward sampling, and its entropy is exact. The **reference policy** ``π_ref`` is a
 tiny causal transformer fit by maximum likelihood on teacher samples
 (:mod:`cdb.environments.reference_policy`), built once per configuration and cached on disk;
-``env.reference`` hands it to agents the way an SFT checkpoint would be.
+``env.build_reference()`` loads or trains it (an explicit call: nothing trains on first use), and
+``env.reference`` then hands it to agents the way an SFT checkpoint would be.
 
 The gold reward, the teacher bias and the reference policy are a fixed function of the
 configuration (``instance_seed``), not of the run's key: every seed of a run aligns the same
@@ -50,7 +51,7 @@ from cdb.validation import check_choice, check_float, check_int
 from . import chain
 from .links import LINKS, preference_probability
 from .oracle import check_params, duel_info, oracle_feedback
-from .reference_policy import ReferenceConfig, ReferencePolicy, build_reference_policy
+from .reference_policy import ReferenceConfig, ReferencePolicy, build_reference_policy, resolve_cache_dir
 
 Array = jax.Array
 _EXACT = jax.lax.Precision.HIGHEST  # full float32 matmuls: regrets are exact on any accelerator
@@ -326,26 +327,45 @@ class SequenceDuel:
         }
 
     def build_reference(self, *, retrain: bool = False, verbose: bool = False) -> ReferencePolicy:
-        """Loads this configuration's reference policy from the cache, or trains and caches it."""
-        tables = self.tables
-        return build_reference_policy(
-            teacher=lambda key, prompts: teacher_sample(key, tables, prompts),
-            teacher_entropy=lambda prompts: teacher_entropy(tables, prompts),
-            vocab_size=self.vocab_size,
-            prompt_length=self.prompt_length,
-            response_length=self.response_length,
-            config=self.reference_config,
-            fingerprint=self.reference_fingerprint(),
-            cache_dir=self.cache_dir,
-            retrain=retrain,
-            verbose=verbose,
-        )
+        """Builds π_ref: loads this configuration's reference policy from ``cache_dir``, or trains and caches it.
 
-    @functools.cached_property
+        This is the one call that does work: training takes seconds to minutes (by
+        ``reference_config``), loading a cached entry well under a second. The built policy is
+        kept on this object, where :attr:`reference` and :attr:`default_params` read it, and is
+        returned. ``retrain=True`` trains afresh and replaces the cache entry.
+        """
+        tables = self.tables
+        with jax.ensure_compile_time_eval():  # concrete even when called inside a trace
+            reference = build_reference_policy(
+                teacher=lambda key, prompts: teacher_sample(key, tables, prompts),
+                teacher_entropy=lambda prompts: teacher_entropy(tables, prompts),
+                vocab_size=self.vocab_size,
+                prompt_length=self.prompt_length,
+                response_length=self.response_length,
+                config=self.reference_config,
+                fingerprint=self.reference_fingerprint(),
+                cache_dir=self.cache_dir,
+                retrain=retrain,
+                verbose=verbose,
+            )
+        # a frozen dataclass: the built policy is a cache of the configuration, not a field
+        object.__setattr__(self, "_reference", reference)
+        return reference
+
+    @property
     def reference(self) -> ReferencePolicy:
-        """The SFT reference policy ``π_ref`` (model definition + trained params), built on first use."""
-        with jax.ensure_compile_time_eval():  # concrete even when first touched inside a trace
-            return self.build_reference()
+        """The SFT reference policy ``π_ref`` (model definition + trained params) that :meth:`build_reference` built.
+
+        Raises:
+          RuntimeError: :meth:`build_reference` has not been called on this object.
+        """
+        reference = self.__dict__.get("_reference")
+        if reference is None:
+            raise RuntimeError(
+                "SequenceDuel.reference: π_ref is not built; call env.build_reference() first (it loads the "
+                f"policy from the cache folder {resolve_cache_dir(self.cache_dir)} or trains it there)"
+            )
+        return reference
 
     # --- the API -----------------------------------------------------------------------------
 
@@ -361,12 +381,12 @@ class SequenceDuel:
 
     @property
     def default_params(self) -> SequenceDuelParams:
-        """Link scale, gold tables and the reference policy's params (trains it on first use)."""
+        """Link scale, gold tables and the reference policy's params (after :meth:`build_reference`)."""
         return self.make_params()
 
     def make_params(self, *, scale: float | None = None, with_reference: bool = True) -> SequenceDuelParams:
         """Params with an optional link ``scale``; ``with_reference=False`` skips the reference
-        policy (no ``win_rate`` / ``gap_closed`` metrics, nothing to train)."""
+        policy (no ``win_rate`` / ``gap_closed`` metrics, no :meth:`build_reference` needed)."""
         scale = self.scale if scale is None else scale
         check_float(self, "scale", scale, low=0.0)
         return SequenceDuelParams(

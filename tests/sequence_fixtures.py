@@ -75,7 +75,7 @@ def tiny_env(tmp_path_factory) -> SequenceDuel:
     cache_dir = tmp_path_factory.getbasetemp() / "cdb_reference_cache"
     cache_dir.mkdir(exist_ok=True)
     env = build_tiny_env(str(cache_dir))
-    assert env.reference.params is not None  # trains (or loads) π_ref now, outside any trace
+    env.build_reference()  # trains (or loads) π_ref once per session, outside any trace
     return env
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import re
 from pathlib import Path
 
 import jax
@@ -25,7 +26,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(cache_dir):
-    return sd.SequenceDuel(
+    env = sd.SequenceDuel(
         vocab_size=V,
         prompt_length=LP,
         response_length=L,
@@ -35,6 +36,8 @@ def env(cache_dir):
         eval_reference_samples=8,
         cache_dir=cache_dir,
     )
+    env.build_reference()
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -273,9 +276,14 @@ def test_reference_is_cached_and_reloaded(env, cache_dir, params):
     ref = env.reference
     assert os.path.isdir(ref.path) and os.path.dirname(ref.path) == cache_dir
     assert os.path.exists(os.path.join(ref.path, "meta.json"))
-    fresh = dataclasses.replace(env)  # a new object: its cached_property is empty
+    fresh = dataclasses.replace(env)  # a new object: nothing is built on it yet
+    with pytest.raises(RuntimeError, match=r"not built; call env.build_reference\(\) first .*" + re.escape(cache_dir)):
+        fresh.reference
+    with pytest.raises(RuntimeError, match="build_reference"):
+        fresh.default_params
+    np.testing.assert_array_equal(fresh.make_params(with_reference=False).scale, 1.0)  # needs no π_ref
     loaded = fresh.build_reference()
-    assert loaded.loaded_from_cache and loaded.path == ref.path
+    assert loaded.loaded_from_cache and loaded.path == ref.path and fresh.reference is loaded
     jax.tree.map(np.testing.assert_array_equal, loaded.params, ref.params)
     # a different configuration gets a different cache entry
     other = dataclasses.replace(env, bias_scale=0.5)
