@@ -246,9 +246,10 @@ def run(
       progress: show a tqdm progress bar.
       shard_seeds: shard the seed axis across all local devices (default: when there is more
         than one device and ``seeds`` is divisible by the device count).
-      seed_chunk: each device runs its seeds ``seed_chunk`` at a time (``lax.map`` over chunks of
-        a ``vmap``), a whole block of rounds per chunk; results do not change, only speed and
-        memory. ``"auto"``: chunks of about :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
+      seed_chunk: each device runs its seeds ``seed_chunk`` at a time (a ``fori_loop`` over chunks
+        of a ``vmap`` that updates the donated state in place), a whole block of rounds per chunk;
+        results do not change, only speed and memory. ``"auto"``: chunks of about
+        :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
         for all seeds at once falls out of cache (0.98–1.35× at 1024 seeds on two devices in
         ``benchmarks/throughput.py``, a noisy gain since copy insertion keeps the round's buffers
         in place; see :data:`CPU_COMPILER_OPTIONS`), and no chunking on accelerators, which want

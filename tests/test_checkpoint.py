@@ -302,7 +302,8 @@ DESCRIBE = textwrap.dedent(
     from cdb.run import describe
 
     env = build_tiny_env(sys.argv[1])  # reads the reference policy the test session trained
-    agent = alignment.sea(env.build_reference(), num_candidates=NUM_CANDIDATES, rule="ee_ts", reward_model=LEARNING_ENSEMBLE)
+    reference = env.build_reference()
+    agent = alignment.sea(reference, num_candidates=NUM_CANDIDATES, rule="ee_ts", reward_model=LEARNING_ENSEMBLE)
     print(json.dumps(describe(agent)))
     """
 )

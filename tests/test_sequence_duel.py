@@ -278,9 +278,9 @@ def test_reference_is_cached_and_reloaded(env, cache_dir, params):
     assert os.path.exists(os.path.join(ref.path, "meta.json"))
     fresh = dataclasses.replace(env)  # a new object: nothing is built on it yet
     with pytest.raises(RuntimeError, match=r"not built; call env.build_reference\(\) first .*" + re.escape(cache_dir)):
-        fresh.reference
+        _ = fresh.reference
     with pytest.raises(RuntimeError, match="build_reference"):
-        fresh.default_params
+        _ = fresh.default_params
     np.testing.assert_array_equal(fresh.make_params(with_reference=False).scale, 1.0)  # needs no π_ref
     loaded = fresh.build_reference()
     assert loaded.loaded_from_cache and loaded.path == ref.path and fresh.reference is loaded

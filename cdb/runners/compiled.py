@@ -173,7 +173,7 @@ class CompiledRunner:
             self.sharding = jax.sharding.NamedSharding(mesh, seeds_spec)
             jit_kwargs["out_shardings"] = self.sharding
             if seed_chunk is not None and seed_chunk < seeds // n_dev:
-                # chunks of each device's own seeds: a lax.map over a sharded axis would gather it
+                # chunks of each device's own seeds: a loop over chunks of a sharded axis would gather it
                 def per_device(fn, updates):
                     return jax.shard_map(
                         _in_chunks(fn, seeds // n_dev, seed_chunk, updates_carry=updates),
