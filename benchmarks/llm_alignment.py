@@ -70,6 +70,7 @@ from cdb.environments import LLMDuel, PromptSet, RewardOracle  # noqa: E402
 from cdb.features import FrozenEncoderFeatures, reference_hidden_features  # noqa: E402
 from cdb.metrics import queries_to_target  # noqa: E402
 from cdb.report import header, markdown_table, output_dir  # noqa: E402
+from cdb.sweep import merge_seeds  # noqa: E402
 
 AGENTS = ("sea", "online_dpo", "frozen_sampler_dpo")
 LABELS = {
@@ -96,10 +97,10 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=16,
+    rounds=12,
     seeds=3,
-    batch_size=4,
-    max_new_tokens=24,
+    batch_size=2,
+    max_new_tokens=16,
     num_candidates=4,
     eval_every=4,
     eval_prompts=8,
@@ -185,24 +186,43 @@ def make_env(reference, sizes: Sizes) -> LLMDuel:
     )
 
 
-def timing_row(label: str, results) -> dict:
-    """Mean seconds per round (rounds after the first; the first holds compilation) by phase."""
-    m = {k: np.asarray(v, np.float64) for k, v in results.metrics.items()}
-    # the timings are the host loop's wall times of a round (all seeds together): the same on every seed
+def timing_row(label: str, results, seeds_at_once: int) -> dict:
+    """Mean seconds per round of one ``cdb.run`` (rounds after the first of each run) by phase.
+
+    The timings are the host loop's wall times of a round, the same on every seed of one run
+    (its ``seeds_at_once`` seeds are vmapped), so one row per run is read. The first round of the
+    first run holds the compilation and is reported apart.
+    """
+    m = {k: np.asarray(v, np.float64)[::seeds_at_once] for k, v in results.metrics.items()}
     per_round = {
-        "generation (select)": m["seconds_select"][0],
-        "oracle": m["seconds_oracle"][0],
-        "env rest (metrics)": m["seconds_env"][0] - m["seconds_oracle"][0],
-        "learning (update)": m["seconds_update"][0],
+        "generation (select)": m["seconds_select"],
+        "oracle": m["seconds_oracle"],
+        "env rest (metrics)": m["seconds_env"] - m["seconds_oracle"],
+        "learning (update)": m["seconds_update"],
     }
     later = slice(1, None) if results.num_rounds > 1 else slice(0, None)
     row = {"agent": label}
     for phase, values in per_round.items():
-        row[phase] = f"{values[later].mean():.2f}"
+        row[phase] = f"{values[:, later].mean():.2f}"
     total = sum(per_round.values())
-    row["total"] = f"{total[later].mean():.2f}"
-    row["first round"] = f"{total[0]:.1f}"
+    row["total"] = f"{total[:, later].mean():.2f}"
+    row["first round"] = f"{total[0, 0]:.1f}"
     return row
+
+
+def run_in_parts(agent, env, sizes: Sizes, key: int, seeds_at_once: int):
+    """``cdb.run`` of ``sizes.seeds`` seeds, ``seeds_at_once`` at a time (``seed_range``), merged.
+
+    The parts are exactly the whole run's seeds (``cdb.run`` derives seed ``s``'s key from the key
+    and ``s`` alone), so only memory and time change: a vmapped seed holds its own copy of π_θ,
+    its optimiser state and its gradients (about 2.2 GB each for SmolLM2-135M in fp32).
+    """
+    parts = []
+    for start in range(0, sizes.seeds, seeds_at_once):
+        stop = min(start + seeds_at_once, sizes.seeds)
+        kwargs = dict(rounds=sizes.rounds, seeds=sizes.seeds, key=key, eval_every=sizes.eval_every)
+        parts.append(cdb.run(agent, env, seed_range=(start, stop), **kwargs))
+    return merge_seeds(parts)
 
 
 def main(argv=None) -> None:
@@ -212,6 +232,12 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=None, help="rounds between evaluations")
+    parser.add_argument(
+        "--seeds-at-once",
+        type=int,
+        default=None,
+        help="seeds vmapped in one cdb.run (default: 1 for SmolLM2, as 3 vmapped seeds exceed 24 GiB; all for --tiny)",
+    )
     parser.add_argument("--gamma", type=float, default=0.5, help="SEA's mixed-preference oracle fraction γ")
     parser.add_argument("--lr", type=float, default=None, help="policy learning rate (Adam)")
     parser.add_argument("--target", type=float, default=None, help="win rate for the queries-to-target table")
@@ -230,6 +256,7 @@ def main(argv=None) -> None:
         "target": args.target,
     }
     sizes = dataclasses.replace(sizes, **{k: v for k, v in changes.items() if v is not None})
+    seeds_at_once = args.seeds_at_once or (sizes.seeds if args.tiny else 1)
     out = output_dir(args.out)
     print(header())
     print(f"load average at start: {os.getloadavg()}")
@@ -239,17 +266,15 @@ def main(argv=None) -> None:
     print(
         f"model {reference.name} | prompts {env.prompts.name} ({len(env.prompts)} train, {sizes.eval_prompts} eval) | "
         f"oracle VADER sentiment | B={sizes.batch_size} L={sizes.max_new_tokens} M={sizes.num_candidates} | "
-        f"rounds {sizes.rounds} | seeds {sizes.seeds} | SEA features: {described} | γ={args.gamma} | "
-        f"lr={sizes.learning_rate}"
+        f"rounds {sizes.rounds} | seeds {sizes.seeds} ({seeds_at_once} at once) | SEA features: {described} | "
+        f"γ={args.gamma} | lr={sizes.learning_rate}"
     )
 
     runs, seconds = {}, {}
     for name in args.agents:
         agent = make_agent(name, reference, sizes, features, args.gamma)
         t0 = time.perf_counter()
-        runs[name] = cdb.run(
-            agent, env, rounds=sizes.rounds, seeds=sizes.seeds, key=args.key, eval_every=sizes.eval_every
-        )
+        runs[name] = run_in_parts(agent, env, sizes, args.key, seeds_at_once)
         seconds[name] = time.perf_counter() - t0
         runs[name].save(out / name, overwrite=True)
         print(f"{LABELS[name]}: {seconds[name]:.0f} s")
@@ -279,13 +304,14 @@ def main(argv=None) -> None:
                 "run seconds": f"{seconds[name]:.0f}",
             }
         )
-        time_rows.append(timing_row(LABELS[name], results))
+        time_rows.append(timing_row(LABELS[name], results, seeds_at_once))
     total = time.perf_counter() - start
     tables = "\n\n".join(
         [
             f"Queries to target (mean ± s.e. over the seeds that reached it; {sizes.seeds} seeds):",
             markdown_table(target_rows, list(target_rows[0])),
-            "Seconds per round (mean over rounds 2.., all seeds together; the first round includes compilation):",
+            f"Seconds per round of one cdb.run of {seeds_at_once} seed(s) (mean over rounds 2.. of every run; "
+            "the first round of the first run includes compilation):",
             markdown_table(time_rows, list(time_rows[0])),
         ]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -10,6 +11,43 @@ import numpy as np
 
 from cdb.metrics import round_metrics
 from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, Carry, _stage_key, _state_is_finite
+
+
+class _Same:
+    """An object compared by identity (alignment agents hold arrays, so they have no value hash)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_agent(agent: _Same, impl: str) -> dict:
+    """The jitted, seed-vmapped functions of one agent object, shared by every run of it in this process.
+
+    A new ``jax.jit`` wrapper would trace and compile again: for a 135M-parameter policy that is
+    minutes per run, paid again by each ``seed_range`` part or resumed run of the same agent.
+    """
+    agent = agent.obj
+
+    def stage_keys(seed_keys, stage, index, parts):
+        return jax.vmap(lambda k: jax.random.split(_stage_key(k, stage, index, impl), parts))(seed_keys)
+
+    return {
+        "select": jax.jit(jax.vmap(agent.select)),
+        "update": jax.jit(jax.vmap(agent.update)),
+        "recommend": jax.jit(jax.vmap(agent.recommend)),
+        "init": jax.jit(jax.vmap(agent.init, in_axes=(0, None)), static_argnums=1),
+        "finite": jax.jit(jax.vmap(_state_is_finite)),
+        "stage_keys": jax.jit(stage_keys, static_argnums=(1, 3)),
+    }
 
 
 class HostRunner:
@@ -27,16 +65,9 @@ class HostRunner:
 
     def __init__(self, agent, env, params, impl, seeds):
         self.agent, self.env, self.params, self.impl = agent, env, params, impl
-        self.select = jax.jit(jax.vmap(agent.select))
-        self.update = jax.jit(jax.vmap(agent.update))
-        self.recommend = jax.jit(jax.vmap(agent.recommend))
-        self.agent_init = jax.jit(jax.vmap(agent.init, in_axes=(0, None)), static_argnums=1)
-        self.finite = jax.jit(jax.vmap(_state_is_finite))
-
-        def stage_keys(seed_keys, stage, index, parts):
-            return jax.vmap(lambda k: jax.random.split(_stage_key(k, stage, index, impl), parts))(seed_keys)
-
-        self.stage_keys = jax.jit(stage_keys, static_argnums=(1, 3))
+        jitted = _jitted_agent(_Same(agent), impl)
+        self.select, self.update, self.recommend = jitted["select"], jitted["update"], jitted["recommend"]
+        self.agent_init, self.finite, self.stage_keys = jitted["init"], jitted["finite"], jitted["stage_keys"]
 
     def start(self, seed_keys):
         resets = [self.env.reset(jax.random.fold_in(k, _RESET), self.params) for k in seed_keys]
