@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ import cdb
 from cdb.agents import passive
 from cdb.ensemble import LinearEnsemble
 from cdb.environments import LinearDuel
+from cdb.sweep import merge_seeds
 
 ENV = LinearDuel(num_arms=4, feature_dim=3, batch_size=2, eval_batch_size=8)
 AGENT = passive(reward_model=LinearEnsemble(num_members=2))
@@ -270,6 +272,40 @@ def test_host_loop_resumes_after_an_oracle_failure(tmp_path, host_whole):
     for name in set(host_whole.metrics) - timings:
         np.testing.assert_array_equal(resumed.metrics[name], host_whole.metrics[name], err_msg=name)
     np.testing.assert_array_equal(resumed.eval_metrics["bai_regret"], host_whole.eval_metrics["bai_regret"])
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceCounting:
+    """An agent that counts how often its ``select`` is traced (``traces`` is left out of its identity)."""
+
+    agent: Any
+    traces: list = dataclasses.field(default_factory=lambda: [0], repr=False, compare=False)
+
+    def __getattr__(self, name):
+        return getattr(self.agent, name)
+
+    def init(self, key, spec):
+        return self.agent.init(key, spec)
+
+    def select(self, key, state, obs):
+        self.traces[0] += 1
+        return self.agent.select(key, state, obs)
+
+    def update(self, key, state, obs, duel, feedback):
+        return self.agent.update(key, state, obs, duel, feedback)
+
+    def recommend(self, key, state, obs):
+        return self.agent.recommend(key, state, obs)
+
+
+def test_host_loop_runs_of_one_agent_share_its_compiled_programs(host_whole):
+    counting = TraceCounting(AGENT)
+    env = HostDuel(**HOST_ENV_FIELDS)
+    parts = [cdb.run(counting, env, rounds=6, seed_range=(s, s + 1), **HOST_KW) for s in (0, 1)]
+    assert counting.traces == [1]  # the second run (another seed) reused the first one's programs
+    merged = merge_seeds(parts)
+    for name in set(host_whole.metrics) - {"seconds_select", "seconds_env", "seconds_update"}:
+        np.testing.assert_array_equal(merged.metrics[name], host_whole.metrics[name], err_msg=name)
 
 
 def test_host_loop_progress_bar_moves_every_round(monkeypatch):
