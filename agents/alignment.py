@@ -79,24 +79,6 @@ from cdb.validation import check_float, check_int
 
 Array = jax.Array
 
-# the presets of the SEA paper's comparison, defined in cdb.agents.alignment_presets (module __getattr__)
-PRESETS = (
-    "apl",
-    "default_ensemble",
-    "ee4llm",
-    "frozen_sampler_dpo",
-    "nash_md",
-    "offline_dpo",
-    "online_dap",
-    "online_dpo",
-    "online_ipo",
-    "online_slic",
-    "sail",
-    "sea",
-    "xpo",
-)
-
-
 def policy_optimizer(learning_rate: float | optax.Schedule = 1e-3, *, max_norm: float = 1.0):
     """The default policy optimiser: clip the gradient at global norm ``max_norm``, then Adam.
 
@@ -632,13 +614,18 @@ class AlignmentAgent:
 
 
 def __getattr__(name: str):
-    """The presets (``alignment.sea(reference)``, ...), defined in :mod:`cdb.agents.alignment_presets`."""
-    if name in PRESETS:
-        from cdb.agents import alignment_presets
+    """The presets (``alignment.sea(reference)``, ...), defined in :mod:`cdb.agents.alignment_presets`.
 
+    Imported on first use: the presets module builds on this one.
+    """
+    from cdb.agents import alignment_presets
+
+    if name in alignment_presets.__all__:
         return getattr(alignment_presets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(PRESETS))
+    from cdb.agents import alignment_presets
+
+    return sorted(list(globals()) + list(alignment_presets.__all__))
