@@ -4,6 +4,9 @@ For each pair it checks: shapes and dtypes of a duel, exactly ``rounds × B`` du
 count equals the number of pairs marked for the oracle, no NaN/inf in any metric, identical
 results for identical keys, different results for different keys, and no retracing across
 rounds (``chex.assert_max_traces`` on the agent's functions while the run spans several blocks).
+Tiers 1 and 2 are here; the same contract on tier 3 (every alignment preset on ``LLMDuel`` with a
+tiny model and prompt set) is ``test_every_preset_runs_on_llm_duel`` in ``test_alignment_tier3.py``,
+beside the tier-3 fixtures it shares.
 """
 
 import dataclasses
