@@ -49,7 +49,9 @@ def _make_functions(agent: Agent, env: Environment, params: Any, impl: str):
     return init, one_round, evaluation
 
 
-def _in_chunks(batched: Callable, seeds: int, chunk: int | None, *, updates_carry: bool) -> Callable:
+def _in_chunks(
+    batched: Callable, seeds: int, chunk: int | None, *, updates_carry: bool, varying_axes: tuple[str, ...] = ()
+) -> Callable:
     """``batched(carry, ts)`` (vmapped over ``seeds``) run on chunks of at most ``chunk`` seeds.
 
     The seeds are split into ``n = ceil(seeds / chunk)`` equal chunks of ``s`` seeds (the last
@@ -63,7 +65,8 @@ def _in_chunks(batched: Callable, seeds: int, chunk: int | None, *, updates_carr
     is updated in place, the state of all seeds exists once, and the working memory beyond it is
     one chunk's. (A ``lax.map`` over the chunks would stack its outputs into a second buffer of
     the whole state.) When the seeds do not divide into equal chunks, the padding is a copy.
-    Without ``updates_carry`` (the evaluation) the carry is only read.
+    Without ``updates_carry`` (the evaluation) the carry is only read. ``varying_axes``: the mesh
+    axes of an enclosing ``shard_map`` that the seeds vary over.
     """
     if chunk is None or chunk >= seeds:
         return batched
@@ -90,7 +93,13 @@ def _in_chunks(batched: Callable, seeds: int, chunk: int | None, *, updates_carr
 
         one_chunk = jax.eval_shape(run_chunk, 0, stacked)
         rest_shape = one_chunk[1:] if updates_carry else one_chunk
-        rest = jax.tree.map(lambda a: jnp.zeros((n_chunks, *a.shape), a.dtype), rest_shape)
+
+        def empty(a):
+            buffer = jnp.zeros((n_chunks, *a.shape), a.dtype)
+            # inside shard_map the chunks' outputs vary over the mesh axis, so the loop's buffers must too
+            return jax.lax.pcast(buffer, varying_axes, to="varying") if varying_axes else buffer
+
+        rest = jax.tree.map(empty, rest_shape)
 
         def body(i, loop_carry):
             state, outputs = loop_carry
@@ -176,7 +185,7 @@ class CompiledRunner:
                 # chunks of each device's own seeds: a loop over chunks of a sharded axis would gather it
                 def per_device(fn, updates):
                     return jax.shard_map(
-                        _in_chunks(fn, seeds // n_dev, seed_chunk, updates_carry=updates),
+                        _in_chunks(fn, seeds // n_dev, seed_chunk, updates_carry=updates, varying_axes=("seeds",)),
                         mesh=mesh,
                         in_specs=(seeds_spec, jax.sharding.PartitionSpec()),
                         out_specs=seeds_spec,
