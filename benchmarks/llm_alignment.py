@@ -30,19 +30,14 @@ clipped at norm 1). Outputs (in ``--out``):
 
 and prints the command, the machine and the total wall time.
 
-Sizing (the whole run must finish in under an hour on 2 CPU cores). The budget is 3 agents × 1
-run each (seeds are vmapped inside one ``cdb.run``), so about 20 minutes per agent for 3 seeds,
-compilation included. The costs per round scale with the tokens pushed through the 135M model:
-generation ``3 seeds × B × M × L`` decode steps' worth of tokens (a prefix cache per prompt) and a
-DPO step of ``3 seeds × B × 2`` sequences of ``Lp + L`` tokens forward and backward plus the frozen
-π_ref forward (≈ 4 forward passes, about 1 TFLOP a round at B = 4, Lp + L ≈ 100). At an assumed
-~50 GFLOP/s for two cores that is ~20 s of learning per round, so the defaults are B = 4 prompts a
-round, L = 24 new tokens, M = 4 SEA candidates, 16 rounds (64 duels per seed), an evaluation every
-4 rounds on 8 held-out prompts. These sizes come from that estimate, not from a timed full run.
-A reduced run at these sizes (2 rounds, 1 seed; 2026-11-30, a shared 2-core machine at load 3-12)
-took 32-51 s a round after compilation and 1.5-6 min of compilation per agent, which suggests the
-full run exceeds the hour and its sizes need revising once it is measured;
-``benchmarks/results/llm_alignment/README.md`` records what was run and measured.
+Sizing (the whole run must finish in under an hour on 2 CPU cores): B = 2 prompts a round,
+L = 16 new tokens, M = 4 SEA candidates, 12 rounds, an evaluation every 4 rounds on 8 held-out
+prompts, 3 seeds run one ``cdb.run`` at a time (``--seeds-at-once``; three vmapped seeds hold
+three copies of π_θ, its Adam state and gradients, and exceeded 24 GiB) and merged. The costs of
+a round scale with the tokens pushed through the 135M model: generation ``B × M × L`` decode
+steps (one prefix cache per prompt) and a DPO step over ``B × 2`` sequences of ``Lp + L``
+tokens forward and backward plus the frozen π_ref forward. The measured run time is in
+``benchmarks/results/llm_alignment/README.md``.
 
     python benchmarks/llm_alignment.py                      # SmolLM2, 3 agents, 3 seeds
     python benchmarks/llm_alignment.py --tiny               # the tiny random test model, seconds of work
