@@ -347,7 +347,6 @@ SHARDED = textwrap.dedent(
     from llm_fixtures import tiny_pretrained
     from cdb import agents
     from cdb.ensemble import MLPEnsemble
-from cdb.environments import LLMDuel, PromptSet, RewardOracle
     from cdb.types import Feedback
 
     assert jax.device_count() == 4, jax.devices()
