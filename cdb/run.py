@@ -246,7 +246,7 @@ def run(
       progress: show a tqdm progress bar.
       shard_seeds: shard the seed axis across all local devices (default: when there is more
         than one device and ``seeds`` is divisible by the device count).
-      seed_chunk: each device runs its seeds ``seed_chunk`` at a time (a ``fori_loop`` over chunks
+      seed_chunk: each device runs its seeds ``seed_chunk`` at a time (a ``lax.scan`` over chunks
         of a ``vmap`` that updates the donated state in place), a whole block of rounds per chunk;
         results do not change, only speed and memory. ``"auto"``: chunks of about
         :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round

@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent(
     assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4, "seeds were not sharded"
     results = cdb.run(agent, env, rounds=6, seeds=8, key=3, eval_every=3, progress=False)
     results.save(sys.argv[1] + "/sharded.npz")
-    # each device's 2 seeds run one at a time (a fori_loop inside shard_map)
+    # each device's 2 seeds run one at a time (a scan over chunks inside shard_map)
     chunked = cdb.run(agent, env, rounds=6, seeds=8, key=3, eval_every=3, progress=False, seed_chunk=1)
     chunked.save(sys.argv[1] + "/chunked.npz")
     """

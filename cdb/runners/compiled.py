@@ -49,24 +49,23 @@ def _make_functions(agent: Agent, env: Environment, params: Any, impl: str):
     return init, one_round, evaluation
 
 
-def _in_chunks(
-    batched: Callable, seeds: int, chunk: int | None, *, updates_carry: bool, varying_axes: tuple[str, ...] = ()
-) -> Callable:
+def _in_chunks(batched: Callable, seeds: int, chunk: int | None, *, updates_carry: bool) -> Callable:
     """``batched(carry, ts)`` (vmapped over ``seeds``) run on chunks of at most ``chunk`` seeds.
 
     The seeds are split into ``n = ceil(seeds / chunk)`` equal chunks of ``s`` seeds (the last
     seed repeated to fill them: fewer than ``n`` copies, dropped from the output), and a
-    ``fori_loop`` runs chunk ``i`` of the ``[n, s, ...]`` carry, so XLA runs every round of the
-    block for one chunk before the next and that chunk's features, scores and state stay in cache.
+    ``lax.scan`` over the chunk index runs chunk ``i`` of the ``[n, s, ...]`` carry, so XLA runs
+    every round of the block for one chunk before the next and that chunk's features, scores and
+    state stay in cache.
 
-    With ``updates_carry`` (the block, which returns ``(carry, *outputs)``) the loop writes each
-    chunk's new carry back into the loop's own ``[n, s, ...]`` buffers with
-    ``dynamic_update_index_in_dim``. Because the block's input is donated and a while loop's carry
-    is updated in place, the state of all seeds exists once, and the working memory beyond it is
-    one chunk's. (A ``lax.map`` over the chunks would stack its outputs into a second buffer of
-    the whole state.) When the seeds do not divide into equal chunks, the padding is a copy.
-    Without ``updates_carry`` (the evaluation) the carry is only read. ``varying_axes``: the mesh
-    axes of an enclosing ``shard_map`` that the seeds vary over.
+    With ``updates_carry`` (the block, which returns ``(carry, *outputs)``) the scan's carry is the
+    whole ``[n, s, ...]`` state, and each chunk's new state is written back into it with
+    ``dynamic_update_index_in_dim``. Because the block's input is donated and a loop's carry is
+    updated in place, the state of all seeds exists once, and the working memory beyond it is one
+    chunk's; only the small outputs (metrics) are stacked. (A ``lax.map`` over the chunks would
+    stack the new states into a second buffer of the whole state.) When the seeds do not divide
+    into equal chunks, the padding is a copy. Without ``updates_carry`` (the evaluation) the carry
+    is only read.
     """
     if chunk is None or chunk >= seeds:
         return batched
@@ -83,32 +82,14 @@ def _in_chunks(
         return x.reshape(n_chunks * size, *x.shape[2:])[:seeds]
 
     def chunked(carry, ts):
-        stacked = jax.tree.map(split, carry)
+        def body(state, i):
+            result = batched(jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state), ts)
+            if not updates_carry:
+                return state, result
+            state = jax.tree.map(lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, i, 0), state, result[0])
+            return state, result[1:]
 
-        def run_chunk(i, state):
-            return batched(jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state), ts)
-
-        def write(buffers, values, i):
-            return jax.tree.map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, i, 0), buffers, values)
-
-        one_chunk = jax.eval_shape(run_chunk, 0, stacked)
-        rest_shape = one_chunk[1:] if updates_carry else one_chunk
-
-        def empty(a):
-            buffer = jnp.zeros((n_chunks, *a.shape), a.dtype)
-            # inside shard_map the chunks' outputs vary over the mesh axis, so the loop's buffers must too
-            return jax.lax.pcast(buffer, varying_axes, to="varying") if varying_axes else buffer
-
-        rest = jax.tree.map(empty, rest_shape)
-
-        def body(i, loop_carry):
-            state, outputs = loop_carry
-            result = run_chunk(i, state)
-            if updates_carry:
-                return write(state, result[0], i), write(outputs, result[1:], i)
-            return state, write(outputs, result, i)
-
-        state, outputs = jax.lax.fori_loop(0, n_chunks, body, (stacked, rest))
+        state, outputs = jax.lax.scan(body, jax.tree.map(split, carry), jnp.arange(n_chunks))
         merged = jax.tree.map(merge, outputs)
         return (jax.tree.map(merge, state), *merged) if updates_carry else merged
 
@@ -185,7 +166,7 @@ class CompiledRunner:
                 # chunks of each device's own seeds: a loop over chunks of a sharded axis would gather it
                 def per_device(fn, updates):
                     return jax.shard_map(
-                        _in_chunks(fn, seeds // n_dev, seed_chunk, updates_carry=updates, varying_axes=("seeds",)),
+                        _in_chunks(fn, seeds // n_dev, seed_chunk, updates_carry=updates),
                         mesh=mesh,
                         in_specs=(seeds_spec, jax.sharding.PartitionSpec()),
                         out_specs=seeds_spec,
