@@ -79,6 +79,7 @@ from cdb.validation import check_float, check_int
 
 Array = jax.Array
 
+
 def policy_optimizer(learning_rate: float | optax.Schedule = 1e-3, *, max_norm: float = 1.0):
     """The default policy optimiser: clip the gradient at global norm ``max_norm``, then Adam.
 
