@@ -179,6 +179,25 @@ class _InstanceProbe(KArmedDuel):
         return {"bai_regret": jnp.broadcast_to(state.utilities[0], arms.shape)}
 
 
+@dataclasses.dataclass(frozen=True)
+class _DuelDependentContexts(LinearDuel):
+    """LinearDuel whose next contexts shift by the first arm played: the pool cannot be replayed."""
+
+    def step(self, key, state, duel, params):
+        state, obs, feedback, info = super().step(key, state, duel, params)
+        shift = 0.01 * duel.arms[0, 0].astype(jnp.float32)
+        return state, obs.replace(features=obs.features + shift), feedback, info
+
+
+def test_offline_design_refuses_contexts_that_depend_on_the_duels():
+    env = _DuelDependentContexts(num_arms=4, feature_dim=2, batch_size=2, eval_batch_size=2)
+    with pytest.raises(ValueError, match="do not depend on the duels"):
+        run_offline_design(env, [3], pool_rounds=3, seeds=2, key=0, design_steps=2)
+    # the same design on the plain environment replays its pool
+    plain = LinearDuel(num_arms=4, feature_dim=2, batch_size=2, eval_batch_size=2)
+    assert run_offline_design(plain, [3], pool_rounds=3, seeds=2, key=0, design_steps=2).num_seeds == 2
+
+
 def test_offline_design_meets_cdb_runs_problem_instance():
     env = _InstanceProbe(num_arms=4, batch_size=2, eval_batch_size=2)
     online = cdb.run(OptimalDesignAgent(buffer_capacity=4), env, rounds=1, seeds=3, key=5, progress=False)
