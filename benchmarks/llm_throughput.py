@@ -13,6 +13,9 @@ Also reported:
   step (every weight once, the LM head included, plus the KV cache) divided by the measured
   step time, against the machine's bandwidth measured in this script with a large array copy
   (the best of numpy's and torch's copy of a 256 MiB float32 array, counting read + write);
+* the same step without its attention (:func:`step_without_attention`: norms, projections, MLP
+  and LM head), timed as one XLA program and in NumPy: HF's time per token over NumPy's is the
+  most any decoder whose matrix products are only as fast as NumPy's BLAS could gain;
 * one DPO policy step: ``π_θ`` forward and backward plus a ``π_ref`` forward on 8 (chosen,
   rejected) pairs of 64 response tokens after 32 prompt tokens, through
   ``cdb.models.sequence_logprobs`` and ``cdb.losses.DAPLoss('dpo')``, and an Adam update.
@@ -160,6 +163,64 @@ def memory_bandwidth() -> dict:
     return {k: v / 1e9 for k, v in best.items()}
 
 
+def _llama_layers(params) -> list[dict]:
+    """Per layer, the kernels ``[n_in, n_out]`` of a Llama block by name (``q_proj`` ... ``down_proj``)."""
+    return [  # [...] gives the array of an nnx.Param and of a plain array alike
+        {name: part[name]["kernel"][...] for part in (layer["self_attn"], layer["mlp"]) for name in part}
+        for layer in (params["layers"][i] for i in sorted(params["layers"]))
+    ]
+
+
+def step_without_attention(x, layers: list[dict], embedding, xp):
+    """A SmolLM2 (Llama) decode step's matrix work on hidden states ``x`` ``[B, D]``, with ``xp`` = jnp or np.
+
+    Per layer: the RMS norm (no scale), the Q/K/V/O projections and the SwiGLU MLP with both
+    residual adds; then the tied LM head (``x @ embeddingᵀ``). Attention over the cache, rotary
+    embeddings and sampling are left out. Returns the logits ``[B, V]`` and a scalar that keeps
+    the K and V projections (the cache's new rows) alive.
+    """
+
+    def norm(x):
+        return x / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + 1e-5)
+
+    keep = 0.0
+    for w in layers:
+        h = norm(x)
+        keep = keep + (h @ w["k_proj"]).sum() + (h @ w["v_proj"]).sum()
+        x = x + (h @ w["q_proj"]) @ w["o_proj"]  # the output projection of the step's queries
+        h = norm(x)
+        gate = h @ w["gate_proj"]
+        x = x + (gate / (1.0 + xp.exp(-gate)) * (h @ w["up_proj"])) @ w["down_proj"]
+    return norm(x) @ embedding.T, keep
+
+
+def matmul_floor(params, batch: int, repeats: int) -> dict:
+    """Milliseconds of :func:`step_without_attention` at ``batch`` rows: one XLA program, and NumPy.
+
+    No decoder whose matrix products run at XLA's (NumPy's) speed can take less time per token
+    than this, whatever it does about attention and sampling.
+    """
+    layers, embedding = _llama_layers(params), params["embed_tokens"]["embedding"]
+    embedding = embedding[...]
+    x0 = np.random.default_rng(3).standard_normal((batch, embedding.shape[1])).astype(np.float32)
+    xla = jax.jit(lambda x, layers, embedding: step_without_attention(x, layers, embedding, jnp))
+    np_layers = [{k: np.asarray(v) for k, v in w.items()} for w in layers]
+    np_embedding = np.asarray(embedding)
+    runs = {
+        "xla": lambda: jax.block_until_ready(xla(x0, layers, embedding)),
+        "numpy": lambda: step_without_attention(x0, np_layers, np_embedding, np),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    for run in runs.values():
+        run()  # compiles / warms up
+    for _ in range(max(repeats, 3)):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {f"{k}_ms": 1e3 * v for k, v in best.items()}
+
+
 def dpo_step_time(policy, params, repeats: int) -> float:
     """Seconds of one jitted DPO step: π_θ forward + backward and π_ref forward on 8 pairs, Adam update."""
     import optax
@@ -296,6 +357,8 @@ def main(argv=None):
             "cdb_decode_step_ms": 1e3 * best["decode"] / (length - 1),
             "cdb_first_call_seconds": compile_s,
         }
+        floor = matmul_floor(params, batch, args.repeats)
+        row.update(no_attention_step_xla_ms=floor["xla_ms"], no_attention_step_numpy_ms=floor["numpy_ms"])
         if theirs is not None:
             row.update(
                 hf_tokens_per_s=batch * length / best["hf"],
@@ -303,6 +366,10 @@ def main(argv=None):
                 speedup=best["hf"] / best["cdb"],
                 identical_rows=int(np.all(ours == theirs, axis=1).sum()),
                 identical_tokens=float(np.mean(ours == theirs)),
+                # HF's time per token (prefill included) over NumPy's step without attention: no
+                # decoder whose matrix products are only as fast as NumPy's BLAS can beat HF by more
+                hf_ms_per_token=1e3 * best["hf"] / length,
+                speedup_bound_at_numpy_products=best["hf"] / length / (floor["numpy_ms"] / 1e3),
             )
         rows.append(row)
         print(json.dumps(row), flush=True)

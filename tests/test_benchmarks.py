@@ -149,3 +149,30 @@ def test_sample_efficiency_tiny_table_is_its_stores_numbers(tmp_path):
     (out / "queries_to_target.md").unlink()
     sample_efficiency.main(argv + ["--from-saved"])
     assert (out / "queries_to_target.md").read_text() == table
+
+
+def test_llm_throughput_floor_is_the_same_step_in_xla_and_numpy():
+    """``llm_throughput.py``'s floor times one step's matrix work on both sides: the same work."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import llm_throughput
+    from cdb.models.tiny import TINY_CONFIG, tiny_pretrained
+
+    params = tiny_pretrained().params
+    layers = llm_throughput._llama_layers(params)
+    assert len(layers) == TINY_CONFIG.num_layers
+    assert set(layers[0]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    embedding = params["embed_tokens"]["embedding"][...]
+    x = np.random.default_rng(0).standard_normal((3, TINY_CONFIG.d_model)).astype(np.float32)
+    step = jax.jit(functools.partial(llm_throughput.step_without_attention, xp=jnp))
+    xla_logits, xla_keep = step(x, layers, embedding)
+    np_layers = [{k: np.asarray(v) for k, v in w.items()} for w in layers]
+    np_logits, np_keep = llm_throughput.step_without_attention(x, np_layers, np.asarray(embedding), np)
+    assert np_logits.shape == (3, TINY_CONFIG.vocab_size)
+    np.testing.assert_allclose(np.asarray(xla_logits), np_logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(float(xla_keep), float(np_keep), rtol=1e-4, atol=1e-4)
+    floor = llm_throughput.matmul_floor(params, batch=3, repeats=1)
+    assert set(floor) == {"xla_ms", "numpy_ms"} and all(v > 0 for v in floor.values())

@@ -301,8 +301,12 @@ class KVCache:
     """Preallocated keys and values of every layer, an explicit pytree.
 
     Attributes:
-      keys: per layer ``[B, S, num_kv_heads, d_h]`` (rotary embedding already applied).
-      values: per layer ``[B, S, num_kv_heads, d_h]``.
+      keys: per layer ``[B, num_kv_heads, S, d_h]`` (rotary embedding already applied).
+      values: per layer ``[B, num_kv_heads, S, d_h]``.
+
+    Heads before slots: the attention products batch over ``(B, head)``, and XLA wants batch
+    dimensions major. With ``[B, S, head, d_h]`` it copied every layer's whole cache into that
+    order on every decode step, a cost that grows with the cache.
       mask: ``[B, S]`` bool, which slots hold real (non-padding) tokens.
       index: int32 scalar, the next slot to write (shared by all rows: padding is on the left).
     """
@@ -319,7 +323,7 @@ class KVCache:
 
 def init_cache(config: TransformerConfig, batch_size: int, size: int) -> KVCache:
     """An empty :class:`KVCache` of ``size`` slots for ``batch_size`` rows."""
-    shape = (batch_size, size, config.num_kv_heads, config.head_dim)
+    shape = (batch_size, config.num_kv_heads, size, config.head_dim)
     zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
     return KVCache(
         keys=zeros,
@@ -420,19 +424,20 @@ class Attention(nnx.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = self.v_proj(x).reshape(b, t, hkv, hd)
         new_cache = None
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, hkv, T, d_h], the cache's layout
         if cache is not None:
             k_all, v_all = cache
-            k = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, offset, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, offset, 0, 0))
+            k = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, 0, offset, 0))
+            v = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, 0, offset, 0))
             new_cache = (k, v)
-        s = k.shape[1]
+        s = k.shape[2]
         q = q.reshape(b, t, hkv, groups, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         query_slot = offset + jnp.arange(t)[:, None]
         allowed = (jnp.arange(s)[None, :] <= query_slot)[None] & key_mask[:, None, :]  # [B, T, S]
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, cfg.num_heads * hd)
+        out = jnp.einsum("bkgts,bksd->btkgd", weights, v).reshape(b, t, cfg.num_heads * hd)
         return self.o_proj(out), new_cache
 
 
