@@ -4,16 +4,35 @@ itself and its notebook kernels."""
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compilation dominates these tiny tests. XLA's cheapest backend optimisation level roughly
-# halves it (measured on the tier-2 files: 6:41 -> 4:06), and XLA:CPU's older loop emitters
-# compile a tier-2 agent's round in about half the time of its MLIR fusion emitters (SEA's block:
-# 10.4 s -> 6.0 s with jax 0.10.2). Neither changes a result the tests check.
-for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
-    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+
+def _with_fast_compilation(flags: str) -> str:
+    """``flags`` plus the XLA options that make these tiny tests compile fast, where this XLA knows them.
+
+    Compilation dominates the tests. XLA's cheapest backend optimisation level roughly halves it
+    (measured on the tier-2 files: 6:41 -> 4:06), and XLA:CPU's older loop emitters compile a
+    tier-2 agent's round in about half the time of its MLIR fusion emitters (SEA's block:
+    10.4 s -> 6.0 s with jax 0.10.2; the whole suite on 2 cores: 18-20 min -> 12 min). Neither
+    changes a result the tests check. XLA aborts on a flag it does not know, and a later XLA may
+    drop these, so one subprocess tries them first; the test processes inherit the outcome.
+    """
+    extra = ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
+    extra = [f for f in extra if f.split("=")[0] not in flags]
+    candidate = " ".join([flags, *extra]).strip()
+    probe = [sys.executable, "-c", "import jax; jax.jit(lambda x: x + 1)(1.0).block_until_ready()"]
+    env = {**os.environ, "XLA_FLAGS": candidate}
+    known = subprocess.run(probe, env=env, capture_output=True, timeout=300).returncode == 0
+    return candidate if known else flags
+
+
+if os.environ.get("CDB_TEST_XLA_FLAGS") is None:  # pytest's main process; xdist workers inherit both
+    os.environ["XLA_FLAGS"] = _with_fast_compilation(os.environ.get("XLA_FLAGS", ""))
+    os.environ["CDB_TEST_XLA_FLAGS"] = os.environ["XLA_FLAGS"]
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
