@@ -197,11 +197,12 @@ def step_without_attention(x, layers: list[dict], embedding, xp):
 def matmul_floor(params, batch: int, repeats: int) -> dict:
     """Milliseconds of :func:`step_without_attention` at ``batch`` rows: one XLA program, and NumPy.
 
-    No decoder whose matrix products run at XLA's (NumPy's) speed can take less time per token
-    than this, whatever it does about attention and sampling.
+    NumPy's time bounds any decoder whose matrix products are only as fast as NumPy's BLAS: it
+    cannot take less time per token, whatever it does about attention and sampling. The XLA
+    program is the same work compiled on its own, for comparison with cdb's whole step (which
+    may be faster: XLA compiles the step inside the decode loop differently).
     """
-    layers, embedding = _llama_layers(params), params["embed_tokens"]["embedding"]
-    embedding = embedding[...]
+    layers, embedding = _llama_layers(params), params["embed_tokens"]["embedding"][...]
     x0 = np.random.default_rng(3).standard_normal((batch, embedding.shape[1])).astype(np.float32)
     xla = jax.jit(lambda x, layers, embedding: step_without_attention(x, layers, embedding, jnp))
     np_layers = [{k: np.asarray(v) for k, v in w.items()} for w in layers]

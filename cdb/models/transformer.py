@@ -300,13 +300,13 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 class KVCache:
     """Preallocated keys and values of every layer, an explicit pytree.
 
-    Attributes:
-      keys: per layer ``[B, num_kv_heads, S, d_h]`` (rotary embedding already applied).
-      values: per layer ``[B, num_kv_heads, S, d_h]``.
-
     Heads before slots: the attention products batch over ``(B, head)``, and XLA wants batch
     dimensions major. With ``[B, S, head, d_h]`` it copied every layer's whole cache into that
     order on every decode step, a cost that grows with the cache.
+
+    Attributes:
+      keys: per layer ``[B, num_kv_heads, S, d_h]`` (rotary embedding already applied).
+      values: per layer ``[B, num_kv_heads, S, d_h]``.
       mask: ``[B, S]`` bool, which slots hold real (non-padding) tokens.
       index: int32 scalar, the next slot to write (shared by all rows: padding is on the left).
     """
