@@ -424,7 +424,10 @@ def tokenizer_from_metadata(meta: dict, path: str | pathlib.Path = "<gguf>"):
       ValueError: no tokenizer in the metadata, or a tokenizer model other than ``gpt2``.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
+
+    from cdb.models.quiet_transformers import import_transformers
+
+    PreTrainedTokenizerFast = import_transformers().PreTrainedTokenizerFast
 
     model = meta.get("tokenizer.ggml.model")
     if model is None or "tokenizer.ggml.tokens" not in meta:

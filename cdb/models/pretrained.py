@@ -173,7 +173,10 @@ def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> P
     """
     try:
         import safetensors
-        import transformers
+
+        from cdb.models.quiet_transformers import import_transformers
+
+        transformers = import_transformers()
     except ImportError as err:
         raise ImportError(
             f"load_pretrained needs transformers and safetensors ({err}); install them with "

@@ -26,7 +26,10 @@ def byte_tokenizer():
     """256 byte tokens (GPT-2's byte-level alphabet, no merges) + ``<|endoftext|>`` (pad, 256),
     ``<|im_start|>`` (257), ``<|im_end|>`` (EOS, 258); SmolLM2's chat template shape."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+
+    from cdb.models.quiet_transformers import import_transformers
+
+    PreTrainedTokenizerFast = import_transformers().PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
