@@ -73,7 +73,7 @@ from cdb.losses import DAPLoss, sail_term, xpo_term
 from cdb.proposers import PolicyAndReference, PolicySamples, Proposer
 from cdb.recommenders import Greedy, Recommender, RecommendInputs
 from cdb.scorers import NoScores, Scorer, ScorerInputs
-from cdb.sequences import ResponseScores, repeat_prompts, response_mask, score_responses
+from cdb.sequences import ResponseScores, repeat_prompts, response_mask, score_candidates
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 from cdb.validation import check_float, check_int
 
@@ -323,7 +323,7 @@ class AlignmentAgent:
                 f"{config.vocab_size}; expected at most {config.vocab_size}"
             )
         layout = TokenLayout(spec.prompt_length, spec.response_length, spec.eos_id, spec.pad_id)
-        params = self.reference.params if self._trains_policy else None
+        params = self._master_params() if self._trains_policy else None
         opt_state = self._optimizer().init(params) if self._trains_policy else None
         rm_state = None
         if self.reward_model is not None:
@@ -356,27 +356,69 @@ class AlignmentAgent:
         return int(jax.eval_shape(lambda *a: self.features(*a, **masks), ref, prompts, responses).shape[-1])
 
     def _policy_params(self, state: AlignmentState):
-        return state.policy_params if self._trains_policy else self.reference.params
+        """π_θ's parameters for a forward pass: the float32 master copy cast to the model's dtype."""
+        return self._compute(state.policy_params) if self._trains_policy else self.reference.params
+
+    def _master_params(self):
+        """π_θ's initial master weights: π_ref's, with every trained floating leaf in float32."""
+        params = self.reference.params
+        mask = self._trainable_mask(params)
+        if mask is None:
+            mask = jax.tree.map(lambda _: True, params)
+
+        def master(x, trained):
+            return x.astype(jnp.float32) if trained and jnp.issubdtype(x.dtype, jnp.floating) else x
+
+        return jax.tree.map(master, params, mask)
+
+    def _compute(self, params):
+        """``params`` in the reference's parameter dtype (bfloat16 for ``load_pretrained(dtype=jnp.bfloat16)``).
+
+        π_θ trains on float32 master weights with a float32 optimiser state; its forward passes
+        (sampling, scoring, the loss) run in the model's dtype, and the gradient flows back
+        through the cast to the masters.
+        """
+        dtype = self.policy.config.param_dtype
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
     def _features(self, ref: ResponseScores, prompts, responses, prompt_mask, rmask) -> Array:
         if prompt_mask is None and rmask is None:
             return self.features(ref, prompts, responses)
         return self.features(ref, prompts, responses, prompt_mask=prompt_mask, response_mask=rmask)
 
-    def reward_scores(self, state: AlignmentState, prompts, prompt_mask, responses, rmask) -> Array:
-        """The reward members' scores ``[E, N]`` of responses ``[N, L]`` (features of π_ref's pass)."""
-        ref = score_responses(self.policy, self.reference.params, prompts, responses, prompt_mask, rmask)
-        return self.reward_model.scores(state.reward_model, self._features(ref, prompts, responses, prompt_mask, rmask))
+    def _uses_reference_pass(self) -> bool:
+        return self.reward_model is not None and getattr(self.features, "uses_reference_pass", True)
+
+    def _candidate_features(self, ref: ResponseScores | None, prompts, prompt_mask, candidates, cmask) -> Array:
+        """Reward-model features ``[B, K, D]`` of candidates ``[B, K, L]`` (the feature map sees flat rows)."""
+        batch, k, length = candidates.shape
+        flat_ref = None if ref is None else jax.tree.map(lambda x: x.reshape(batch * k, *x.shape[2:]), ref)
+        feats = self._features(
+            flat_ref,
+            repeat_prompts(prompts, k),
+            candidates.reshape(batch * k, length),
+            repeat_prompts(prompt_mask, k),
+            None if cmask is None else cmask.reshape(batch * k, length),
+        )
+        return feats.reshape(batch, k, -1)
+
+    def reward_scores(self, state: AlignmentState, prompts, prompt_mask, candidates, cmask) -> Array:
+        """The reward members' scores ``[E, B, K]`` of candidates ``[B, K, L]`` of prompts ``[B, Lp]``."""
+        ref = None
+        if self._uses_reference_pass():
+            ref = score_candidates(self.policy, self.reference.params, prompts, candidates, prompt_mask, cmask)
+        feats = self._candidate_features(ref, prompts, prompt_mask, candidates, cmask)
+        return self.reward_model.scores(state.reward_model, feats)
 
     # --- the agent API -------------------------------------------------------------------------
 
     def select(self, key: Array, state: AlignmentState, obs: Observation) -> tuple[Duel, dict]:
         prompts, prompt_mask, layout = obs.prompts, obs.prompt_mask, state.layout
         chex.assert_rank(prompts, 2)
-        batch, length = prompts.shape[0], layout.response_length
+        length = layout.response_length
         k_propose, k_select, k_label = jax.random.split(key, 3)
         policy_params = self._policy_params(state)
-        candidates = self.proposer(
+        proposed = self.proposer(
             k_propose,
             self.policy,
             policy_params,
@@ -387,36 +429,59 @@ class AlignmentAgent:
             eos_id=layout.eos_id,
             pad_id=layout.pad_id,
         )
+        candidates = proposed.tokens  # [B, M, L]
         m = candidates.shape[1]
-        flat_prompts, flat = repeat_prompts(prompts, m), candidates.reshape(batch * m, length)
-        flat_mask, rmask = repeat_prompts(prompt_mask, m), response_mask(flat, layout.eos_id)
-        ref = score_responses(self.policy, self.reference.params, flat_prompts, flat, flat_mask, rmask)
+        cmask = response_mask(candidates, layout.eos_id)
+
+        def score(params, responses, rmask):
+            return score_candidates(self.policy, params, prompts, responses, prompt_mask, rmask)
+
+        # log π_θ of the candidates: the sampler's own when it sampled from π_θ, else one pass
+        policy_logprob = proposed.policy_logprob
         needs_policy_logprob = (
             self.scorer.needs_policy_logprob or self.labeler.needs_policy_logprob or self.proposer.from_policy
         )
-        policy_logprob = None
-        if needs_policy_logprob:
-            scored = score_responses(self.policy, policy_params, flat_prompts, flat, flat_mask, rmask)
-            policy_logprob = scored.logprob.reshape(batch, m)
+        if needs_policy_logprob and policy_logprob is None:
+            policy_logprob = score(policy_params, candidates, cmask).logprob
+        # π_ref over every candidate only where a part reads it; otherwise over the played pair below
+        ref_all, ref_logprob = None, proposed.reference_logprob
+        if (self.scorer.needs_reference_logprob and ref_logprob is None) or self._uses_reference_pass():
+            ref_all = score(self.reference.params, candidates, cmask)
+            ref_logprob = ref_all.logprob
         feats = None
         if self.reward_model is not None:
-            feats = self._features(ref, flat_prompts, flat, flat_mask, rmask).reshape(batch, m, -1)
-        ref_logprob = ref.logprob.reshape(batch, m)
-        scores = self.scorer(ScorerInputs(self.reward_model, state.reward_model, feats, policy_logprob, ref_logprob))
+            feats = self._candidate_features(ref_all, prompts, prompt_mask, candidates, cmask)
+        inputs = ScorerInputs(self.reward_model, state.reward_model, feats, policy_logprob, ref_logprob, candidates)
+        scores = self.scorer(inputs)
         pairs = selection.select_pairs(self.selector, k_select, scores)
         labels: Labels = self.labeler(k_label, pairs, scores, policy_logprob, state.queries)
         arms = jnp.take_along_axis(candidates, labels.pairs[:, :, None], axis=1)  # [B, 2, L]
+        info = {"model_labelled": jnp.sum(labels.model_trained).astype(jnp.int32)}
+        # π_ref's log-probs of the played pair (the DAP loss's reference term) and, for the KL
+        # estimate, of candidate 0, an unbiased π_θ sample whatever the selector chose (with M = 2
+        # every pair holds it)
+        played = labels.pairs if m == 2 or not self.proposer.from_policy else jnp.pad(labels.pairs, ((0, 0), (0, 1)))
+        if ref_logprob is not None:
+            ref_played = jnp.take_along_axis(ref_logprob, played, axis=1)
+        elif self._trains_policy or self.proposer.from_policy:
+            rows = jnp.take_along_axis(candidates, played[:, :, None], axis=1)
+            ref_played = score(self.reference.params, rows, response_mask(rows, layout.eos_id)).logprob
+        else:
+            ref_played = jnp.zeros(played.shape, jnp.float32)
+        if self.proposer.from_policy:
+            # KL(π_θ ‖ π_ref) estimated on the policy's own samples: E_y~π_θ[log π_θ(y) − log π_ref(y)]
+            if ref_all is not None:
+                info["kl"] = jnp.mean(policy_logprob - ref_logprob)
+            else:
+                first = jnp.argmax(played == 0, axis=1)
+                info["kl"] = jnp.mean(policy_logprob[:, 0] - jnp.take_along_axis(ref_played, first[:, None], 1)[:, 0])
         aux = {
-            "ref_logprob": jnp.take_along_axis(ref_logprob, labels.pairs, axis=1),  # [B, 2]
+            "ref_logprob": ref_played[:, :2],  # [B, 2]
             "model_label": labels.model_label,
             "model_trained": labels.model_trained,
             "features": None if feats is None else jnp.take_along_axis(feats, labels.pairs[:, :, None], axis=1),
             "reference_sample": candidates[:, 1] if isinstance(self.proposer, PolicyAndReference) else None,
         }
-        info = {"model_labelled": jnp.sum(labels.model_trained).astype(jnp.int32)}
-        if self.proposer.from_policy:
-            # KL(π_θ ‖ π_ref) estimated on the policy's own samples: E_y~π_θ[log π_θ(y) − log π_ref(y)]
-            info["kl"] = jnp.mean(policy_logprob - ref_logprob)
         return Duel(arms=arms, query=labels.query, aux=aux), info
 
     def update(self, key: Array, state: AlignmentState, obs: Observation, duel: Duel, feedback: Feedback):
@@ -496,12 +561,21 @@ class AlignmentAgent:
             return term * (jnp.sum(rows) / jnp.where(total > 0, total, 1.0))
 
         eos = layout.eos_id
-        prompts2 = jnp.concatenate([batch["prompts"], batch["prompts"]])
-        mask2 = None if batch["prompt_mask"] is None else jnp.concatenate([batch["prompt_mask"]] * 2)
-        responses = jnp.concatenate([batch["chosen"], batch["rejected"]])
-        scored = score_responses(self.policy, params, prompts2, responses, mask2, response_mask(responses, eos))
-        chosen, rejected = jnp.split(scored.logprob, 2)
-        chosen_length, rejected_length = jnp.split(scored.length, 2)
+        # chosen, rejected (and XPO's π_ref sample) of a prompt in one pass that runs the prompt once
+        responses = [batch["chosen"], batch["rejected"]]
+        if self.xpo_alpha > 0:
+            responses.append(batch["reference_sample"])
+        responses = jnp.stack(responses, axis=1)  # [B, 2 or 3, L]
+        scored = score_candidates(
+            self.policy,
+            self._compute(params),
+            batch["prompts"],
+            responses,
+            batch["prompt_mask"],
+            response_mask(responses, eos),
+        )
+        chosen, rejected = scored.logprob[:, 0], scored.logprob[:, 1]
+        chosen_length, rejected_length = scored.length[:, 0], scored.length[:, 1]
         loss, info = self.policy_loss(
             chosen,
             rejected,
@@ -514,11 +588,7 @@ class AlignmentAgent:
         loss = scaled(loss, batch["weight"], "weight")
         info = {k: scaled(v, batch["weight"], "weight") for k, v in info.items()}
         if self.xpo_alpha > 0:
-            sample = batch["reference_sample"]
-            ref_sample_logprob = score_responses(
-                self.policy, params, batch["prompts"], sample, batch["prompt_mask"], response_mask(sample, eos)
-            ).logprob
-            term = xpo_term(ref_sample_logprob, self.xpo_alpha, weight=batch["weight"])
+            term = xpo_term(scored.logprob[:, 2], self.xpo_alpha, weight=batch["weight"])
             loss = loss + scaled(term, batch["weight"], "weight")
         if self.sail_coefficient > 0:
             # each pair's SAIL variant follows its route (Ding et al. 2024): 'pr' / 'pp' for π_θ's
@@ -597,8 +667,8 @@ class AlignmentAgent:
         reward = None
         if self.reward_model is not None:
 
-            def reward(prompts, prompt_mask, responses, rmask):
-                return jnp.mean(self.reward_scores(state, prompts, prompt_mask, responses, rmask), axis=0)
+            def reward(prompts, prompt_mask, candidates, cmask):
+                return jnp.mean(self.reward_scores(state, prompts, prompt_mask, candidates, cmask), axis=0)
 
         inputs = RecommendInputs(
             policy=self.policy,

@@ -13,8 +13,12 @@ candidate response, in ``select``, and carried to ``update``.
   last real token of ``(x, y)``.
 * :class:`FrozenEncoderFeatures`: a frozen sentence encoder's embedding of the decoded text (the
   SEA paper puts its ensemble on a frozen PairRM backbone; e.g. MiniLM from
-  ``cdb.models.encoder.load_sentence_encoder()``). Decoding is a host operation, reached through
-  ``jax.pure_callback``.
+  ``cdb.models.encoder.load_sentence_encoder()``). Decoding and the encoder's tokenisation are
+  host operations, reached through one ``jax.pure_callback``; the encoder runs in JAX.
+
+A feature map that does not read ``ref_scores`` says so with ``uses_reference_pass = False``; an
+agent then runs π_ref only over the pair it plays, not over every candidate (and passes
+``ref_scores=None``).
 * :class:`ChainCountFeatures`: co-occurrence counts in which :class:`~cdb.environments.SequenceDuel`'s
   gold reward is exactly linear (``r*(x, y) = Σ_s Σ_t M[x_s, t, y_t] + Σ_t U[y_{t−1}, y_t]``),
   for ablations that separate exploration from representation learning.
@@ -23,6 +27,7 @@ candidate response, in ``select``, and carried to ``update``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -66,6 +71,9 @@ def reference_hidden_features(
     return ref.last_hidden
 
 
+reference_hidden_features.uses_reference_pass = True
+
+
 class SentenceEncoder(Protocol):
     """A frozen text encoder: ``embed(texts: list[str]) -> np.ndarray [N, D]`` float32."""
 
@@ -76,34 +84,58 @@ class SentenceEncoder(Protocol):
 class FrozenEncoderFeatures:
     """Features from a frozen sentence encoder of the decoded text, ``[N, D]`` float32.
 
-    ``φ(x, y) = encoder.embed([text(y)])`` or, with ``include_prompt``, of ``text(x) + separator +
-    text(y)``; the text is the tokenizer's decoding of the real tokens only (prompt tokens where
-    ``prompt_mask``, response tokens where ``response_mask``; special tokens skipped).
+    ``φ(x, y) = encoder(text(y))`` or, with ``include_prompt``, ``encoder(text(x) + separator +
+    text(y))``; the text is the policy tokenizer's decoding of the real tokens only (prompt tokens
+    where ``prompt_mask``, response tokens where ``response_mask``; special tokens skipped).
 
-    Decoding is a host operation, so the whole map runs through ``jax.pure_callback``: a compiled
-    round leaves the program once per call (once per ``select`` for the M candidates of the
-    batch, once per best-of-N recommendation), hands the tokens to the host, and continues with
-    the embeddings. It is frozen (no gradient flows through it) and deterministic. Under ``vmap``
+    Only the text crosses to the host. With a JAX encoder (one with ``tokenize``, ``embed_tokens``,
+    ``params`` and ``max_length``, e.g. ``cdb.models.encoder.load_sentence_encoder()``) one
+    ``jax.pure_callback`` per call decodes the policy's tokens and re-tokenises the texts for the
+    encoder, and the encoder itself runs inside the agent's compiled step, on the agent's device,
+    for all N texts at once: a round leaves the program once for its candidates' features.
+    The encoder's inputs have a static width of ``max_tokens`` word pieces (default
+    ``min(encoder.max_length, 2·(policy tokens of the text) + 2)``, so a text is truncated only
+    when the encoder's tokenizer needs more than twice the policy's tokens for it). Any other
+    encoder (``embed(texts) -> [N, D]``) runs whole on the host inside the callback.
+
+    The map is frozen (no gradient flows through it) and deterministic. Under ``vmap``
     (``cdb.run``'s seeds) the callback receives all seeds at once (``vmap_method='broadcast_all'``).
 
     Attributes:
-      encoder: an object with ``embed(texts) -> [N, D]`` (e.g. ``cdb.models.encoder.load_sentence_encoder()``).
-      tokenizer: an object with ``decode(ids, skip_special_tokens=True) -> str`` (e.g. ``Pretrained.tokenizer``).
+      encoder: a JAX sentence encoder (``load_sentence_encoder()``), or any object with
+        ``embed(texts) -> [N, D]``.
+      tokenizer: the policy's tokenizer, with ``decode(ids, skip_special_tokens=True) -> str``
+        (e.g. ``Pretrained.tokenizer``).
       include_prompt: embed the prompt with the response (a cross-encoding of the pair), or the
         response alone.
       separator: the text between prompt and response when ``include_prompt``.
+      max_tokens: the encoder's input width (JAX encoders); ``None``: the default above.
+      dim: D (derived).
     """
 
     encoder: Any
     tokenizer: Any
     include_prompt: bool = False
     separator: str = "\n"
+    max_tokens: int | None = None
     dim: int = dataclasses.field(init=False, repr=False)
 
+    uses_reference_pass = False
+
     def __post_init__(self):
-        # D from one probe text, here and not lazily: the first use may be inside an agent's trace,
-        # where the encoder's own JAX computation would be traced instead of run
-        object.__setattr__(self, "dim", int(np.asarray(self.encoder.embed(["a"])).shape[-1]))
+        if self.max_tokens is not None:
+            check_int(self, "max_tokens", self.max_tokens, low=2)
+        if self.on_device:
+            dim = int(self.encoder.encoder.config.hidden_size)
+        else:
+            # D from one probe text, here and not lazily: the first use may be inside an agent's trace
+            dim = int(np.asarray(self.encoder.embed(["a"])).shape[-1])
+        object.__setattr__(self, "dim", dim)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the encoder runs inside the agent's program (a JAX encoder), not on the host."""
+        return all(hasattr(self.encoder, name) for name in ("tokenize", "embed_tokens", "params", "max_length"))
 
     def texts(self, prompts: np.ndarray, responses: np.ndarray, prompt_mask, response_mask) -> list[str]:
         """The decoded texts of ``[N, ...]`` host arrays (real tokens only)."""
@@ -118,21 +150,39 @@ class FrozenEncoderFeatures:
             out.append(text)
         return out
 
-    def _host_embed(self, prompts, responses, prompt_mask, response_mask) -> np.ndarray:
+    def width(self, prompt_length: int, response_length: int) -> int:
+        """The encoder's static input width for texts of at most ``Lp + L`` (or ``L``) policy tokens."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        policy_tokens = response_length + (prompt_length if self.include_prompt else 0)
+        return min(int(self.encoder.max_length), 2 * policy_tokens + 2)
+
+    def _host_texts(self, prompts, responses, prompt_mask, response_mask) -> tuple[tuple, list[str]]:
         prompts, responses = np.asarray(prompts), np.asarray(responses)
         prompt_mask, response_mask = np.asarray(prompt_mask, bool), np.asarray(response_mask, bool)
         lead = responses.shape[:-1]  # [..., N] (seeds under vmap, then rows)
-        flat = self.texts(
+        texts = self.texts(
             prompts.reshape(-1, prompts.shape[-1]),
             responses.reshape(-1, responses.shape[-1]),
             prompt_mask.reshape(-1, prompt_mask.shape[-1]),
             response_mask.reshape(-1, response_mask.shape[-1]),
         )
-        embedded = np.asarray(self.encoder.embed(flat), np.float32)
-        if embedded.shape != (len(flat), self.dim):
+        return lead, texts
+
+    def _host_tokenize(self, width: int, prompts, responses, prompt_mask, response_mask):
+        lead, texts = self._host_texts(prompts, responses, prompt_mask, response_mask)
+        ids, mask = self.encoder.tokenize(texts)
+        ids, mask = ids[:, :width], mask[:, :width]
+        pad = ((0, 0), (0, width - ids.shape[1]))
+        return np.pad(ids, pad).reshape(*lead, width).astype(np.int32), np.pad(mask, pad).reshape(*lead, width)
+
+    def _host_embed(self, prompts, responses, prompt_mask, response_mask) -> np.ndarray:
+        lead, texts = self._host_texts(prompts, responses, prompt_mask, response_mask)
+        embedded = np.asarray(self.encoder.embed(texts), np.float32)
+        if embedded.shape != (len(texts), self.dim):
             raise ValueError(
                 f"FrozenEncoderFeatures: encoder.embed returned shape {embedded.shape}; "
-                f"expected {(len(flat), self.dim)}"
+                f"expected {(len(texts), self.dim)}"
             )
         return embedded.reshape(*lead, self.dim)
 
@@ -148,10 +198,17 @@ class FrozenEncoderFeatures:
         prompts, responses = jnp.asarray(prompts, jnp.int32), jnp.asarray(responses, jnp.int32)
         prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
         response_mask = jnp.ones(responses.shape, bool) if response_mask is None else jnp.asarray(response_mask, bool)
-        shape = jax.ShapeDtypeStruct((responses.shape[0], self.dim), jnp.float32)
-        return jax.pure_callback(
-            self._host_embed, shape, prompts, responses, prompt_mask, response_mask, vmap_method="broadcast_all"
-        )
+        n = responses.shape[0]
+        args = (prompts, responses, prompt_mask, response_mask)
+        if not self.on_device:
+            shape = jax.ShapeDtypeStruct((n, self.dim), jnp.float32)
+            return jax.pure_callback(self._host_embed, shape, *args, vmap_method="broadcast_all")
+        width = self.width(prompts.shape[-1], responses.shape[-1])
+        shapes = (jax.ShapeDtypeStruct((n, width), jnp.int32), jax.ShapeDtypeStruct((n, width), jnp.bool_))
+        tokenize = functools.partial(self._host_tokenize, width)
+        ids, mask = jax.pure_callback(tokenize, shapes, *args, vmap_method="broadcast_all")
+        params = jax.lax.stop_gradient(self.encoder.params)
+        return self.encoder.embed_tokens(params, ids, mask).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +222,8 @@ class ChainCountFeatures:
     """
 
     vocab_size: int
+
+    uses_reference_pass = False
 
     def __post_init__(self):
         check_int(self, "vocab_size", self.vocab_size, low=2)

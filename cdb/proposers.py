@@ -1,14 +1,18 @@
 """Proposers: where candidate responses come from (DESIGN §4, first part of an agent).
 
-A proposer maps prompts ``[B, Lp]`` to ``M`` candidate responses per prompt ``[B, M, L]``::
+A proposer maps prompts ``[B, Lp]`` to ``M`` candidate responses per prompt, :class:`Candidates`::
 
     candidates = proposer(key, policy, policy_params, reference_params, prompts, length,
                           prompt_mask=None, eos_id=None, pad_id=0)
+    candidates.tokens          # [B, M, L] int32
+    candidates.policy_logprob     # [B, M] log π_θ(y|x) when the sampler computed it (π_θ's samples), else None
+    candidates.reference_logprob  # [B, M] log π_ref(y|x) when the sampler computed it (π_ref's samples), else None
 
 ``policy`` is the model definition shared by π_θ and π_ref (π_θ is initialised from π_ref).
 Prompts are left-padded with ``prompt_mask`` (``None``: all real); with ``eos_id`` each response
-stops at its first EOS and is ``pad_id`` after it. All single-policy sampling goes through
-:func:`cdb.sequences.generate_responses`.
+stops at its first EOS and is ``pad_id`` after it. All sampling goes through
+:func:`cdb.sequences.generate_responses` (the one decode loop), whose per-token log-probabilities
+of π_θ's own samples are kept, so that an agent never runs π_θ over its samples a second time.
 """
 
 from __future__ import annotations
@@ -18,18 +22,35 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from cdb.models import Policy
-from cdb.sequences import generate_responses, repeat_prompts, sample_mixture_responses
+from cdb.models import Mixture, Policy
+from cdb.sequences import generate_responses
 from cdb.validation import check_float, check_int
 
 Array = jax.Array
 
 
+@struct.dataclass
+class Candidates:
+    """A proposer's output.
+
+    Attributes:
+      tokens: ``[B, M, L]`` int32 candidate responses.
+      policy_logprob: ``[B, M]`` float32 ``log π_θ(y|x)`` of each candidate, untempered, when the
+        sampler computed it (candidates sampled from π_θ itself); ``None`` otherwise.
+      reference_logprob: ``[B, M]`` float32 ``log π_ref(y|x)``, likewise for π_ref's own samples.
+    """
+
+    tokens: Array
+    policy_logprob: Array | None = None
+    reference_logprob: Array | None = None
+
+
 @runtime_checkable
 class Proposer(Protocol):
     """What agents rely on: ``num_candidates`` (M), ``from_policy`` (the candidates are π_θ's own
-    samples) and the call ``-> [B, M, L]`` int32."""
+    samples) and the call ``-> Candidates``."""
 
     num_candidates: int
     from_policy: ClassVar[bool]
@@ -46,7 +67,7 @@ class Proposer(Protocol):
         prompt_mask: Array | None = None,
         eos_id: int | None = None,
         pad_id: int = 0,
-    ) -> Array: ...
+    ) -> Candidates: ...
 
 
 def _split_candidates(tokens: Array, batch: int) -> Array:
@@ -91,7 +112,12 @@ class _TemperatureSamples:
             eos_id=eos_id,
             pad_id=pad_id,
         )
-        return _split_candidates(out.tokens, prompts.shape[0])
+        batch = prompts.shape[0]
+        # the loop's log-probs are the sampling policy's own, untempered: log π(y|x) of its samples
+        logprob = jnp.sum(out.logprobs, axis=-1).reshape(batch, -1)
+        if self.from_policy:
+            return Candidates(_split_candidates(out.tokens, batch), policy_logprob=logprob)
+        return Candidates(_split_candidates(out.tokens, batch), reference_logprob=logprob)
 
 
 class PolicySamples(_TemperatureSamples):
@@ -130,7 +156,7 @@ class PolicyAndReference:
         options = dict(eos_id=eos_id, pad_id=pad_id)
         y_pi = generate_responses(k_pi, policy, policy_params, prompts, prompt_mask, length, **options).tokens
         y_ref = generate_responses(k_ref, policy, reference_params, prompts, prompt_mask, length, **options).tokens
-        return jnp.stack([y_pi, y_ref], axis=1)
+        return Candidates(jnp.stack([y_pi, y_ref], axis=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,17 +187,16 @@ class GeometricMixtureSamples:
         eos_id: int | None = None,
         pad_id: int = 0,
     ):
-        tokens = sample_mixture_responses(
+        out = generate_responses(
             key,
             policy,
             policy_params,
-            reference_params,
-            repeat_prompts(prompts, self.num_candidates),
+            prompts,
+            prompt_mask,
             length,
-            mixture="geometric",
-            weight=self.beta,
-            prompt_mask=repeat_prompts(prompt_mask, self.num_candidates),
+            num_samples=self.num_candidates,
             eos_id=eos_id,
             pad_id=pad_id,
+            mixture=Mixture(reference_params, self.beta, "geometric"),
         )
-        return _split_candidates(tokens, prompts.shape[0])
+        return Candidates(_split_candidates(out.tokens, prompts.shape[0]))

@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from cdb.models import Policy
-from cdb.sequences import generate_responses, greedy_responses, repeat_prompts, response_mask, sample_mixture_responses
+from cdb.models import Mixture, Policy
+from cdb.sequences import generate_responses, greedy_responses, response_mask
 from cdb.validation import check_float, check_int
 
 Array = jax.Array
@@ -43,8 +43,8 @@ class RecommendInputs:
       prompts: ``[N, Lp]`` int32, left-padded; ``prompt_mask`` ``[N, Lp]`` bool or ``None``.
       length: L, the response length (static).
       eos_id, pad_id: the responses' end token (``None``: fixed length) and padding.
-      reward: ``(prompts [K, Lp], prompt_mask, responses [K, L], response_mask) -> [K]`` the reward
-        model's mean score, or ``None`` when the agent has no reward model.
+      reward: ``(prompts [N, Lp], prompt_mask, responses [N, K, L], response_mask [N, K, L]) -> [N, K]``
+        the reward model's mean score, or ``None`` when the agent has no reward model.
     """
 
     policy: Policy
@@ -100,19 +100,15 @@ class DeRa:
         check_float(self, "lam", self.lam, low=0.0)
 
     def __call__(self, key: Array, inputs: RecommendInputs) -> Array:
-        return sample_mixture_responses(
-            key,
+        return greedy_responses(
             inputs.policy,
             inputs.policy_params,
-            inputs.reference_params,
             inputs.prompts,
             inputs.length,
-            mixture="dera",
-            weight=self.lam,
-            temperature=0.0,
             prompt_mask=inputs.prompt_mask,
             eos_id=inputs.eos_id,
             pad_id=inputs.pad_id,
+            mixture=Mixture(inputs.reference_params, self.lam, "dera"),
         )
 
 
@@ -144,11 +140,7 @@ class BestOfN:
             num_samples=self.n,
             eos_id=inputs.eos_id,
             pad_id=inputs.pad_id,
-        ).tokens
-        flat_prompts = repeat_prompts(inputs.prompts, self.n)
-        flat_mask = repeat_prompts(inputs.prompt_mask, self.n)
-        mean = inputs.reward(flat_prompts, flat_mask, samples, response_mask(samples, inputs.eos_id)).reshape(
-            batch, self.n
-        )
+        ).tokens.reshape(batch, self.n, length)
+        mean = inputs.reward(inputs.prompts, inputs.prompt_mask, samples, response_mask(samples, inputs.eos_id))
         best = jnp.argmax(mean, axis=1)
-        return samples.reshape(batch, self.n, length)[jnp.arange(batch), best]
+        return samples[jnp.arange(batch), best]

@@ -4,7 +4,7 @@ A scorer turns what the agent knows of each candidate into scores ``[B, E, M]`` 
 of an ensemble, or one row), the input of a :mod:`cdb.selection` rule and of a
 :mod:`cdb.labelers` part::
 
-    scores = scorer(ScorerInputs(reward_model, rm_state, features, policy_logprob, ref_logprob))
+    scores = scorer(ScorerInputs(reward_model, rm_state, features, policy_logprob, ref_logprob, candidates))
 
 * :class:`EnsembleScores` — the epistemic reward model's members on the candidates' features
   (SEA, EE4LLM): ``r_e(x, y_m)``;
@@ -13,8 +13,10 @@ of an ensemble, or one row), the input of a :mod:`cdb.selection` rule and of a
 * :class:`NoScores` — zeros, one row (passive agents).
 
 Scorers are frozen dataclasses (static under ``jit``) whose class attributes tell the agent what
-to compute for them: ``needs_reward_model``, ``needs_policy_logprob`` and ``provides_labels``
-(the scores can label a pair, as :class:`~cdb.labelers.MixedLabeler` needs).
+to compute for them: ``needs_reward_model``, ``needs_policy_logprob``, ``needs_reference_logprob``
+(π_ref's log-probabilities of every candidate, a teacher-forced pass the agent otherwise runs
+over the played pair only) and ``provides_labels`` (the scores can label a pair, as
+:class:`~cdb.labelers.MixedLabeler` needs).
 """
 
 from __future__ import annotations
@@ -39,14 +41,17 @@ class ScorerInputs:
       rm_state: its state.
       features: ``[B, M, D]`` reward-model features of the candidates (``None`` without a reward model).
       policy_logprob: ``[B, M]`` ``log π_θ(y_m|x)`` (``None`` unless the scorer or another part needs it).
-      ref_logprob: ``[B, M]`` ``log π_ref(y_m|x)``.
+      ref_logprob: ``[B, M]`` ``log π_ref(y_m|x)`` (``None`` unless the scorer needs it or the
+        proposer computed it).
+      candidates: ``[B, M, L]`` int32, the candidates themselves.
     """
 
     reward_model: Any
     rm_state: Any
     features: Array | None
     policy_logprob: Array | None
-    ref_logprob: Array
+    ref_logprob: Array | None
+    candidates: Array
 
 
 @runtime_checkable
@@ -55,6 +60,7 @@ class Scorer(Protocol):
 
     needs_reward_model: ClassVar[bool]
     needs_policy_logprob: ClassVar[bool]
+    needs_reference_logprob: ClassVar[bool]
     provides_labels: ClassVar[bool]
 
     def num_members(self, reward_model: Any) -> int:
@@ -69,6 +75,7 @@ class EnsembleScores:
 
     needs_reward_model: ClassVar[bool] = True
     needs_policy_logprob: ClassVar[bool] = False
+    needs_reference_logprob: ClassVar[bool] = False
     provides_labels: ClassVar[bool] = True
 
     def num_members(self, reward_model: Any) -> int:
@@ -90,6 +97,7 @@ class ImplicitReward:
     beta: float = 0.1
     needs_reward_model: ClassVar[bool] = False
     needs_policy_logprob: ClassVar[bool] = True
+    needs_reference_logprob: ClassVar[bool] = True
     provides_labels: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -108,11 +116,12 @@ class NoScores:
 
     needs_reward_model: ClassVar[bool] = False
     needs_policy_logprob: ClassVar[bool] = False
+    needs_reference_logprob: ClassVar[bool] = False
     provides_labels: ClassVar[bool] = False
 
     def num_members(self, reward_model: Any) -> int:
         return 1
 
     def __call__(self, inputs: ScorerInputs) -> Array:
-        batch, m = inputs.ref_logprob.shape
+        batch, m = inputs.candidates.shape[:2]
         return jnp.zeros((batch, 1, m), jnp.float32)

@@ -1,22 +1,22 @@
 """Pure helpers for policies over token sequences (tiers 2-3): scoring, sampling, greedy decoding.
 
 A *policy* is a :class:`cdb.models.Policy` (the model definition, hashable) with its parameters.
-Prompts are ``[N, Lp]`` int32, *left*-padded in tier 3 with ``prompt_mask`` ``[N, Lp]`` bool
-(``None``: every token is real, tier 2). Responses are ``[N, L]`` int32; with an ``eos_id`` a
+Prompts are ``[B, Lp]`` int32, *left*-padded in tier 3 with ``prompt_mask`` ``[B, Lp]`` bool
+(``None``: every token is real, tier 2). Responses are ``[..., L]`` int32; with an ``eos_id`` a
 response is its tokens up to and including the first EOS (:func:`response_mask`), the tokens
-after it are ``pad_id`` and belong to nothing. Batches with a candidate axis (``[B, M, L]``) are
-flattened to ``[B·M, ...]`` row ``b·M + m`` (as ``jnp.repeat``).
+after it are ``pad_id`` and belong to nothing. Flattened candidate batches (``[B·M, ...]``) are
+ordered row ``b·M + m`` (as ``jnp.repeat``).
 
 Two functions do all the work, so that the whole library samples and scores one way:
 
-* :func:`generate_responses` — every sample of a single policy (proposers, best-of-N, greedy
-  decoding, the environments' reference samples through :func:`sample_responses`);
-* :func:`score_responses` — every teacher-forced pass (log-probs for the losses and the
+* :func:`generate_responses` — every sample: proposers, best-of-N, greedy decoding, the
+  mixtures of Nash-MD and DeRa, the environments' reference samples (through
+  :func:`cdb.models.generate`, the one decode loop);
+* :func:`score_candidates` — every teacher-forced pass (log-probs for the losses and the
   implicit reward, π_ref's hidden state for the reward-model features), masks respected:
-  left padding changes nothing, tokens after EOS contribute nothing.
-
-Mixtures of two policies (Nash-MD's geometric mixture, DeRa) go through
-:func:`sample_mixture_responses` (two caches decoded side by side).
+  left padding changes nothing, tokens after EOS contribute nothing. Each prompt runs through
+  the model **once**, into a KV cache that its ``K`` responses then read, so scoring ``K``
+  responses costs ``Lp + K·L`` tokens rather than ``K·(Lp + L)`` (with or without a gradient).
 """
 
 from __future__ import annotations
@@ -27,22 +27,21 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from cdb import models
-from cdb.models import Policy, Samples, generate, positions_from_mask, sample_mixture
+from cdb.models import Mixture, Policy, Samples, generate, positions_from_mask, token_logprobs
 
 Array = jax.Array
 
 
 @struct.dataclass
 class ResponseScores:
-    """One teacher-forced pass over ``[x, y]``.
+    """One teacher-forced pass over ``[x, y]`` (leading axes: those of the responses, ``[...]``).
 
     Attributes:
-      logprob: ``[N]`` sequence log-probability ``log π(y|x) = Σ_{t < |y|} log π(y_t | x, y_<t)``.
-      token_logprob: ``[N, L]`` per-token log-probabilities (0 after the response's end).
-      last_hidden: ``[N, D]`` the last layer's (normed) hidden state at the last *real* token of
+      logprob: ``[...]`` sequence log-probability ``log π(y|x) = Σ_{t < |y|} log π(y_t | x, y_<t)``.
+      token_logprob: ``[..., L]`` per-token log-probabilities (0 after the response's end).
+      last_hidden: ``[..., D]`` the last layer's (normed) hidden state at the last *real* token of
         ``[x, y]`` (the EOS when there is one; never a padding position).
-      length: ``[N]`` float32, the response's length ``|y|`` in tokens (L without an ``eos_id``).
+      length: ``[...]`` float32, the response's length ``|y|`` in tokens (L without an ``eos_id``).
     """
 
     logprob: Array
@@ -52,7 +51,7 @@ class ResponseScores:
 
 
 def response_mask(responses: Array, eos_id: int | None) -> Array | None:
-    """``[N, L]`` bool: True up to and including each row's first ``eos_id`` (``None`` when ``eos_id`` is None).
+    """``[..., L]`` bool: True up to and including each row's first ``eos_id`` (``None`` when ``eos_id`` is None).
 
     The EOS belongs to the response (its probability is part of ``log π(y|x)``); the tokens after
     it do not.
@@ -65,6 +64,64 @@ def response_mask(responses: Array, eos_id: int | None) -> Array | None:
     return eos_before == 0
 
 
+def score_candidates(
+    policy: Policy,
+    params: Any,
+    prompts: Array,
+    responses: Array,
+    prompt_mask: Array | None = None,
+    response_mask: Array | None = None,
+) -> ResponseScores:
+    """Log-probabilities and last hidden states of ``K`` responses per prompt, each prompt run once.
+
+    Shapes: prompts ``[B, Lp]``, responses ``[B, K, L]`` (masks alike, ``None``: all real) ->
+    :class:`ResponseScores` with leading axes ``[B, K]``.
+
+    The prompts go through the model into a KV cache of ``Lp + L`` slots (``B`` rows); its rows
+    are repeated ``K`` times and the responses are fed against it, all ``L`` tokens at once. The
+    logits predicting ``y_0`` are the prompt's last position's, those predicting ``y_t`` the
+    response's position ``t − 1``'s, so ``log π(y|x)`` equals one full pass over ``[x; y]``.
+    Padded prompt positions are neither attended to nor counted in the positions (the same prompt
+    with more left padding scores the same), and response tokens outside ``response_mask`` get
+    log-prob 0 and are never attended to by real ones. Differentiable in ``params``.
+    """
+    prompts = jnp.asarray(prompts, jnp.int32)
+    responses = jnp.asarray(responses, jnp.int32)
+    if prompts.ndim != 2 or responses.ndim != 3 or responses.shape[0] != prompts.shape[0]:
+        raise ValueError(
+            f"score_candidates: prompts must be [B, Lp] and responses [B, K, L]; got {prompts.shape} and "
+            f"{responses.shape}"
+        )
+    b, lp = prompts.shape
+    k, length = responses.shape[1:]
+    prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
+    rmask = jnp.ones(responses.shape, bool) if response_mask is None else jnp.asarray(response_mask, bool)
+
+    cache = policy.init_cache(b, lp + length)
+    _, prompt_hidden, cache = policy.apply_cached(
+        params, prompts, prompt_mask, positions_from_mask(prompt_mask), cache, with_logits=False
+    )
+    shared = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if jnp.ndim(x) else x, cache)
+    flat, flat_mask = responses.reshape(b * k, length), rmask.reshape(b * k, length)
+    start = jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), k)  # each row's real prompt tokens
+    positions = start[:, None] + jnp.arange(length, dtype=jnp.int32)
+    _, hidden, _ = policy.apply_cached(params, flat, flat_mask, positions, shared, with_logits=False)
+
+    last_prompt = jnp.repeat(prompt_hidden[:, -1], k, axis=0)  # [B·K, D], a real token (left padding)
+    predicting = jnp.concatenate([last_prompt[:, None], hidden[:, : length - 1]], axis=1)  # [B·K, L, D]
+    logits = policy.logits_from_hidden(params, predicting)
+    token_logprob = token_logprobs(logits, flat, flat_mask)
+    real = jnp.sum(flat_mask, axis=-1)
+    at_last = jnp.take_along_axis(hidden, jnp.maximum(real - 1, 0)[:, None, None], axis=1)[:, 0]
+    last_hidden = jnp.where((real > 0)[:, None], at_last, last_prompt)
+    return ResponseScores(
+        jnp.sum(token_logprob, axis=-1).reshape(b, k),
+        token_logprob.reshape(b, k, length),
+        last_hidden.astype(jnp.float32).reshape(b, k, -1),
+        real.astype(jnp.float32).reshape(b, k),
+    )
+
+
 def score_responses(
     policy: Policy,
     params: Any,
@@ -73,51 +130,16 @@ def score_responses(
     prompt_mask: Array | None = None,
     response_mask: Array | None = None,
 ) -> ResponseScores:
-    """Log-probabilities and last hidden state of ``responses`` given ``prompts`` in one forward pass.
-
-    With both masks ``None`` (tier 2) every token is real and positions are ``0 … Lp+L−1``. With
-    masks, padded prompt positions are neither attended to nor counted in the positions (so the
-    same prompt with more left padding scores the same), and response tokens outside
-    ``response_mask`` get log-prob 0 and are never attended to by real ones.
-
-    Shapes: prompts ``[N, Lp]``, responses ``[N, L]`` -> :class:`ResponseScores`.
-    """
-    prompts = jnp.asarray(prompts, jnp.int32)
+    """:func:`score_candidates` of one response per prompt: prompts ``[N, Lp]``, responses ``[N, L]`` -> ``[N]``."""
     responses = jnp.asarray(responses, jnp.int32)
-    n, lp, length = prompts.shape[0], prompts.shape[-1], responses.shape[-1]
-    tokens = jnp.concatenate([prompts, responses], axis=-1)
-    if prompt_mask is None and response_mask is None:
-        logits, hidden = policy.apply(params, tokens)
-        # the logits at position Lp-1+t predict y_t
-        predicting = jax.nn.log_softmax(logits[:, lp - 1 : lp - 1 + length].astype(jnp.float32), axis=-1)
-        token_logprob = jnp.take_along_axis(predicting, responses[..., None], axis=-1)[..., 0]
-        return ResponseScores(
-            jnp.sum(token_logprob, axis=-1),
-            token_logprob,
-            hidden[:, -1].astype(jnp.float32),
-            jnp.full((n,), length, jnp.float32),
-        )
-    prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
-    response_mask = jnp.ones(responses.shape, bool) if response_mask is None else jnp.asarray(response_mask, bool)
-    mask = jnp.concatenate([prompt_mask, response_mask], axis=-1)
-    hidden = policy.hidden(params, tokens, mask, positions_from_mask(mask))
-    logits = policy.logits_from_hidden(params, hidden[:, lp - 1 : lp - 1 + length])
-    token_logprob = models.token_logprobs(logits, responses, response_mask)
-    real = jnp.sum(response_mask, axis=-1)
-    # the last real token: the response's last (EOS) token, or the prompt's last for an empty response
-    last = lp - 1 + real
-    last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-    return ResponseScores(
-        jnp.sum(token_logprob, axis=-1), token_logprob, last_hidden.astype(jnp.float32), real.astype(jnp.float32)
-    )
+    rmask = None if response_mask is None else jnp.asarray(response_mask, bool)[:, None]
+    out = score_candidates(policy, params, prompts, responses[:, None], prompt_mask, rmask)
+    return jax.tree.map(lambda x: x[:, 0], out)
 
 
 def sequence_logprob(policy: Policy, params: Any, prompts: Array, responses: Array) -> Array:
-    """``log π(y|x)`` ``[N]``: one teacher-forced pass of :func:`cdb.models.sequence_logprob` (no padding)."""
-    prompts = jnp.asarray(prompts, jnp.int32)
-    return models.sequence_logprob(
-        policy, params, prompts, jnp.ones(prompts.shape, bool), jnp.asarray(responses, jnp.int32)
-    )
+    """``log π(y|x)`` ``[N]`` of unpadded prompts ``[N, Lp]`` and responses ``[N, L]`` (tier 2)."""
+    return score_responses(policy, params, prompts, responses).logprob
 
 
 def generate_responses(
@@ -133,6 +155,7 @@ def generate_responses(
     top_p: float = 1.0,
     eos_id: int | None = None,
     pad_id: int = 0,
+    mixture: Mixture | None = None,
 ) -> Samples:
     """``num_samples`` responses ``y ~ π(·|x)`` per prompt: the one sampling function of the agents.
 
@@ -141,14 +164,13 @@ def generate_responses(
       length: L, the response length (static); responses stop early at ``eos_id`` and are then
         ``pad_id`` (mask False).
       num_samples: M responses per prompt, rows ordered ``b·M + m`` (as ``jnp.repeat``).
+      mixture: sample a per-token mixture of ``π`` and a second policy instead
+        (:class:`cdb.models.Mixture`: Nash-MD's geometric mixture, DeRa).
 
     Returns:
-      :class:`cdb.models.Samples` with ``tokens`` ``[B·M, L]`` int32, ``logprobs`` ``[B·M, L]`` (the
-      untempered policy's per-token log-probs, 0 after EOS) and ``mask`` ``[B·M, L]``.
-
-    Built on :func:`cdb.models.generate`: each prompt is prefilled once and its cache shared by its
-    M samples, and the decode loop stops once every row has ended (the same rows, in the same
-    order and from the same key, as :func:`cdb.models.sample` on ``jnp.repeat(prompts, M)``).
+      :class:`cdb.models.Samples` (a :class:`cdb.models.Generation`) with ``tokens`` ``[B·M, L]``
+      int32, ``logprobs`` ``[B·M, L]`` (the untempered sampling policy's per-token log-probs, 0
+      after EOS) and ``mask`` ``[B·M, L]``.
     """
     prompts = jnp.asarray(prompts, jnp.int32)
     prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
@@ -164,6 +186,7 @@ def generate_responses(
         top_p=top_p,
         eos_id=eos_id,
         pad_id=pad_id,
+        mixture=mixture,
     )
 
 
@@ -176,43 +199,6 @@ def sample_responses(
     return out.tokens, jnp.sum(out.logprobs, axis=-1)
 
 
-def sample_mixture_responses(
-    key: Array,
-    policy: Policy,
-    params_a: Any,
-    params_b: Any,
-    prompts: Array,
-    length: int,
-    *,
-    mixture: str,
-    weight: float,
-    temperature: float = 1.0,
-    prompt_mask: Array | None = None,
-    eos_id: int | None = None,
-    pad_id: int = 0,
-) -> Array:
-    """Samples ``[N, L]`` int32 from a per-token mixture of two parameter sets of one model
-    (``'geometric'``: π_a^{1−β}π_b^{β}, ``'dera'``: softmax(λh_a + (1−λ)h_b); :func:`cdb.models.sample_mixture`)."""
-    prompts = jnp.asarray(prompts, jnp.int32)
-    prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
-    out = sample_mixture(
-        key,
-        policy,
-        params_a,
-        policy,
-        params_b,
-        prompts,
-        prompt_mask,
-        length,
-        mixture=mixture,
-        weight=weight,
-        temperature=temperature,
-        eos_id=eos_id,
-        pad_id=pad_id,
-    )
-    return out.tokens
-
-
 def greedy_responses(
     policy: Policy,
     params: Any,
@@ -222,10 +208,20 @@ def greedy_responses(
     prompt_mask: Array | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
+    mixture: Mixture | None = None,
 ) -> Array:
-    """Greedy decoding (temperature 0), ``[N, L]`` int32."""
+    """Greedy decoding (temperature 0; of a mixture's logits with ``mixture``), ``[N, L]`` int32."""
     out = generate_responses(
-        jax.random.key(0), policy, params, prompts, prompt_mask, length, temperature=0.0, eos_id=eos_id, pad_id=pad_id
+        jax.random.key(0),  # unused by greedy decoding
+        policy,
+        params,
+        prompts,
+        prompt_mask,
+        length,
+        temperature=0.0,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        mixture=mixture,
     )
     return out.tokens
 

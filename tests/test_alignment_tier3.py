@@ -176,8 +176,8 @@ def test_more_left_padding_gives_the_same_scores_and_features():
     agent = agents.sea(tiny_pretrained(), num_candidates=3, reward_model=ENSEMBLE)
     state = agent.init(jax.random.key(0), t3.env().spec)
     np.testing.assert_allclose(
-        agent.reward_scores(state, short, short_mask, responses, rmask),
-        agent.reward_scores(state, long, long_mask, responses, rmask),
+        agent.reward_scores(state, short, short_mask, responses[:, None], rmask[:, None]),
+        agent.reward_scores(state, long, long_mask, responses[:, None], rmask[:, None]),
         rtol=1e-4,
         atol=1e-5,
     )

@@ -1,9 +1,10 @@
 """cdb.models.generate: shared-prefix prefill, the early-stopping decode loop, bucketing, text in / text out.
 
 Every sampled quantity is checked against an independent computation: teacher-forced
-log-probabilities (one full forward pass), greedy decoding by full forward passes and argmax,
-and ``cdb.models.sample`` (a separate ``lax.scan`` sampler without prefix sharing) on the
-prompts repeated M times.
+log-probabilities (one full forward pass), and decoding by full forward passes without a cache
+(:func:`_uncached`: at step ``t`` the whole sequence through the model, the token drawn by
+``sample_token`` with the same key) on the prompts repeated M times, for single policies and for
+the mixtures of Nash-MD and DeRa.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdb.models import positions_from_mask, sample, sample_token, sequence_logprobs
+from cdb.models import Mixture, mixture_logits, positions_from_mask, sample_token, sequence_logprobs, token_logprobs
 from cdb.models.generate import (
     TRACE_COUNTS,
     Generation,
@@ -48,26 +49,47 @@ def _gen(model, prompts, key=0, **kw):
     return generate(jax.random.key(key), model.policy, model.params, tokens, mask, L, **kw)
 
 
-def test_matches_sample_on_repeated_prompts_and_teacher_forced_logprobs(model, prompts):
+def _uncached(model, params_list, tokens, mask, key, *, temperature, top_p=1.0, eos_id=None, pad_id=0, mix=None):
+    """Decoding without a KV cache: at step t the whole sequence through each model, the mixed
+    logits of the last real position, ``sample_token(split(key, L)[t], ...)``; EOS ends a row."""
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    rows, lp = tokens.shape
+    seq = jnp.concatenate([tokens, jnp.zeros((rows, L), jnp.int32)], axis=1)
+    seq_mask = jnp.concatenate([mask, jnp.zeros((rows, L), bool)], axis=1)
+    forward = jax.jit(lambda p, s, m: model.policy.apply(p, s, m, positions_from_mask(m))[0])
+    keys = jax.random.split(key, L)
+    out, logps, done = [], [], np.zeros(rows, bool)
+    for t in range(L):
+        logits = [forward(p, seq, seq_mask)[:, lp + t - 1] for p in params_list]
+        logits = logits[0] if mix is None else mixture_logits(mix[0], logits[0], logits[1], mix[1])
+        token = np.where(done, pad_id, np.asarray(sample_token(keys[t], logits, temperature, top_p)))
+        logps.append(np.where(done, 0.0, np.asarray(token_logprobs(logits, jnp.asarray(token)))))
+        out.append(token)
+        seq, seq_mask = seq.at[:, lp + t].set(jnp.asarray(token)), seq_mask.at[:, lp + t].set(jnp.asarray(~done))
+        if eos_id is not None:
+            done = done | (token == eos_id)
+    return np.stack(out, 1), np.stack(logps, 1)
+
+
+def test_matches_uncached_decoding_on_repeated_prompts_and_teacher_forced_logprobs(model, prompts):
     m = 3
     out = _gen(model, prompts, num_samples=m, temperature=1.0, eos_id=model.eos_id)
     assert isinstance(out, Generation)
     tokens, mask = prompts
     rep_tokens, rep_mask = jnp.repeat(tokens, m, axis=0), jnp.repeat(mask, m, axis=0)
     assert out.tokens.shape == out.logprobs.shape == out.mask.shape == (3 * m, L)
-    ref = sample(
-        jax.random.key(0),
-        model.policy,
-        model.params,
+    ref_tokens, ref_logps = _uncached(
+        model,
+        [model.params],
         rep_tokens,
         rep_mask,
-        L,
+        jax.random.key(0),
         temperature=1.0,
         eos_id=model.eos_id,
         pad_id=model.pad_id,
     )
-    np.testing.assert_array_equal(out.tokens, ref.tokens)
-    np.testing.assert_array_equal(out.mask, ref.mask)
+    np.testing.assert_array_equal(out.tokens, ref_tokens)
+    np.testing.assert_allclose(out.logprobs, ref_logps, atol=2e-5)
     forced = sequence_logprobs(model.policy, model.params, rep_tokens, rep_mask, out.tokens, out.mask)
     np.testing.assert_allclose(out.logprobs, forced, atol=2e-5)
     assert np.all(np.asarray(out.logprobs)[np.asarray(out.mask)] < 0)
@@ -165,12 +187,15 @@ def test_decode_donates_the_cache_without_changing_the_output(model, prompts):
     key, kw = jax.random.key(3), dict(temperature=1.0, eos_id=model.eos_id, pad_id=model.pad_id)
     state, logits = prefill_shared(model.policy, model.params, tokens, mask, L, 3)  # the first test's shapes
     donated_leaf = state.cache.keys[0]
-    out, final = decode(key, model.policy, model.params, state, logits, L, **kw)
+    out, final, none = decode(key, model.policy, model.params, state, logits, L, **kw)
+    assert none is None  # no mixture, no second state
     assert donated_leaf.is_deleted()  # the decode program took over the prefilled cache
     assert final.cache.keys[0].shape == donated_leaf.shape
     state2, logits2 = prefill_shared(model.policy, model.params, tokens, mask, L, 3)
     plain = jax.jit(_decode, static_argnums=(1, 5, 8, 9))  # the same loop without donation
-    ref, _ = plain(key, model.policy, model.params, state2, logits2, L, 1.0, 1.0, model.eos_id, model.pad_id)
+    ref, _, _ = plain(
+        key, model.policy, model.params, state2, logits2, L, 1.0, 1.0, model.eos_id, model.pad_id, None, None
+    )
     assert not state2.cache.keys[0].is_deleted()
     for field in ("tokens", "logprobs", "mask", "steps"):
         np.testing.assert_array_equal(getattr(out, field), getattr(ref, field))
@@ -191,6 +216,49 @@ def test_generate_is_jittable_with_traced_temperature(model, prompts):
     np.testing.assert_array_equal(out.tokens, _gen(model, prompts, temperature=0.0).tokens)
     out = run(jax.random.key(2), 1.0, 0.9)
     np.testing.assert_array_equal(out.tokens, _gen(model, prompts, key=2, temperature=1.0, top_p=0.9).tokens)
+
+
+@pytest.fixture(scope="module")
+def other_params(model):
+    return model.policy.init(jax.random.key(1))  # a second policy of the same model definition
+
+
+@pytest.mark.parametrize("kind, weight", [("geometric", 0.3), ("dera", 1.4)])
+def test_mixture_matches_uncached_mixture_decoding(model, prompts, other_params, kind, weight):
+    tokens, mask = prompts
+    out = _gen(model, prompts, num_samples=2, temperature=1.0, mixture=Mixture(other_params, weight, kind))
+    rep_tokens, rep_mask = jnp.repeat(tokens, 2, axis=0), jnp.repeat(mask, 2, axis=0)
+    ref_tokens, ref_logps = _uncached(
+        model,
+        [model.params, other_params],
+        rep_tokens,
+        rep_mask,
+        jax.random.key(0),
+        temperature=1.0,
+        pad_id=model.pad_id,
+        mix=(kind, weight),
+    )
+    np.testing.assert_array_equal(out.tokens, ref_tokens)
+    np.testing.assert_allclose(out.logprobs, ref_logps, atol=2e-5)
+    # the logprobs are the normalised mixture's: they differ from either policy's own
+    alone = sequence_logprobs(model.policy, model.params, rep_tokens, rep_mask, out.tokens, out.mask)
+    assert np.abs(np.asarray(alone) - np.asarray(out.logprobs)).max() > 1e-3
+
+
+def test_mixture_edge_cases_reduce_to_one_policy(model, prompts, other_params):
+    alone = _gen(model, prompts, num_samples=2, temperature=1.0)
+    dera = _gen(model, prompts, num_samples=2, temperature=1.0, mixture=Mixture(other_params, 1.0, "dera"))
+    np.testing.assert_array_equal(dera.tokens, alone.tokens)
+    np.testing.assert_allclose(dera.logprobs, alone.logprobs, atol=1e-5)
+    tokens, mask = prompts
+    ref_greedy = generate(
+        jax.random.key(0), model.policy, other_params, tokens, mask, L, num_samples=2, temperature=0.0
+    )
+    geo = _gen(model, prompts, num_samples=2, temperature=0.0, mixture=Mixture(other_params, 1.0, "geometric"))
+    np.testing.assert_array_equal(geo.tokens, ref_greedy.tokens)
+    np.testing.assert_allclose(geo.logprobs, ref_greedy.logprobs, atol=1e-5)
+    with pytest.raises(ValueError, match="Mixture.kind"):
+        Mixture(other_params, 0.5, "arithmetic")
 
 
 def test_bucket_length():

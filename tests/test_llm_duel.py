@@ -21,7 +21,7 @@ from llm_fixtures import tiny_pretrained
 import cdb
 from cdb.environments import LLMDuel, OracleError, PromptSet, RewardOracle
 from cdb.environments.llm import LLMDuelState
-from cdb.models import sample
+from cdb.models import generate
 from cdb.models.pretrained import Pretrained
 from cdb.types import Duel, Observation
 
@@ -35,19 +35,32 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
+def _length(prompts, responses):
+    return [float(len(t)) for t in responses]
+
+
 class RecordingOracle:
-    """Bradley–Terry on the response's length in characters; records every ``compare`` call."""
+    """Bradley–Terry on the response's length in characters, judging pairs only (``compare``);
+    records every call."""
 
     def __init__(self):
         self.calls = []
-        self.reward = RewardOracle(lambda x, y: [float(len(t)) for t in y], scale=SCALE, name="length")
+        self.reward = RewardOracle(_length, scale=SCALE, name="length")
 
     def compare(self, prompts, responses_a, responses_b):
         self.calls.append((list(prompts), list(responses_a), list(responses_b)))
         return self.reward.compare(prompts, responses_a, responses_b)
 
+
+class RecordingRewardOracle(RecordingOracle):
+    """The same oracle rating texts one at a time (``rewards`` and its link ``preference``)."""
+
     def rewards(self, prompts, responses):
+        self.calls.append((list(prompts), list(responses)))
         return self.reward.rewards(prompts, responses)
+
+    def preference(self, rewards_a, rewards_b):
+        return self.reward.preference(rewards_a, rewards_b)
 
 
 def make_env(oracle=None, **kwargs) -> LLMDuel:
@@ -206,6 +219,7 @@ def test_prompts_are_shuffled_per_seed_and_reshuffled_after_each_pass():
 
 
 def test_only_queried_pairs_reach_the_oracle_and_labels_follow_its_probability():
+    """A pairwise oracle gets one call a round: the queried pairs, then the online win rate's pairs."""
     oracle = RecordingOracle()
     env = make_env(oracle)
     state, obs = env.reset(jax.random.key(0))
@@ -213,25 +227,57 @@ def test_only_queried_pairs_reach_the_oracle_and_labels_follow_its_probability()
     duel = Duel(byte_arms([("xy", "z"), ("abc", "pqrs")]), jnp.array([True, False]))
     _, _, feedback, info = env.step(jax.random.key(3), state, duel)
 
-    asked, metric = oracle.calls
-    assert asked == ([prompts[0]], ["xy"], ["z"])  # the unqueried pair (abc, pqrs) is never a query
-    assert all((a, b) != ("abc", "pqrs") for call in oracle.calls for a, b in zip(call[1], call[2], strict=True))
+    [(call_prompts, first, second)] = oracle.calls
+    # the unqueried pair (abc, pqrs) is never a query: only ("xy", "z"), then the metric's pairs
+    assert (call_prompts[0], first[0], second[0]) == (prompts[0], "xy", "z")
+    assert call_prompts[1:] == prompts * 2 and first[1:] == ["xy", "abc", "z", "pqrs"]
+    assert all((a, b) != ("abc", "pqrs") for a, b in zip(first, second, strict=True))
     np.testing.assert_array_equal(np.asarray(feedback.queried), [True, False])
     np.testing.assert_array_equal(np.asarray(feedback.preference), [1.0, 0.0])  # P = σ(0.5·(2 − 1)) > ½
     # the online win rate: both played responses against one π_ref sample per prompt
-    assert metric[0] == prompts * 2 and metric[1] == ["xy", "abc", "z", "pqrs"]
-    ref_texts = metric[2][:2]
-    assert metric[2][2:] == ref_texts
+    ref_texts = second[1:3]
+    assert second[3:] == ref_texts
     r_ref = np.array([len(t) for t in ref_texts], np.float64)
     expected = 0.5 * (sigmoid(SCALE * (np.array([2, 3]) - r_ref)) + sigmoid(SCALE * (np.array([1, 4]) - r_ref)))
     np.testing.assert_allclose(np.asarray(info["online_win_rate"]), expected, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(info["oracle_reward"]), [1.5, 3.5])
+    assert "oracle_reward" not in info  # a pairwise oracle rates no text alone
     np.testing.assert_allclose(np.asarray(info["response_length"]), [2.5, 4.0])  # EOS counted; 'pqrs' has none
     assert float(info["seconds_oracle"]) >= 0 and float(info["seconds_metrics"]) >= 0
 
     again = env.step(jax.random.key(3), state, duel)  # the round's key fixes the labels and π_ref sample
     np.testing.assert_array_equal(np.asarray(again[2].preference), np.asarray(feedback.preference))
     np.testing.assert_array_equal(np.asarray(again[3]["online_win_rate"]), np.asarray(info["online_win_rate"]))
+
+
+def test_a_reward_oracle_scores_each_text_of_a_round_once():
+    """a, b and π_ref's sample of every prompt in one ``rewards`` call; every preference from those rewards."""
+    oracle = RecordingRewardOracle()
+    env = make_env(oracle)
+    state, _ = env.reset(jax.random.key(0))
+    prompts = [env.prompts[i] for i in np.asarray(state.order)[:2]]
+    duel = Duel(byte_arms([("xy", "z"), ("abc", "pqrs")]), jnp.array([True, False]))
+    _, _, feedback, info = env.step(jax.random.key(3), state, duel)
+    [(call_prompts, texts)] = oracle.calls  # no compare call at all
+    assert call_prompts == prompts * 3 and texts[:4] == ["xy", "abc", "z", "pqrs"] and len(texts) == 6
+    r_ref = np.array([len(t) for t in texts[4:]], np.float64)
+    np.testing.assert_array_equal(np.asarray(feedback.preference), [1.0, 0.0])
+    expected = 0.5 * (sigmoid(SCALE * (np.array([2, 3]) - r_ref)) + sigmoid(SCALE * (np.array([1, 4]) - r_ref)))
+    np.testing.assert_allclose(np.asarray(info["online_win_rate"]), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["oracle_reward"]), [1.5, 3.5])
+    # the same round judged pair by pair gives the same metrics and labels
+    pairwise = make_env(RecordingOracle()).step(jax.random.key(3), state, duel)
+    np.testing.assert_array_equal(np.asarray(pairwise[2].preference), np.asarray(feedback.preference))
+    np.testing.assert_allclose(np.asarray(pairwise[3]["online_win_rate"]), np.asarray(info["online_win_rate"]))
+    # the evaluation: π_ref's greedy answers are rated once per environment, the recommendations once a call
+    oracle.calls.clear()
+    eval_obs = env.eval_observation(state)
+    arms = np.asarray(byte_arms([("hell", "x")] * len(EVAL))[:, 0])
+    out = env.evaluate(jax.random.key(0), state, eval_obs, arms)
+    env.evaluate(jax.random.key(1), state, eval_obs, arms)
+    assert len(oracle.calls) == 3  # the greedy answers once, then each evaluation's responses
+    greedy = np.array([len(t) for t in env.reference_greedy[1]], np.float64)
+    np.testing.assert_allclose(np.asarray(out["win_rate"]), sigmoid(SCALE * (4.0 - greedy)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["oracle_reward"]), 4.0)
 
 
 def test_no_query_means_no_oracle_call_and_sampled_labels_vary_with_the_key():
@@ -351,7 +397,7 @@ class ReferenceAgent:
 
     def _sample(self, key, prompts, mask, temperature):
         ref = self.reference
-        out = sample(
+        out = generate(
             key,
             ref.policy,
             ref.params,
@@ -381,7 +427,7 @@ class ReferenceAgent:
 
 
 def test_cdb_run_records_the_tier_3_metrics():
-    env = make_env()
+    env = make_env(RecordingRewardOracle())
     results = cdb.run(ReferenceAgent(tiny_pretrained()), env, rounds=2, seeds=1, progress=False)
     m = results.metrics
     for name in ("queries", "duels", "online_win_rate", "oracle_reward", "response_length", "seconds_oracle", "kl"):
@@ -410,7 +456,7 @@ def test_an_oracle_failure_keeps_the_completed_rounds_in_the_checkpoint(tmp_path
             return super().compare(prompts, responses_a, responses_b)
 
     oracle = FailingOnce()
-    oracle.fail_at = 4  # round 2's query: evaluation 0 (1 call), round 1 (query, win rate), evaluation 1
+    oracle.fail_at = 3  # round 2's call: evaluation 0, round 1 and evaluation 1 make one call each
     env = make_env(oracle)
     agent = ReferenceAgent(tiny_pretrained())
     try:

@@ -11,18 +11,16 @@ import pytest
 from flax import nnx
 
 from cdb.models import (
+    Mixture,
     Policy,
     TransformerConfig,
     dera_logits,
+    generate,
     geometric_mixture_logits,
     mixture_logits,
     positions_from_mask,
     process_logits,
     response_logits,
-    sample,
-    sample_dera,
-    sample_geometric_mixture,
-    sample_mixture,
     sequence_logprob,
     sequence_logprobs,
     token_logprobs,
@@ -271,11 +269,12 @@ def test_cache_size_is_bounded_by_max_len():
 
 
 # ------------------------------------------------------------------------------ log-probs and sampling
+# (the sampler itself, cdb.models.generate, is checked against uncached decoding in test_generate.py)
 
 
 def test_greedy_sampling_equals_stepwise_argmax(params, prompts):
     tokens, mask = prompts
-    out = sample(jax.random.key(3), POLICY, params, tokens, mask, L, temperature=0.0)
+    out = generate(jax.random.key(3), POLICY, params, tokens, mask, L, temperature=0.0)
     # independent: full forward passes over [prompt; response so far]; causality makes the
     # not-yet-generated slots (zeros) irrelevant to the logits read at position Lp - 1 + t.
     seq = jnp.concatenate([tokens, jnp.zeros((3, L), jnp.int32)], axis=1)
@@ -290,22 +289,22 @@ def test_greedy_sampling_equals_stepwise_argmax(params, prompts):
 
 def test_sampler_logprobs_equal_teacher_forced_logprobs(params, prompts):
     tokens, mask = prompts
-    out = sample(jax.random.key(4), POLICY, params, tokens, mask, L, temperature=1.0)
+    out = generate(jax.random.key(4), POLICY, params, tokens, mask, L, temperature=1.0)
     lp = sequence_logprobs(POLICY, params, tokens, mask, out.tokens, out.mask)
     assert lp.shape == (3, L)
     np.testing.assert_allclose(lp, out.logprobs, atol=1e-5)
     np.testing.assert_allclose(sequence_logprob(POLICY, params, tokens, mask, out.tokens), lp.sum(-1), atol=1e-5)
     assert np.all(np.asarray(out.logprobs) < 0)
     # logprobs are untempered: a tempered draw still reports log softmax(h), not of h / T
-    hot = sample(jax.random.key(4), POLICY, params, tokens, mask, L, temperature=2.5, top_p=0.9)
+    hot = generate(jax.random.key(4), POLICY, params, tokens, mask, L, temperature=2.5, top_p=0.9)
     np.testing.assert_allclose(sequence_logprobs(POLICY, params, tokens, mask, hot.tokens), hot.logprobs, atol=1e-5)
 
 
 def test_eos_emits_pad_and_masks(params, prompts):
     tokens, mask = prompts
-    greedy = sample(jax.random.key(0), POLICY, params, tokens, mask, L, temperature=0.0)
+    greedy = generate(jax.random.key(0), POLICY, params, tokens, mask, L, temperature=0.0)
     eos = int(greedy.tokens[0, 1])
-    out = sample(jax.random.key(0), POLICY, params, tokens, mask, L, temperature=0.0, eos_id=eos, pad_id=0)
+    out = generate(jax.random.key(0), POLICY, params, tokens, mask, L, temperature=0.0, eos_id=eos, pad_id=0)
     g = np.asarray(greedy.tokens)
     for b in range(3):
         hits = np.flatnonzero(g[b] == eos)
@@ -321,8 +320,8 @@ def test_eos_emits_pad_and_masks(params, prompts):
 
 def test_top_p_tiny_is_greedy(params, prompts):
     tokens, mask = prompts
-    greedy = sample(jax.random.key(7), POLICY, params, tokens, mask, L, temperature=0.0)
-    nucleus = sample(jax.random.key(7), POLICY, params, tokens, mask, L, temperature=1.0, top_p=1e-6)
+    greedy = generate(jax.random.key(7), POLICY, params, tokens, mask, L, temperature=0.0)
+    nucleus = generate(jax.random.key(7), POLICY, params, tokens, mask, L, temperature=1.0, top_p=1e-6)
     np.testing.assert_array_equal(nucleus.tokens, greedy.tokens)
 
 
@@ -338,16 +337,16 @@ def test_process_logits_hand_made():
 
 def test_same_key_same_samples_and_jit(params, prompts):
     tokens, mask = prompts
-    a = sample(jax.random.key(11), POLICY, params, tokens, mask, L)
-    b = sample(jax.random.key(11), POLICY, params, tokens, mask, L)
-    c = sample(jax.random.key(12), POLICY, params, tokens, mask, L)
+    a = generate(jax.random.key(11), POLICY, params, tokens, mask, L)
+    b = generate(jax.random.key(11), POLICY, params, tokens, mask, L)
+    c = generate(jax.random.key(12), POLICY, params, tokens, mask, L)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.logprobs, b.logprobs)
     assert not np.array_equal(a.tokens, c.tokens)
 
     @jax.jit
     def rollout(key, params):  # the samplers nest inside a user's jit (e.g. an agent step)
-        out = sample(key, POLICY, params, tokens, mask, L)
+        out = generate(key, POLICY, params, tokens, mask, L)
         return out, sequence_logprobs(POLICY, params, tokens, mask, out.tokens)
 
     inner, lp = rollout(jax.random.key(11), params)
@@ -366,7 +365,7 @@ def test_sequence_logprobs_are_differentiable(params, prompts):
 def test_sampling_rejects_too_long_sequences(params, prompts):
     tokens, mask = prompts
     with pytest.raises(ValueError, match="max_len"):
-        sample(jax.random.key(0), POLICY, params, tokens, mask, CONFIG.max_len)
+        generate(jax.random.key(0), POLICY, params, tokens, mask, CONFIG.max_len)
 
 
 # ------------------------------------------------------------------------------ mixtures
@@ -409,25 +408,10 @@ def test_geometric_mixture_and_dera_hand_computed():
 @pytest.mark.parametrize("mixture, weight", [("geometric", 0.3), ("dera", 1.4)])
 def test_mixture_sampler_logprobs_match_teacher_forced_mixture(params, ref_params, prompts, mixture, weight):
     tokens, mask = prompts
-    out = sample_mixture(
-        jax.random.key(9), POLICY, params, POLICY, ref_params, tokens, mask, L, mixture=mixture, weight=weight
-    )
+    out = generate(jax.random.key(9), POLICY, params, tokens, mask, L, mixture=Mixture(ref_params, weight, mixture))
     la = response_logits(POLICY, params, tokens, mask, out.tokens)
     lb = response_logits(POLICY, ref_params, tokens, mask, out.tokens)
     expected = token_logprobs(mixture_logits(mixture, la, lb, weight), out.tokens)
     np.testing.assert_allclose(out.logprobs, expected, atol=1e-5)
     # the mixture differs from either policy alone
     assert np.abs(np.asarray(expected) - np.asarray(token_logprobs(la, out.tokens))).max() > 1e-3
-
-
-def test_mixture_edge_cases_reduce_to_one_policy(params, ref_params, prompts):
-    tokens, mask = prompts
-    key = jax.random.key(21)
-    alone = sample(key, POLICY, params, tokens, mask, L)
-    dera = sample_dera(key, POLICY, params, POLICY, ref_params, tokens, mask, L, lam=1.0)
-    np.testing.assert_array_equal(dera.tokens, alone.tokens)
-    np.testing.assert_allclose(dera.logprobs, alone.logprobs, atol=1e-5)
-    ref_greedy = sample(key, POLICY, ref_params, tokens, mask, L, temperature=0.0)
-    geo = sample_geometric_mixture(key, POLICY, params, POLICY, ref_params, tokens, mask, L, beta=1.0, temperature=0.0)
-    np.testing.assert_array_equal(geo.tokens, ref_greedy.tokens)
-    np.testing.assert_allclose(geo.logprobs, ref_greedy.logprobs, atol=1e-5)

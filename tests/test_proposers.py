@@ -38,7 +38,7 @@ def prompts():
 
 
 def _propose(proposer, ref, policy_params, reference_params, prompts, key=KEY):
-    return np.asarray(proposer(key, ref.policy, policy_params, reference_params, prompts, seq.L))
+    return np.asarray(proposer(key, ref.policy, policy_params, reference_params, prompts, seq.L).tokens)
 
 
 PROPOSERS = {
@@ -52,7 +52,7 @@ PROPOSERS = {
 @pytest.mark.parametrize("name", sorted(PROPOSERS))
 def test_candidates_have_the_right_shape_and_tokens(name, ref, sharp, prompts):
     proposer = PROPOSERS[name]
-    out = proposer(KEY, ref.policy, sharp, ref.params, prompts, seq.L)
+    out = proposer(KEY, ref.policy, sharp, ref.params, prompts, seq.L).tokens
     assert out.shape == (seq.B, proposer.num_candidates, seq.L) and out.dtype == jnp.int32
     assert np.all((np.asarray(out) >= 0) & (np.asarray(out) < seq.V))
     np.testing.assert_array_equal(_propose(proposer, ref, sharp, ref.params, prompts), out)  # same key, same draw
@@ -112,3 +112,21 @@ def test_policy_and_reference_draws_one_sample_of_each(ref, sharp):
 def test_fewer_than_two_candidates_is_rejected(proposer):  # M < 2: no pair to duel
     with pytest.raises(ValueError, match=r"num_candidates=1 is out of range"):
         proposer(num_candidates=1)
+
+
+def test_sampled_candidates_carry_their_samplers_log_probs(ref, sharp, prompts):
+    """π_θ's samples come with log π_θ(y|x) and π_ref's with log π_ref(y|x), equal to a teacher-forced pass."""
+    from cdb.sequences import score_candidates
+
+    score = jax.jit(score_candidates, static_argnums=0)
+    own = PolicySamples(M)(KEY, ref.policy, sharp, ref.params, prompts, seq.L)
+    np.testing.assert_allclose(own.policy_logprob, score(ref.policy, sharp, prompts, own.tokens).logprob, atol=2e-5)
+    assert own.reference_logprob is None
+    frozen = ReferenceSamples(M)(KEY, ref.policy, sharp, ref.params, prompts, seq.L)
+    np.testing.assert_allclose(
+        frozen.reference_logprob, score(ref.policy, ref.params, prompts, frozen.tokens).logprob, atol=2e-5
+    )
+    assert frozen.policy_logprob is None
+    for proposer in (PolicyAndReference(), GeometricMixtureSamples(M, beta=0.5)):  # no single sampler to ask
+        out = proposer(KEY, ref.policy, sharp, ref.params, prompts, seq.L)
+        assert out.policy_logprob is None and out.reference_logprob is None

@@ -1,20 +1,21 @@
 """Causal language models for tiers 2-3 (DESIGN §6): an NNX decoder (Llama / Qwen2, GPT-2, GPT-NeoX),
 its samplers, pretrained checkpoints (:func:`load_pretrained`) and LoRA adapters (:func:`with_lora`).
 
-from cdb.models import Policy, TransformerConfig, sample, sequence_logprobs
+from cdb.models import Policy, TransformerConfig, generate, sequence_logprobs
 
 policy = Policy(TransformerConfig(vocab_size=12, d_model=32, num_layers=2, num_heads=4,
                                   num_kv_heads=2, d_ff=64, max_len=32))
 params = policy.init(key)                                              # nnx.State pytree
 logits, hidden = policy.apply(params, tokens, attention_mask)          # [B, T, V], [B, T, D]
-out = sample(key, policy, params, prompts, prompt_mask, length=8, temperature=1.0, top_p=0.9)
-lp = sequence_logprobs(policy, params, prompts, prompt_mask, out.tokens, out.mask)  # == out.logprobs
+out = generate(key, policy, params, prompts, prompt_mask, length=8, num_samples=4, top_p=0.9)  # [B*4, 8]
+lp = sequence_logprobs(policy, params, jnp.repeat(prompts, 4, 0), jnp.repeat(prompt_mask, 4, 0),
+                       out.tokens, out.mask)                    # == out.logprobs
 
 reference = load_pretrained("path/to/hf-folder")        # or a .gguf file, or "smollm2-135m-instruct"
 policy, params = with_lora(reference, rank=8, alpha=16, key=key)   # pi_theta; pi_ref = reference
 """
 
-from cdb.models.generate import Generation, bucket_length, generate, generate_text
+from cdb.models.generate import Generation, Mixture, bucket_length, generate, generate_text
 from cdb.models.hf import config_from_hf, params_from_hf
 from cdb.models.lora import base_params, lora_optimizer, lora_trainable, merge_lora, with_lora
 from cdb.models.pretrained import Pretrained, load_pretrained
@@ -28,12 +29,7 @@ from cdb.models.sampling import (
     prefill,
     process_logits,
     response_logits,
-    sample,
-    sample_dera,
-    sample_geometric_mixture,
-    sample_mixture,
     sample_token,
-    sample_with_logits_fn,
     sequence_logprob,
     sequence_logprobs,
     token_logprobs,
@@ -54,6 +50,7 @@ from cdb.models.transformer import (
 
 __all__ = [
     "Generation",
+    "Mixture",
     "bucket_length",
     "generate",
     "generate_text",
@@ -85,12 +82,7 @@ __all__ = [
     "response_logits",
     "rope_angles",
     "rope_inv_freq",
-    "sample",
-    "sample_dera",
-    "sample_geometric_mixture",
-    "sample_mixture",
     "sample_token",
-    "sample_with_logits_fn",
     "sequence_logprob",
     "sequence_logprobs",
     "token_logprobs",

@@ -1,20 +1,34 @@
-"""Fast generation for real models: shared-prefix prefill, an early-stopping decode loop, bucketing.
+"""The one sampler: shared-prefix prefill, an early-stopping decode loop, mixtures, bucketing.
+
+Every token any part of the library samples comes from :func:`generate`: the agents' proposers
+and recommenders, ``LLMDuel``'s opponents and evaluation, ``SequenceDuel``'s reference samples
+and :meth:`cdb.models.Pretrained.generate`.
 
 Shapes: ``B`` prompts ``[B, Lp]`` *left*-padded (``prompt_mask`` 1 for real tokens, each row with
 at least one), ``M = num_samples`` responses per prompt, ``L`` new tokens, vocabulary ``V``::
 
     out = generate(key, policy, params, prompts, prompt_mask, length=L, num_samples=M,
-                   temperature=1.0, top_p=1.0, eos_id=eos, pad_id=pad)
+                   temperature=1.0, top_p=1.0, eos_id=eos, pad_id=pad, mixture=None)
     out.tokens    # [B*M, L] int32, row b*M + m is sample m of prompt b (= jnp.repeat(prompts, M, 0))
     out.logprobs  # [B*M, L] float32, log π(y_t | x, y_<t) of the untempered policy, 0 after EOS
     out.mask      # [B*M, L] bool, True up to and including the first EOS
     out.steps     # int32 scalar: token positions generated before every row had ended (1..L)
 
-``out.logprobs`` equal :func:`cdb.models.sequence_logprobs` of the same tokens (the DAP
-losses' teacher-forced log-probabilities) up to float rounding; tokens are drawn from the
-tempered, nucleus-filtered logits of :func:`cdb.models.process_logits` (``temperature = 0`` is
-greedy). With ``num_samples = 1`` the output is the one :func:`cdb.models.sample` gives for the
-same key (step ``t`` draws with ``jax.random.split(key, L)[t]``), only faster.
+Step ``t`` draws its token with ``jax.random.split(key, L)[t]`` from the tempered,
+nucleus-filtered logits (:func:`cdb.models.sample_token`; ``temperature = 0`` is greedy).
+``out.logprobs`` are those of the sampling distribution *before* temperature and nucleus
+filtering, i.e. what :func:`cdb.models.sequence_logprobs` gives for the same tokens and what the
+DAP losses use.
+
+**Mixtures.** With ``mixture=Mixture(params_b, weight, kind)`` each token is drawn from a
+per-token mixture of ``π_a`` (``policy``, ``params``) and ``π_b`` (``params_b``), both decoded side
+by side in the same loop (:func:`cdb.models.mixture_logits`):
+
+* ``kind='geometric'`` (Nash-MD, Munos et al. 2023): ``π_a^{1−w} π_b^{w}`` normalised per token,
+  logits ``(1−w) log softmax(h_a) + w log softmax(h_b)``;
+* ``kind='dera'`` (DeRa, Liu et al. 2024): ``softmax(w h_a + (1−w) h_b)``.
+
+``out.logprobs`` are then those of the normalised, untempered mixture.
 
 **Two compiled programs.**
 
@@ -23,18 +37,19 @@ same key (step ``t`` draws with ``jax.random.split(key, L)[t]``), only faster.
    first-token logits are then repeated ``M`` times along the batch axis. SEA-style agents draw
    ``M`` candidates per prompt, so the prompt's cost does not grow with ``M``.
 2. *Decode* (:func:`decode`): a ``lax.while_loop`` of one-token steps
-   (:func:`cdb.models.decode_step`) that writes each step's column into preallocated
-   ``[B·M, L]`` buffers and stops as soon as every row has emitted ``eos_id`` (or at ``L``):
-   with ``eos_id=None`` it always runs ``L`` steps.
+   (:func:`cdb.models.decode_step`, one per policy of a mixture) that writes each step's column
+   into preallocated ``[B·M, L]`` buffers and stops as soon as every row has emitted ``eos_id``
+   (or at ``L``): with ``eos_id=None`` it always runs ``L`` steps. Nothing leaves the device
+   between steps.
 
-**Donation.** The decode program takes the prefilled :class:`~cdb.models.DecodeState` with
-``donate_argnames="state"`` and returns the final state, so on the top-level call XLA aliases
-the donated cache buffers to the loop's carry and its output: the cache (``2 × layers × B·M ×
-(Lp + L) × kv_heads × d_h`` floats, 0.19 GB for SmolLM2-135M at ``B·M = 32``, ``Lp + L = 128``)
-is updated in place and never copied; the caller's ``state`` is invalid afterwards. When
-:func:`generate` is traced inside another ``jax.jit`` (an agent's step), the two programs are
-inlined into the caller's; donation flags do not apply there and XLA's buffer assignment
-updates the loop-carried cache in place on its own.
+**Donation.** The decode program takes the prefilled :class:`~cdb.models.DecodeState` (and a
+mixture's second state) with ``donate_argnames``, so on a top-level call XLA aliases the
+donated cache buffers to the loop's carry: the cache (``2 × layers × B·M × (Lp + L) ×
+kv_heads × d_h`` floats, 0.19 GB for SmolLM2-135M at ``B·M = 32``, ``Lp + L = 128``) is updated
+in place and never copied; the caller's state is invalid afterwards. When :func:`generate` is
+traced inside another ``jax.jit`` (an agent's step), the programs are inlined into the
+caller's; donation flags do not apply there and XLA's buffer assignment updates the
+loop-carried cache in place on its own.
 
 **Sampling fast path.** Each step dispatches with ``lax.switch`` (temperature and top-p stay
 traced, so changing them does not recompile): ``temperature <= 0`` takes the argmax,
@@ -49,9 +64,9 @@ compiles a handful of programs; :func:`generate_text` left-pads prompts to the b
 padding does not change a row's samples) and pads the batch with one-token dummy prompts.
 
 **Features.** The decode loop returns no hidden states: reward-model features (π_ref's last
-hidden state) come from the teacher-forced pass over ``[prompt; response]``
-(``policy.hidden``), which gives the hidden state of every response token, including the last
-one that the sampler never feeds back, and which the DAP losses run anyway.
+hidden state) come from the teacher-forced pass over the responses
+(:func:`cdb.sequences.score_candidates`), which gives the hidden state of every response token,
+including the last one that the sampler never feeds back.
 """
 
 from __future__ import annotations
@@ -64,7 +79,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from cdb.models.sampling import DecodeState, Samples, decode_step, prefill, sample_token, token_logprobs
+from cdb.models.sampling import (
+    MIXTURES,
+    DecodeState,
+    Samples,
+    decode_step,
+    mixture_logits,
+    prefill,
+    sample_token,
+    token_logprobs,
+)
 from cdb.models.transformer import KVCache, Params, Policy
 from cdb.validation import check_float, check_int
 
@@ -87,6 +111,40 @@ class Generation(Samples):
     """
 
     steps: Array
+
+
+@struct.dataclass
+class Mixture:
+    """A second policy to mix with the generating one, token by token (see the module docstring).
+
+    Attributes:
+      params: ``π_b``'s parameters (traced).
+      weight: ``w``: β of the geometric mixture, λ of DeRa (traced: changing it does not recompile).
+      kind: ``'geometric'`` or ``'dera'`` (static).
+      policy: ``π_b``'s model definition (static); ``None``: the generating policy's (π_θ and π_ref
+        of an alignment agent share it). It must have the same vocabulary.
+    """
+
+    params: Params
+    weight: Array | float
+    kind: str = struct.field(pytree_node=False, default="geometric")
+    policy: Policy | None = struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self):
+        # the weight may be traced (and is rebuilt from any leaf when JAX unflattens): the parts that
+        # build a mixture check it (GeometricMixtureSamples, DeRa)
+        if self.kind not in MIXTURES:
+            raise ValueError(f"Mixture.kind={self.kind!r} is not allowed; expected one of {MIXTURES}")
+
+    def second_policy(self, policy: Policy) -> Policy:
+        """``π_b``'s model definition, checked against the generating ``policy``'s vocabulary."""
+        other = policy if self.policy is None else self.policy
+        if other.config.vocab_size != policy.config.vocab_size:
+            raise ValueError(
+                f"Mixture: the two policies have different vocabularies ({policy.config.vocab_size} and "
+                f"{other.config.vocab_size}); expected the same vocab_size"
+            )
+        return other
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,11 +246,12 @@ def _draw(key: PRNGKey, logits: Array, temperature: Array, top_p: Array) -> Arra
     )
 
 
-def _decode(key, policy, params, state, first_logits, length, temperature, top_p, eos_id, pad_id):
+def _decode(key, policy, params, state, first_logits, length, temperature, top_p, eos_id, pad_id, mixture, mixed_state):
     rows = first_logits.shape[0]
     temperature = jnp.asarray(temperature, jnp.float32)
     top_p = jnp.asarray(top_p, jnp.float32)
     keys = jax.random.split(key, length)
+    second = None if mixture is None else mixture.second_policy(policy)
 
     def emit(t, logits, done, buffers):
         tokens, logps, masks = buffers
@@ -211,22 +270,27 @@ def _decode(key, policy, params, state, first_logits, length, temperature, top_p
     token, done, buffers = emit(0, first_logits, jnp.zeros((rows,), bool), buffers)
 
     def cond(carry):
-        t, _, _, done, _ = carry
+        t, _, _, _, done, _ = carry
         return (t < length) & ~jnp.all(done)
 
     def body(carry):
-        t, state, token, done, buffers = carry
+        t, state, mixed_state, token, done, buffers = carry
         state, logits = decode_step(policy, params, state, token)
+        if mixture is not None:
+            mixed_state, logits_b = decode_step(second, mixture.params, mixed_state, token)
+            logits = mixture_logits(mixture.kind, logits, logits_b, mixture.weight)
         token, done, buffers = emit(t, logits, done, buffers)
-        return t + 1, state, token, done, buffers
+        return t + 1, state, mixed_state, token, done, buffers
 
-    steps, state, _, _, (tokens, logps, masks) = jax.lax.while_loop(
-        cond, body, (jnp.asarray(1, jnp.int32), state, token, done, buffers)
+    steps, state, mixed_state, _, _, (tokens, logps, masks) = jax.lax.while_loop(
+        cond, body, (jnp.asarray(1, jnp.int32), state, mixed_state, token, done, buffers)
     )
-    return Generation(tokens=tokens, logprobs=logps, mask=masks, steps=steps), state
+    return Generation(tokens=tokens, logprobs=logps, mask=masks, steps=steps), state, mixed_state
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "length", "eos_id", "pad_id"), donate_argnames=("state",))
+@functools.partial(
+    jax.jit, static_argnames=("policy", "length", "eos_id", "pad_id"), donate_argnames=("state", "mixed_state")
+)
 def decode(
     key: PRNGKey,
     policy: Policy,
@@ -239,16 +303,21 @@ def decode(
     top_p: float | Array = 1.0,
     eos_id: int | None = None,
     pad_id: int = 0,
-) -> tuple[Generation, DecodeState]:
+    mixture: Mixture | None = None,
+    mixed_state: DecodeState | None = None,
+) -> tuple[Generation, DecodeState, DecodeState | None]:
     """The early-stopping decode loop over a prefilled ``state`` (**donated**: invalid after the call).
 
     Emits token ``t`` from the current logits (step ``t`` draws with ``split(key, length)[t]``),
     feeds it back, and stops when every row has emitted ``eos_id`` or after ``length`` tokens.
-    After a row's EOS it emits ``pad_id`` with mask False and log-prob 0. Returns the
-    :class:`Generation` and the final state (whose buffers are the donated ones).
+    After a row's EOS it emits ``pad_id`` with mask False and log-prob 0. With a ``mixture``,
+    ``mixed_state`` (also donated) is ``π_b``'s prefilled state and ``first_logits`` are already
+    mixed. Returns the :class:`Generation` and the final states (whose buffers are the donated ones).
     """
     TRACE_COUNTS["decode"] += 1
-    return _decode(key, policy, params, state, first_logits, length, temperature, top_p, eos_id, pad_id)
+    return _decode(
+        key, policy, params, state, first_logits, length, temperature, top_p, eos_id, pad_id, mixture, mixed_state
+    )
 
 
 def generate(
@@ -264,19 +333,21 @@ def generate(
     top_p: float | Array = 1.0,
     eos_id: int | None = None,
     pad_id: int = 0,
+    mixture: Mixture | None = None,
 ) -> Generation:
     """``M = num_samples`` responses of ``length`` tokens to each left-padded prompt ``[B, Lp]``.
 
-    Prefills each prompt once (:func:`prefill_shared`), then runs the early-stopping loop
-    (:func:`decode`, cache donated). Returns a :class:`Generation` (a
-    :class:`~cdb.models.Samples`) of ``[B·M, L]`` arrays in the row order of
+    Prefills each prompt once (:func:`prefill_shared`, for both policies of a ``mixture``), then
+    runs the early-stopping loop (:func:`decode`, caches donated). Returns a :class:`Generation`
+    (a :class:`~cdb.models.Samples`) of ``[B·M, L]`` arrays in the row order of
     ``jnp.repeat(prompts, M, axis=0)``; see the module docstring. ``temperature`` (>= 0, 0 =
-    greedy) and ``top_p`` (in (0, 1]) may be traced; ``length``, ``num_samples``, ``eos_id``,
-    ``pad_id`` are static. Jit-able as a whole (e.g. inside an agent's update).
+    greedy), ``top_p`` (in (0, 1]) and a mixture's weight may be traced; ``length``,
+    ``num_samples``, ``eos_id``, ``pad_id`` and the mixture's kind are static. Jit-able as a whole
+    (e.g. inside an agent's step).
 
     Raises:
       ValueError: prompts / mask of different shapes, ``Lp + length > policy.config.max_len``,
-        or a bad ``length``, ``num_samples``, ``temperature`` or ``top_p``.
+        or a bad ``length``, ``num_samples``, ``temperature``, ``top_p`` or mixture.
     """
     _check_sampling(temperature, top_p, num_samples)
     prompts, prompt_mask = jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_mask).astype(bool)
@@ -285,9 +356,28 @@ def generate(
             f"generate: prompts and prompt_mask must both be [B, Lp]; got {prompts.shape} and {prompt_mask.shape}"
         )
     _check_length(policy, prompts.shape[1], length)
+    if mixture is not None and not isinstance(mixture, Mixture):
+        raise ValueError(f"generate: mixture={mixture!r:.80} is not allowed; expected None or a cdb.models.Mixture")
     state, logits = prefill_shared(policy, params, prompts, prompt_mask, length, num_samples)
-    out, _ = decode(
-        key, policy, params, state, logits, length, temperature=temperature, top_p=top_p, eos_id=eos_id, pad_id=pad_id
+    mixed_state = None
+    if mixture is not None:
+        second = mixture.second_policy(policy)
+        _check_length(second, prompts.shape[1], length)
+        mixed_state, logits_b = prefill_shared(second, mixture.params, prompts, prompt_mask, length, num_samples)
+        logits = mixture_logits(mixture.kind, logits, logits_b, mixture.weight)
+    out, _, _ = decode(
+        key,
+        policy,
+        params,
+        state,
+        logits,
+        length,
+        temperature=temperature,
+        top_p=top_p,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        mixture=mixture,
+        mixed_state=mixed_state,
     )
     return out
 

@@ -1,4 +1,4 @@
-"""Teacher-forced log-probabilities and KV-cached autoregressive sampling (pure, jit-able).
+"""Teacher-forced log-probabilities, logit transforms, and the KV-cached decoder step (pure, jit-able).
 
 Shapes: ``B`` rows, prompts ``[B, Lp]`` *left*-padded (``prompt_mask`` 1 for real tokens, every
 row with at least one real token), responses ``[B, L]``, vocabulary ``V``.
@@ -9,37 +9,25 @@ Log-probabilities::
     lp[b, t] = log π(y_t | x, y_<t)       (0 where response_mask is 0), one forward pass
     sequence_logprob(...) = Σ_t lp[b, t]  # [B]
 
-Sampling::
+Token choice (:func:`sample_token`): the logits ``h`` after temperature and nucleus filtering
+(:func:`process_logits`; ``temperature = 0`` is greedy; ``top_p`` keeps the smallest set of most
+likely tokens whose tempered probability reaches ``top_p``).
 
-    out = sample(key, policy, params, prompts, prompt_mask, length=L, temperature=1.0, top_p=1.0,
-                 eos_id=None, pad_id=0)            # Samples(tokens [B, L] int32, logprobs, mask)
-
-The cache is preallocated to ``Lp + L`` slots; the prompt is prefilled in one pass, then a
-``lax.scan`` of ``L − 1`` one-token steps. Each step's token is drawn from the logits ``h``
-after temperature and nucleus filtering (``temperature = 0`` is greedy; ``top_p`` keeps the
-smallest set of most likely tokens whose tempered probability reaches ``top_p``).
-``Samples.logprobs`` are **untempered and unfiltered**, ``log softmax(h)[y_t]`` — the
-log-probabilities of the policy itself (for a mixture: of the normalised mixture), exactly
-what :func:`sequence_logprobs` returns for the same tokens and what DAP losses use — not the
-log-probabilities of the tempered / truncated distribution the tokens were drawn from.
-With ``eos_id`` set, the token after an EOS is ``pad_id`` with ``mask`` False and log-prob 0
-(the EOS itself has ``mask`` True).
-
-Mixtures of two policies (two caches decoded side by side, :func:`sample_mixture`):
+Mixtures of two policies' next-token logits (:func:`mixture_logits`):
 
 * geometric mixture (Nash-MD, Munos et al. 2023): ``π_θ^{1−β} π_ref^{β}`` normalised per token,
   logits :func:`geometric_mixture_logits` ``= (1−β) log softmax(h_θ) + β log softmax(h_ref)``;
 * DeRa (Liu et al. 2024, "Decoding-time Realignment of Language Models"):
   ``softmax(λ h_aligned + (1−λ) h_ref)``, logits :func:`dera_logits`.
 
-:func:`sample_with_logits_fn` is the loop they share: any ``step_logits_fn(carry, tokens) ->
-(carry, logits)`` can be sampled from.
+The decoder's two steps, :func:`prefill` (the prompt into a fresh cache of ``Lp + L`` slots) and
+:func:`decode_step` (one token per row), are what the library's one sampler,
+:func:`cdb.models.generate`, loops over.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -135,10 +123,13 @@ def sample_token(key: PRNGKey, logits: Array, temperature: float | Array = 1.0, 
 def token_logprobs(logits: Array, tokens: Array, mask: Array | None = None) -> Array:
     """``log softmax(logits)[tokens]``: logits ``[..., V]``, tokens ``[...]`` -> ``[...]`` float32.
 
-    Entries where ``mask`` is False are 0.
+    Entries where ``mask`` is False are 0. Computed as ``logits[tokens] − logsumexp(logits)``, so
+    the full ``[..., V]`` log-softmax is never materialised (under ``grad`` its backward pass
+    needs the softmax once, not the log-softmax kept from the forward pass as well).
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    out = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    logits = logits.astype(jnp.float32)
+    chosen = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    out = chosen - jax.nn.logsumexp(logits, axis=-1)
     return out if mask is None else jnp.where(jnp.asarray(mask).astype(bool), out, 0.0)
 
 
@@ -211,61 +202,8 @@ def sequence_logprob(
 
 
 # --------------------------------------------------------------------------------------------
-# Sampling
+# The decoder's steps
 # --------------------------------------------------------------------------------------------
-
-
-def sample_with_logits_fn(
-    key: PRNGKey,
-    step_logits_fn: Callable[[Any, Array], tuple[Any, Array]],
-    carry: Any,
-    first_logits: Array,
-    length: int,
-    *,
-    temperature: float | Array = 1.0,
-    top_p: float | Array = 1.0,
-    eos_id: int | None = None,
-    pad_id: int = 0,
-) -> tuple[Samples, Any]:
-    """The sampling loop shared by every sampler: ``(Samples, final carry)``.
-
-    Args:
-      key: PRNG key; step ``t`` uses ``jax.random.split(key, length)[t]``.
-      step_logits_fn: ``(carry, tokens [B] int32) -> (carry, logits [B, V])`` — feeds the token
-        just emitted and returns the next-token logits (e.g. one cached decoder step, or a
-        mixture of two). Called ``length − 1`` times inside ``lax.scan``.
-      carry: its initial state (e.g. prefilled caches).
-      first_logits: ``[B, V]`` logits of the first response token.
-      length: L, response length (static).
-      temperature, top_p: see :func:`process_logits` / :func:`sample_token` (may be traced).
-      eos_id: optional end-of-sequence token; after it, ``pad_id`` is emitted with mask False.
-      pad_id: token emitted after EOS.
-    """
-    keys = jax.random.split(key, length)
-    batch = first_logits.shape[0]
-
-    def emit(key_t, logits, done):
-        token = jnp.where(done, pad_id, sample_token(key_t, logits, temperature, top_p)).astype(jnp.int32)
-        logp = jnp.where(done, 0.0, token_logprobs(logits, token))
-        finished = done if eos_id is None else done | (token == eos_id)
-        return token, logp, ~done, finished
-
-    done0 = jnp.zeros((batch,), bool)
-    token0, logp0, mask0, done = emit(keys[0], first_logits, done0)
-
-    def body(state, key_t):
-        inner, token, done = state
-        inner, logits = step_logits_fn(inner, token)
-        token, logp, mask, done = emit(key_t, logits, done)
-        return (inner, token, done), (token, logp, mask)
-
-    (carry, _, _), (tokens, logps, masks) = jax.lax.scan(body, (carry, token0, done), keys[1:])
-    samples = Samples(
-        tokens=jnp.concatenate([token0[:, None], tokens.T], axis=1),
-        logprobs=jnp.concatenate([logp0[:, None], logps.T], axis=1),
-        mask=jnp.concatenate([mask0[:, None], masks.T], axis=1),
-    )
-    return samples, carry
 
 
 @struct.dataclass
@@ -311,141 +249,3 @@ def decode_step(policy: Policy, params: Params, state: DecodeState, tokens: Arra
         params, tokens[:, None], jnp.ones((tokens.shape[0], 1), bool), state.positions[:, None], state.cache
     )
     return DecodeState(cache, state.positions + 1), logits[:, 0]
-
-
-@functools.partial(jax.jit, static_argnames=("policy", "length", "eos_id", "pad_id"))
-def sample(
-    key: PRNGKey,
-    policy: Policy,
-    params: Params,
-    prompts: Array,
-    prompt_mask: Array,
-    length: int,
-    *,
-    temperature: float | Array = 1.0,
-    top_p: float | Array = 1.0,
-    eos_id: int | None = None,
-    pad_id: int = 0,
-) -> Samples:
-    """Samples ``y ~ π(·|x)`` of ``length`` tokens for left-padded prompts ``[B, Lp]`` (KV-cached).
-
-    ``temperature`` and ``top_p`` are traced (changing them does not recompile). Returns
-    :class:`Samples` whose ``logprobs`` are ``log π(y_t | x, y_<t)`` of the untempered policy.
-    """
-    state, logits = prefill(policy, params, prompts, prompt_mask, length)
-    step = functools.partial(decode_step, policy, params)
-    samples, _ = sample_with_logits_fn(
-        key, step, state, logits, length, temperature=temperature, top_p=top_p, eos_id=eos_id, pad_id=pad_id
-    )
-    return samples
-
-
-@functools.partial(jax.jit, static_argnames=("policy_a", "policy_b", "length", "mixture", "eos_id", "pad_id"))
-def sample_mixture(
-    key: PRNGKey,
-    policy_a: Policy,
-    params_a: Params,
-    policy_b: Policy,
-    params_b: Params,
-    prompts: Array,
-    prompt_mask: Array,
-    length: int,
-    *,
-    mixture: str,
-    weight: float | Array,
-    temperature: float | Array = 1.0,
-    top_p: float | Array = 1.0,
-    eos_id: int | None = None,
-    pad_id: int = 0,
-) -> Samples:
-    """Samples from a per-token mixture of two policies, decoding both caches side by side.
-
-    ``mixture='geometric'``: ``π_a^{1−β} π_b^{β}`` with β = ``weight`` (a = π_θ, b = π_ref; Nash-MD).
-    ``mixture='dera'``: ``softmax(λ h_a + (1−λ) h_b)`` with λ = ``weight`` (a aligned, b reference).
-    The two policies must share the vocabulary. ``logprobs`` are those of the normalised,
-    untempered mixture, i.e. ``token_logprobs(mixture_logits(...), tokens)``.
-    """
-    if mixture not in MIXTURES:
-        raise ValueError(f"mixture={mixture!r} is not allowed; expected one of {MIXTURES}")
-    if policy_a.config.vocab_size != policy_b.config.vocab_size:
-        raise ValueError(
-            f"the two policies have different vocabularies ({policy_a.config.vocab_size} and "
-            f"{policy_b.config.vocab_size}); expected the same vocab_size"
-        )
-    state_a, logits_a = prefill(policy_a, params_a, prompts, prompt_mask, length)
-    state_b, logits_b = prefill(policy_b, params_b, prompts, prompt_mask, length)
-
-    def step(carry, tokens):
-        state_a, state_b = carry
-        state_a, logits_a = decode_step(policy_a, params_a, state_a, tokens)
-        state_b, logits_b = decode_step(policy_b, params_b, state_b, tokens)
-        return (state_a, state_b), mixture_logits(mixture, logits_a, logits_b, weight)
-
-    samples, _ = sample_with_logits_fn(
-        key,
-        step,
-        (state_a, state_b),
-        mixture_logits(mixture, logits_a, logits_b, weight),
-        length,
-        temperature=temperature,
-        top_p=top_p,
-        eos_id=eos_id,
-        pad_id=pad_id,
-    )
-    return samples
-
-
-def sample_geometric_mixture(
-    key: PRNGKey,
-    policy: Policy,
-    params: Params,
-    ref_policy: Policy,
-    ref_params: Params,
-    prompts: Array,
-    prompt_mask: Array,
-    length: int,
-    beta: float | Array,
-    **kwargs,
-) -> Samples:
-    """Nash-MD proposal: samples from ``π_θ^{1−β} π_ref^{β}`` per token (see :func:`sample_mixture`)."""
-    return sample_mixture(
-        key,
-        policy,
-        params,
-        ref_policy,
-        ref_params,
-        prompts,
-        prompt_mask,
-        length,
-        mixture="geometric",
-        weight=beta,
-        **kwargs,
-    )
-
-
-def sample_dera(
-    key: PRNGKey,
-    policy: Policy,
-    params: Params,
-    ref_policy: Policy,
-    ref_params: Params,
-    prompts: Array,
-    prompt_mask: Array,
-    length: int,
-    lam: float | Array,
-    **kwargs,
-) -> Samples:
-    """DeRa decoding: samples from ``softmax(λ h_θ + (1−λ) h_ref)`` per token (see :func:`sample_mixture`)."""
-    return sample_mixture(
-        key,
-        policy,
-        params,
-        ref_policy,
-        ref_params,
-        prompts,
-        prompt_mask,
-        length,
-        mixture="dera",
-        weight=lam,
-        **kwargs,
-    )

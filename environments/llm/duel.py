@@ -23,8 +23,15 @@ carries instead (each ``[B]`` unless noted; ``cdb.run`` records batch means per 
   (``online_win_rate=False`` skips them, e.g. for a paid remote oracle);
 * ``oracle_reward`` — ``½ [r(x, a) + r(x, b)]`` when the oracle has rewards (:class:`RewardOracle`);
 * ``response_length`` — ``½`` (tokens of ``a`` + tokens of ``b``), EOS included;
-* ``seconds_oracle`` (scalar) — wall time of the round's query call;
-  ``seconds_metrics`` (scalar) — wall time of the π_ref sample and the metric comparisons.
+* ``seconds_oracle`` (scalar) — wall time of the round's one oracle call;
+  ``seconds_metrics`` (scalar) — wall time of sampling the π_ref opponents.
+
+Each text is judged once a round: an oracle that rates texts one at a time (``rewards`` and the
+link ``preference``, as :class:`RewardOracle`) gets ``a``, ``b`` and ``y_ref`` of every prompt in
+one ``rewards`` call, and the queried preferences, the online win rate and ``oracle_reward`` all
+come from those rewards; any other oracle gets the queried pairs and the metric pairs in one
+``compare`` call. The π_ref samples and greedy responses come from :func:`cdb.models.generate`,
+the sampler the agents use (prefill once, early stopping at EOS).
 
 The queries per round are ``Σ query`` (``Feedback.queried``); the KL estimate is the agent's.
 ``evaluate`` reports on the held-out prompts ``win_rate`` = ``P(recommended ≻ y_ref^greedy)``
@@ -44,12 +51,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cdb.models.generate import generate
 from cdb.models.pretrained import Pretrained
-from cdb.models.sampling import sample
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
-from .oracles import LABEL_MODES, RewardOracle, checked_compare, preference_labels
+from .oracles import LABEL_MODES, RewardOracle, check_probabilities, checked_compare, preference_labels
 from .prompts import PromptSet
 
 Array = jax.Array
@@ -271,11 +278,7 @@ class LLMDuel:
         try:
             return checked_compare(self.oracle, prompts, responses_a, responses_b)
         except Exception as exc:
-            exc.add_note(
-                f"LLMDuel: raised by the oracle ({type(self.oracle).__name__}) on {what}. The run stops; with "
-                "cdb.run(..., checkpoint_dir=...) the rounds completed before are saved and "
-                "cdb.run(..., resume=True) continues from them."
-            )
+            exc.add_note(_oracle_note(self.oracle, what))
             raise
 
     def step(
@@ -298,37 +301,24 @@ class LLMDuel:
         prompts = [self.prompts.texts[i] for i in idx]
         texts_a = self.reference.decode(arms[:, 0])
         texts_b = self.reference.decode(arms[:, 1])
-
-        asked = np.flatnonzero(query)
         start = time.perf_counter()
         played = f"round {int(state.round) + 1}"
-        p_asked = self._compare(
-            f"the queried pairs of {played}",
-            [prompts[i] for i in asked],
-            [texts_a[i] for i in asked],
-            [texts_b[i] for i in asked],
-        )
+        texts_ref = self.reference.decode(self._reference_sample(k_ref, idx)) if self.online_win_rate else None
+        seconds_sample = time.perf_counter() - start
+        start = time.perf_counter()
+        judged = self._judge(played, prompts, texts_a, texts_b, query, texts_ref)
         seconds_oracle = time.perf_counter() - start
-        probability = np.full((b,), 0.5, np.float32)
-        probability[asked] = p_asked
+        probability = np.where(query, judged["query"], 0.5).astype(np.float32)
         labels = preference_labels(k_label, jnp.asarray(probability), self.label_mode, self.label_noise)
         feedback = Feedback(preference=jnp.where(jnp.asarray(query), labels, 0.0), queried=jnp.asarray(query))
 
-        start = time.perf_counter()
-        lengths = self.response_lengths(arms)
-        info: dict[str, Any] = {"response_length": lengths.mean(axis=1)}
+        info: dict[str, Any] = {"response_length": self.response_lengths(arms).mean(axis=1)}
         if self.online_win_rate:
-            ref_tokens = self._reference_sample(k_ref, idx)
-            texts_ref = self.reference.decode(ref_tokens)
-            p_ref = self._compare(
-                f"the online win rate's π_ref pairs of {played}", prompts * 2, texts_a + texts_b, texts_ref * 2
-            )
-            info["online_win_rate"] = (0.5 * (p_ref[:b] + p_ref[b:])).astype(np.float32)
-        rewards = self._rewards(played, prompts * 2, texts_a + texts_b)
-        if rewards is not None:
-            info["oracle_reward"] = (0.5 * (rewards[:b] + rewards[b:])).astype(np.float32)
+            info["online_win_rate"] = (0.5 * (judged["a_vs_ref"] + judged["b_vs_ref"])).astype(np.float32)
+        if "reward_a" in judged:
+            info["oracle_reward"] = (0.5 * (judged["reward_a"] + judged["reward_b"])).astype(np.float32)
         info["seconds_oracle"] = np.float32(seconds_oracle)
-        info["seconds_metrics"] = np.float32(time.perf_counter() - start)
+        info["seconds_metrics"] = np.float32(seconds_sample)
 
         position = int(state.position) + b
         order = state.order
@@ -338,46 +328,85 @@ class LLMDuel:
         state = LLMDuelState(order=order, position=jnp.int32(position), round=state.round + 1)
         return state, self._observation(state), feedback, {k: jnp.asarray(v) for k, v in info.items()}
 
-    def _rewards(self, where: str, prompts: list[str], responses: list[str]) -> np.ndarray | None:
-        if not callable(getattr(self.oracle, "rewards", None)):
-            return None
+    @property
+    def _scores_rewards(self) -> bool:
+        """Whether the oracle rates texts one at a time (``rewards`` and its link ``preference``),
+        so a round scores each text once and takes every preference from those rewards."""
+        return callable(getattr(self.oracle, "rewards", None)) and callable(getattr(self.oracle, "preference", None))
+
+    def _rewards(self, what: str, prompts: list[str], responses: list[str]) -> np.ndarray:
         try:
             return np.asarray(self.oracle.rewards(prompts, responses), np.float64)
         except Exception as exc:
-            exc.add_note(f"LLMDuel: raised by the oracle's rewards (a metric) in {where}")
+            exc.add_note(_oracle_note(self.oracle, what))
             raise
 
-    def _reference_sample(self, key: Array, idx: np.ndarray) -> np.ndarray:
-        out = sample(
+    def _judge(self, played: str, prompts, texts_a, texts_b, query: np.ndarray, texts_ref) -> dict[str, np.ndarray]:
+        """One oracle call for a round: ``P(a ≻ b)`` of the queried rows (``'query'``, ``[B]``, 0.5
+        elsewhere) and, with ``texts_ref``, ``P(a ≻ y_ref)`` and ``P(b ≻ y_ref)``.
+
+        A reward oracle scores each text once (``a``, ``b`` and ``y_ref`` of every prompt) and
+        adds the rewards (``'reward_a'``, ``'reward_b'``); any other oracle gets the queried pairs
+        and the metric pairs in one ``compare``.
+        """
+        b = len(prompts)
+        asked = np.flatnonzero(query)
+        with_ref = texts_ref is not None
+        what = f"the queried pairs{' and the online win rate’s π_ref pairs' if with_ref else ''} of {played}"
+        out: dict[str, np.ndarray] = {"query": np.full((b,), 0.5)}
+        if self._scores_rewards:
+            texts = list(texts_a) + list(texts_b) + (list(texts_ref) if with_ref else [])
+            r = self._rewards(what, list(prompts) * (len(texts) // b), texts)
+            r_a, r_b = r[:b], r[b : 2 * b]
+            out["query"][asked] = check_probabilities(self.oracle.preference(r_a[asked], r_b[asked]), len(asked), what)
+            out["reward_a"], out["reward_b"] = r_a, r_b
+            if with_ref:
+                r_ref = r[2 * b :]
+                out["a_vs_ref"] = self.oracle.preference(r_a, r_ref)
+                out["b_vs_ref"] = self.oracle.preference(r_b, r_ref)
+            return out
+        pair_prompts = [prompts[i] for i in asked]
+        first, second = [texts_a[i] for i in asked], [texts_b[i] for i in asked]
+        if with_ref:
+            pair_prompts += list(prompts) * 2
+            first += list(texts_a) + list(texts_b)
+            second += list(texts_ref) * 2
+        p = self._compare(what, pair_prompts, first, second)
+        out["query"][asked] = p[: len(asked)]
+        if with_ref:
+            out["a_vs_ref"], out["b_vs_ref"] = p[len(asked) : len(asked) + b], p[len(asked) + b :]
+        return out
+
+    def _generate(self, key: Array, prompts: np.ndarray, mask: np.ndarray, temperature: float) -> np.ndarray:
+        """π_ref's responses ``[N, L]`` to tokenised prompts, through the library's one sampler."""
+        out = generate(
             key,
             self.reference.policy,
             self.reference.params,
-            jnp.asarray(self._tokens.prompts[idx]),
-            jnp.asarray(self._tokens.prompt_mask[idx]),
+            jnp.asarray(prompts),
+            jnp.asarray(mask),
             self.max_new_tokens,
-            temperature=self.temperature,
+            temperature=temperature,
             top_p=self.top_p,
             eos_id=int(self.reference.eos_id),
             pad_id=int(self.reference.pad_id),
         )
         return np.asarray(out.tokens)
 
+    def _reference_sample(self, key: Array, idx: np.ndarray) -> np.ndarray:
+        return self._generate(key, self._tokens.prompts[idx], self._tokens.prompt_mask[idx], self.temperature)
+
     @functools.cached_property
     def reference_greedy(self) -> tuple[np.ndarray, list[str]]:
         """π_ref's greedy responses to the evaluation prompts: ``(tokens [B_eval, L], texts)``, computed once."""
-        out = sample(
-            jax.random.key(0),  # unused by greedy decoding
-            self.reference.policy,
-            self.reference.params,
-            jnp.asarray(self._tokens.eval_prompts),
-            jnp.asarray(self._tokens.eval_mask),
-            self.max_new_tokens,
-            temperature=0.0,
-            eos_id=int(self.reference.eos_id),
-            pad_id=int(self.reference.pad_id),
-        )
-        tokens = np.asarray(out.tokens)
+        tokens = self._generate(jax.random.key(0), self._tokens.eval_prompts, self._tokens.eval_mask, 0.0)
         return tokens, self.reference.decode(tokens)
+
+    @functools.cached_property
+    def _reference_greedy_rewards(self) -> np.ndarray:
+        """The oracle's rewards ``[B_eval]`` of :attr:`reference_greedy` (oracles that rate texts), computed once."""
+        prompts = list(self.eval_prompts.texts[: self.eval_batch_size])
+        return self._rewards("π_ref's greedy evaluation responses", prompts, self.reference_greedy[1])
 
     def evaluate(self, key: Array, state: LLMDuelState, obs: Observation, arms: Array, params: Any = None) -> Info:
         """Metrics of the recommended (greedy) responses ``arms`` ``[B_eval, L]`` on the held-out prompts.
@@ -394,11 +423,20 @@ class LLMDuel:
         texts = self.reference.decode(arms)
         _, texts_ref = self.reference_greedy
         where = f"the evaluation after round {int(state.round)}"
-        out = {
-            "win_rate": self._compare(f"the π_ref pairs of {where}", prompts, texts, texts_ref),
-            "response_length": self.response_lengths(arms),
-        }
-        rewards = self._rewards(where, prompts, texts)
-        if rewards is not None:
+        out = {"response_length": self.response_lengths(arms)}
+        if self._scores_rewards:
+            rewards = self._rewards(where, prompts, texts)
+            preference = self.oracle.preference(rewards, self._reference_greedy_rewards)
+            out["win_rate"] = check_probabilities(preference, len(texts), f"the π_ref pairs of {where}")
             out["oracle_reward"] = rewards
+        else:
+            out["win_rate"] = self._compare(f"the π_ref pairs of {where}", prompts, texts, texts_ref)
         return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+
+
+def _oracle_note(oracle: Any, what: str) -> str:
+    return (
+        f"LLMDuel: raised by the oracle ({type(oracle).__name__}) on {what}. The run stops; with "
+        "cdb.run(..., checkpoint_dir=...) the rounds completed before are saved and "
+        "cdb.run(..., resume=True) continues from them."
+    )

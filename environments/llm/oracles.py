@@ -271,13 +271,21 @@ class RewardOracle:
             raise OracleError(f"RewardOracle({self.name}) reward_fn returned non-finite rewards {array!r:.200}")
         return array
 
+    def preference(self, rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
+        """The Bradley–Terry link on rewards already computed: ``σ(scale · (r_a − r_b))``.
+
+        ``LLMDuel`` scores every text of a round once (:meth:`rewards`) and takes all its
+        preferences (queries, win rates) from those rewards through this link.
+        """
+        return _sigmoid(self.scale * (np.asarray(rewards_a, np.float64) - np.asarray(rewards_b, np.float64)))
+
     def compare(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:
         """``σ(scale · (r(x, a) − r(x, b)))`` ``[N]``: one ``reward_fn`` call on ``a ++ b``."""
         n = _check_pairs("RewardOracle", prompts, responses_a, responses_b)
         if n == 0:
             return np.zeros(0)
         r = self.rewards(list(prompts) * 2, list(responses_a) + list(responses_b))
-        return _sigmoid(self.scale * (r[:n] - r[n:]))
+        return self.preference(r[:n], r[n:])
 
 
 # --------------------------------------------------------------------------------------------
