@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cdb.metrics import round_metrics
-from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, Carry, _stage_key, _state_is_finite
+from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, Carry, _stage_key, _state_is_finite, split_arrays
 
 
 class _Same:
@@ -34,19 +34,30 @@ def _jitted_agent(agent: _Same, impl: str) -> dict:
 
     A new ``jax.jit`` wrapper would trace and compile again: for a 135M-parameter policy that is
     minutes per run, paid again by each ``seed_range`` part or resumed run of the same agent.
-    ``update`` donates the agent state it is given, so the new state (π_θ and its optimiser's
-    moments, 1.6 GB for SmolLM2-135M in float32) is written over the old one instead of beside it.
+
+    The agent's own arrays (π_ref's parameters, a frozen encoder's) are arguments of every program
+    (:func:`~cdb.runners.common.split_arrays`), never constants: one copy in memory, shared by
+    ``select``, ``update``, ``recommend`` and ``init``. ``update`` donates the agent state it is
+    given, so the new state (π_θ and its optimiser's moments, 1.6 GB for SmolLM2-135M in float32)
+    is written over the old one instead of beside it.
     """
-    agent = agent.obj
+    arrays, rebuild = split_arrays(agent.obj)
+
+    def method(name):
+        return lambda held, *args: getattr(rebuild(held), name)(*args)
 
     def stage_keys(seed_keys, stage, index, parts):
         return jax.vmap(lambda k: jax.random.split(_stage_key(k, stage, index, impl), parts))(seed_keys)
 
+    def bind(fn):
+        return functools.partial(fn, arrays)
+
+    per_seed = (None, 0, 0, 0)
     return {
-        "select": jax.jit(jax.vmap(agent.select)),
-        "update": jax.jit(jax.vmap(agent.update), donate_argnums=1),
-        "recommend": jax.jit(jax.vmap(agent.recommend)),
-        "init": jax.jit(jax.vmap(agent.init, in_axes=(0, None)), static_argnums=1),
+        "select": bind(jax.jit(jax.vmap(method("select"), in_axes=per_seed))),
+        "update": bind(jax.jit(jax.vmap(method("update"), in_axes=(None, 0, 0, 0, 0, 0)), donate_argnums=2)),
+        "recommend": bind(jax.jit(jax.vmap(method("recommend"), in_axes=per_seed))),
+        "init": bind(jax.jit(jax.vmap(method("init"), in_axes=(None, 0, None)), static_argnums=2)),
         "finite": jax.jit(jax.vmap(_state_is_finite)),
         "stage_keys": jax.jit(stage_keys, static_argnums=(1, 3)),
     }
