@@ -81,7 +81,8 @@ def test_a_program_takes_them_as_arguments_not_constants():
     # a closed-over array is written into the program as a dense constant; a hoisted one is not
     assert len(closed.lower(x).as_text()) > 10 * len(hoisted.lower(arrays, x).as_text())
     memory = hoisted.lower(arrays, x).compile().memory_analysis()
-    assert memory.argument_size_in_bytes >= sum(a.nbytes for a in arrays)
+    used = outer.inner.weights.nbytes + outer.pairs["p"].left.nbytes  # jit drops the arguments it never reads
+    assert memory.argument_size_in_bytes >= used
 
 
 def test_the_host_runner_passes_the_reference_parameters_as_arguments():
