@@ -277,3 +277,17 @@ def test_loading_a_file_that_is_not_results_is_a_clear_error(tmp_path, tiny_resu
         write(path)
     with pytest.raises(ValueError, match=r"Results\.load: .*bad\.npz.*" + match):
         cdb.Results.load(path)
+
+
+def test_a_prompt_file_that_is_not_utf8_names_the_file_and_the_line(tmp_path):
+    from cdb.environments import PromptSet
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b'{"prompt": "Write a review."}\n{"prompt": "Un caf\xe9, s\'il vous pla\xeet."}\n')
+    with pytest.raises(ValueError, match=r"prompts\.jsonl: line 2 is not UTF-8 text .*save the file as UTF-8"):
+        PromptSet.from_jsonl(path)
+    csv_folder = tmp_path / "dataset"
+    csv_folder.mkdir()
+    (csv_folder / "train.csv").write_bytes(b"prompt\nfine\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"train\.csv: line 3 is not UTF-8 text"):
+        PromptSet.from_hf_dataset(csv_folder)
