@@ -16,35 +16,27 @@ A record is a JSON object: ``id``, ``name``, ``experiment`` (the name without th
 
 The index is one file per cell rather than one shared file so that processes running disjoint
 shards into the same directory (a cluster job array on a shared file system) never write the
-same file; each file is written to a temporary name and renamed, so a reader never sees half a
-record.
+same file; each file is written to a temporary name, synced and renamed, so a reader never sees
+half a record and a full disk never destroys one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from cdb.atomic_write import write_atomic
 from cdb.results import Results
 
 STATUSES = ("running", "done", "failed")
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    """Writes ``value`` as JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes ``value`` as JSON to ``path``, whole or not at all (:func:`cdb.atomic_write.write_atomic`)."""
+    text = json.dumps(value, indent=1, sort_keys=True, default=str) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def checkpointed_rounds(directory: str | os.PathLike) -> int:
@@ -107,12 +99,8 @@ class Store:
         return out
 
     def save_results(self, cell_id: str, results: Results) -> Path:
-        """Writes the cell's ``Results`` through a temporary file and a rename."""
-        path = self.results_path(cell_id)
-        # a writer that crashed with the same pid may have left this temporary file
-        tmp = results.save(path.with_name(f".results.{os.getpid()}.tmp.npz"), overwrite=True)
-        os.replace(tmp, path)
-        return path
+        """Writes the cell's ``Results``, whole or not at all (``Results.save`` through a temporary file)."""
+        return results.save(self.results_path(cell_id), overwrite=True)
 
     def load_results(self, cell_id: str) -> Results:
         return Results.load(self.results_path(cell_id))
