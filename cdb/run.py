@@ -28,12 +28,7 @@ other modules imported from here (``CPU_SEED_CHUNK``, ``resolve_compiler_options
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-import inspect
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from cdb.config import describe
 from cdb.results import Results
 from cdb.runners.common import Carry
 from cdb.runners.compiled import CompiledRunner, compiled_runner
@@ -82,70 +78,6 @@ class NonFiniteLossError(FloatingPointError):
             f"{where}; the run stopped. The {kept} rounds completed before it are in this error's `.results`."
         )
         self.metric, self.round, self.seed, self.results = metric, round_, seed, results
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def describe(obj: Any) -> Any:
-    """A JSON-friendly description of a (nested) frozen-dataclass configuration, the same in every process.
-
-    * a dataclass: ``{"type": class name, field: description, ...}``, leaving out fields with
-      ``repr=False`` or ``metadata={"describe": False}`` (what does not change the experiment,
-      e.g. where a reference policy was cached);
-    * a function, class or other named callable: ``"module.qualname"`` (a closure's captured
-      values are not described); a bound method: ``{"type": "method", "self": ..., "name": ...}``;
-      a ``functools.partial``: ``{"type": "functools.partial", "func", "args", "keywords"}``;
-    * numbers, strings, lists, tuples and dicts as themselves; an array of at most 16 elements as a list;
-    * a larger array or another pytree of arrays (e.g. model weights): its type, shapes, dtypes and
-      the SHA-256 of its bytes, so two configurations match exactly when the values do;
-    * anything else: its ``repr`` with memory addresses removed.
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = {
-            f.name: describe(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if f.repr and f.metadata.get("describe", True)
-        }
-        return {"type": type(obj).__name__, **fields}
-    if isinstance(obj, functools.partial):
-        args = [describe(a) for a in obj.args]
-        keywords = {str(k): describe(v) for k, v in obj.keywords.items()}
-        return {"type": "functools.partial", "func": describe(obj.func), "args": args, "keywords": keywords}
-    if isinstance(obj, list | tuple):
-        return [describe(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): describe(v) for k, v in obj.items()}
-    if isinstance(obj, bool | int | float | str) or obj is None:
-        return obj
-    if isinstance(obj, np.generic) and not isinstance(obj, np.void):
-        return obj.item()
-    if isinstance(obj, np.ndarray | jax.Array) and not jnp.issubdtype(obj.dtype, jax.dtypes.prng_key):
-        if np.size(obj) <= 16:
-            return np.asarray(obj).tolist()
-        return {"type": "array", "shape": list(np.shape(obj)), "dtype": str(obj.dtype), "sha256": _digest([obj])}
-    if inspect.ismethod(obj):
-        return {"type": "method", "self": describe(obj.__self__), "name": obj.__name__}
-    if callable(obj) and hasattr(obj, "__qualname__") and hasattr(obj, "__module__"):
-        return f"{obj.__module__}.{obj.__qualname__}"
-    leaves = jax.tree.leaves(obj)
-    if leaves and not (len(leaves) == 1 and leaves[0] is obj):
-        if all(isinstance(x, np.ndarray | jax.Array | np.generic | int | float | bool) for x in leaves):
-            kind = type(obj)
-            return {"type": f"{kind.__module__}.{kind.__qualname__}", "leaves": len(leaves), "sha256": _digest(leaves)}
-    return _ADDRESS.sub("", repr(obj))
-
-
-def _digest(leaves) -> str:
-    """SHA-256 of arrays' dtypes, shapes and bytes, in order."""
-    h = hashlib.sha256()
-    for leaf in leaves:
-        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 _KEY_DATA_SHAPE = (2,)  # jax.random.key_data(jax.random.key(0)).shape for JAX's default threefry
