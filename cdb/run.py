@@ -29,6 +29,7 @@ other modules imported from here (``CPU_SEED_CHUNK``, ``resolve_compiler_options
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,13 +192,17 @@ def run(
         ``None``: XLA's defaults; a dict: exactly those. Results agree to float rounding (the
         order of a sum may change), and the same options always give the same results.
         Ignored for host-loop environments.
-      checkpoint_dir: with orbax, save the state after every block (see :mod:`cdb.checkpoint` for
-        what the folder holds); a folder that already holds checkpoints needs ``resume=True``.
+      checkpoint_dir: with orbax, save the state after every block, synchronously (see
+        :mod:`cdb.checkpoint` for what the folder holds); a folder that already holds checkpoints
+        needs ``resume=True``. Only the folder's checkpoints are read or removed, never other
+        files or folders in it.
       resume: continue from the last readable checkpoint in ``checkpoint_dir`` (or start afresh
-        if there is none). The saved configuration must equal this run's except for ``rounds``:
-        more rounds extend the run, fewer return its first ``rounds``. Resumed runs give the
-        same curves. If a block fails (e.g. an oracle that gives up after its retries), the
-        exception carries a note saying how many rounds are checkpointed and how to resume.
+        if there is none). The saved configuration must equal this run's except for ``rounds``,
+        and the saved state must have the layout this code's ``init`` builds: more rounds extend
+        the run, fewer return its first ``rounds`` with a warning naming the rounds dropped.
+        A configuration holding a callable that its name does not identify (a lambda, a function
+        defined inside another one) does not resume: name it with :func:`cdb.config.named` or
+        define it at a module's top level. Resumed runs give the same curves.
       on_block: called after every block with ``(rounds_done, results_so_far)``.
       seed_range: ``(start, stop)`` runs only seeds ``start, ..., stop - 1`` of the ``seeds``-seed
         experiment, each with exactly the key it has in the full run, so runs of consecutive
@@ -213,7 +218,10 @@ def run(
         scalar) became NaN/inf, or a floating leaf of the agent's state did (checked after every
         block); its ``.results`` keeps the rounds completed before it.
       ValueError: an argument out of range (the message names it), or a checkpoint folder of
-        another configuration.
+        another configuration, another state layout or unidentifiable callables.
+      Exception: any other error of a block (e.g. an oracle that gives up after its retries) or of
+        a checkpoint's save propagates with the rounds completed before it in its ``.results``
+        and a note saying so and how many rounds are checkpointed and how to resume.
     """
     _check_positive_int("rounds", rounds)
     _check_positive_int("seeds", seeds)
@@ -310,6 +318,14 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
             carry, done, blocks, evals = restored
             carry = runner.place(carry)
     if done >= rounds:  # a finished run resumed with as many rounds or fewer: its first ``rounds``
+        if done > rounds:
+            warnings.warn(
+                f"cdb.run: resumed with rounds={rounds} from the checkpoint of {done} rounds in "
+                f"{str(manager.directory)!r}: rounds {rounds + 1}-{done} of the checkpointed run are dropped from "
+                f"these results (the checkpoint keeps them; resume with rounds={done} or more to get them)",
+                UserWarning,
+                stacklevel=4,
+            )
         return _assemble(blocks, evals, eval_every, config).truncated(rounds)
     if not evals:
         evals.append(_to_numpy(runner.run_eval(carry, 0)))
@@ -321,8 +337,8 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
                 carry, metrics, finite, evaluation = runner.run_block(
                     carry, done, eval_every, done // eval_every + 1, tick
                 )
-            except Exception as err:
-                err.add_note(_resume_note(manager, done))
+            except BaseException as err:
+                _keep_completed_rounds(err, manager, blocks, evals, eval_every, config)
                 raise
             metrics = _to_numpy(metrics)
             _check_finite(metrics, np.asarray(finite), blocks, evals, done, eval_every, config)
@@ -332,7 +348,11 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
             if tick is None:
                 bar.update(eval_every)
             if manager is not None:
-                manager.save(done, carry, blocks, evals)
+                try:
+                    manager.save(done, carry, blocks, evals)
+                except BaseException as err:
+                    _keep_completed_rounds(err, manager, blocks, evals, eval_every, config)
+                    raise
             if on_block is not None:
                 on_block(done, _assemble(blocks, evals, eval_every, config))
     finally:
@@ -340,15 +360,25 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
     return _assemble(blocks, evals, eval_every, config)
 
 
-def _resume_note(manager, done: int) -> str:
+def _keep_completed_rounds(err: BaseException, manager, blocks, evals, eval_every, config) -> None:
+    """Puts the rounds completed before ``err`` in ``err.results`` and says so, and how to resume, in a note."""
+    results = _assemble(blocks, evals, eval_every, config)
+    try:
+        err.results = results
+        kept = f"the {results.num_rounds} rounds completed before this error are in its `.results`"
+    except (AttributeError, TypeError):  # an exception type that takes no attributes
+        kept = f"{results.num_rounds} rounds were completed before this error"
+    err.add_note(f"cdb.run: {kept}; {_resume_note(manager)}")
+
+
+def _resume_note(manager) -> str:
     if manager is None:
-        return f"cdb.run: interrupted after {done} completed rounds; pass checkpoint_dir= to be able to resume a run"
+        return "pass checkpoint_dir= to be able to resume a run"
     if manager.latest() is None:
-        return f"cdb.run: interrupted before the first checkpoint in {str(manager.directory)!r}; nothing to resume"
+        return f"none is checkpointed in {str(manager.directory)!r}, so there is nothing to resume"
     return (
-        f"cdb.run: the {manager.latest()} rounds completed before this error are checkpointed in "
-        f"{str(manager.directory)!r}; call cdb.run again with checkpoint_dir={str(manager.directory)!r} and "
-        "resume=True to continue from there"
+        f"the first {manager.latest()} rounds are checkpointed in {str(manager.directory)!r}; call cdb.run again with "
+        f"checkpoint_dir={str(manager.directory)!r} and resume=True to continue from there"
     )
 
 

@@ -40,12 +40,16 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def checkpointed_rounds(directory: str | os.PathLike) -> int:
-    """Rounds done in the latest orbax checkpoint of a ``cdb.run(checkpoint_dir=)`` folder (0 if none):
-    what a resumed run restores (orbax names each step's folder by its number)."""
+    """Rounds done in the latest checkpoint of a ``cdb.run(checkpoint_dir=)`` folder (0 if none):
+    what a resumed run restores (each checkpoint's folder is named by its rounds and carries
+    ``cdb.checkpoint``'s mark; other folders are not checkpoints)."""
+    from cdb.checkpoint import is_run_checkpoint  # not at import: it imports orbax
+
     directory = Path(directory)
     if not directory.is_dir():
         return 0
-    return max((int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()), default=0)
+    steps = (int(p.name) for p in directory.iterdir() if p.name.isdigit() and is_run_checkpoint(p))
+    return max(steps, default=0)
 
 
 class Store:
