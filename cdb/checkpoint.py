@@ -17,9 +17,10 @@ when the checkpoint is on disk, and a failed save raises at once, leaving no thr
 
 Resuming checks, in order:
 
-1. that the configuration has no callable that its name does not identify (a lambda, a
-   function defined inside another one: :func:`cdb.config.unidentified_callables`), else a
-   ``ValueError`` naming where it sits, since a changed one would pass unnoticed;
+1. that the configuration has no callable that :func:`cdb.config.describe` can describe
+   neither by its name nor by its code (an object shown by its memory address:
+   :func:`cdb.config.unidentified_callables`), else a ``ValueError`` naming where it sits,
+   since a changed one would pass unnoticed;
 2. that the saved configuration equals the new one except for ``rounds`` (else a
    ``ValueError`` naming the fields that differ);
 3. that the saved state has the tree structure, shapes and dtypes of the state this code's
@@ -130,8 +131,8 @@ class RunCheckpointer:
         if unidentified and not self.steps():
             warnings.warn(
                 f"cdb.run: the checkpoints in {str(self.directory)!r} cannot be resumed: the configuration holds "
-                f"callables that their names do not identify ({'; '.join(unidentified[:4])}); define them at the "
-                "top level of a module, or name them with cdb.config.named(fn, 'a_name')",
+                f"callables that can be described neither by a name nor by their code ({'; '.join(unidentified[:4])}); "
+                "give them a repr that says what they compute, or name them with cdb.config.named(fn, 'a_name')",
                 RuntimeWarning,
                 stacklevel=4,
             )

@@ -200,9 +200,10 @@ def run(
         if there is none). The saved configuration must equal this run's except for ``rounds``,
         and the saved state must have the layout this code's ``init`` builds: more rounds extend
         the run, fewer return its first ``rounds`` with a warning naming the rounds dropped.
-        A configuration holding a callable that its name does not identify (a lambda, a function
-        defined inside another one) does not resume: name it with :func:`cdb.config.named` or
-        define it at a module's top level. Resumed runs give the same curves.
+        Functions in the configuration are compared by name, or by code and captured values
+        where the name does not identify them (lambdas, closures); a callable that can be
+        described neither way does not resume (see :func:`cdb.config.describe`; name it with
+        :func:`cdb.config.named`). Resumed runs give the same curves.
       on_block: called after every block with ``(rounds_done, results_so_far)``.
       seed_range: ``(start, stop)`` runs only seeds ``start, ..., stop - 1`` of the ``seeds``-seed
         experiment, each with exactly the key it has in the full run, so runs of consecutive

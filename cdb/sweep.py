@@ -33,10 +33,11 @@ Each cell has a readable name (``env/agent/param=value,…[/seeds=a:b]``) and an
 slug and a SHA-256 digest of the cell's description (:func:`cdb.config.describe` of the agent,
 the environment, the hyper-parameters and the run's settings, as ``cdb.run`` records them), so
 the same content gives the same id in every process, and what ``describe`` leaves out (e.g.
-whether a reference policy was trained or read from its cache) does not change it. A cell whose
-configuration holds a callable that its name does not identify (a lambda, a function defined
-inside another one) runs, but is never taken as done or resumed: :func:`run_sweep` refuses it
-then (name it with :func:`cdb.config.named`, or define it at a module's top level).
+whether a reference policy was trained or read from its cache) does not change it; a lambda or
+a closure is described by its code and captured values, so changing one makes a new cell. A cell
+whose configuration holds a callable that can be described neither so nor by its name (an
+object shown by its memory address) runs, but is never taken as done or resumed:
+:func:`run_sweep` refuses it then (name it with :func:`cdb.config.named`).
 
 **The store** (:class:`cdb.store.Store`): one folder per cell with ``results.npz``, orbax
 checkpoints while running (``cdb.run(checkpoint_dir=, resume=True)``) and a ``record.json``
@@ -453,9 +454,9 @@ def run_sweep(
     ``keep_checkpoints``) or ``failed`` with the error (checkpoints kept for the next attempt).
     ``on_block(cell, rounds_done, results_so_far)`` is called after every block of every cell.
     A ``KeyboardInterrupt`` is recorded as a failure and re-raised. A done cell whose
-    configuration holds a callable that its name does not identify (a lambda, a function defined
-    in a function) is a ``ValueError`` naming it, raised before any cell runs; such a cell with
-    checkpoints fails the same way in ``cdb.run``.
+    configuration holds a callable that :func:`cdb.config.describe` cannot describe (see
+    :func:`cdb.config.unidentified_callables`) is a ``ValueError`` naming it, raised before any
+    cell runs; such a cell with checkpoints fails the same way in ``cdb.run``.
 
     With ``jax.distributed`` initialised over several processes, every process must call this
     with the same arguments: each cell's seeds are split across the processes

@@ -383,31 +383,64 @@ class OracleHostDuel(HostDuel):
     oracle: Any = None
 
 
-def test_resume_refuses_callables_that_their_names_do_not_identify(tmp_path):
+def constant_reward(value):
+    def reward(prompts, responses):
+        return [value] * len(responses)
+
+    return reward
+
+
+class ScorerWithoutRepr:
+    """A reward object that shows nothing of itself but its address: it cannot be described."""
+
+    def __call__(self, prompts, responses):
+        return [0.0] * len(responses)
+
+
+def test_resume_compares_lambdas_and_closures_by_code_and_captured_values(tmp_path):
     from cdb.environments import RewardOracle
 
     def duel(reward):
         return OracleHostDuel(**HOST_ENV_FIELDS, oracle=RewardOracle(reward))
 
-    folder = tmp_path / "lambdas"
-    with pytest.warns(RuntimeWarning, match=r"cannot be resumed.*config\.env\.oracle\.reward_fn"):
+    first = duel(lambda prompts, responses: [0.0] * len(responses))
+    cdb.run(AGENT, first, rounds=2, checkpoint_dir=tmp_path / "lambda", **HOST_KW)
+    other = duel(lambda prompts, responses: [1.0] * len(responses))  # the same name, "<lambda>"
+    with pytest.raises(ValueError, match=r"different experiment configuration.*config\.env\.oracle\.reward_fn\.code"):
+        cdb.run(AGENT, other, rounds=4, checkpoint_dir=tmp_path / "lambda", resume=True, **HOST_KW)
+    cdb.run(AGENT, duel(constant_reward(0.0)), rounds=2, checkpoint_dir=tmp_path / "closure", **HOST_KW)
+    with pytest.raises(ValueError, match=r"config\.env\.oracle\.reward_fn\.captured\.value: 0\.0 -> 1\.0"):
         cdb.run(
-            AGENT, duel(lambda prompts, responses: [0.0] * len(responses)), rounds=2, checkpoint_dir=folder, **HOST_KW
+            AGENT, duel(constant_reward(1.0)), rounds=4, checkpoint_dir=tmp_path / "closure", resume=True, **HOST_KW
         )
-    other = duel(lambda prompts, responses: [1.0] * len(responses))
-    with pytest.raises(ValueError, match=r"config\.env\.oracle\.reward_fn \(.*<lambda>\).*cdb\.config\.named"):
-        cdb.run(AGENT, other, rounds=4, checkpoint_dir=folder, resume=True, **HOST_KW)
-    assert [p.name for p in folder.iterdir()] == ["2"]  # refused, not removed
-    # named, the same function resumes and another name is another configuration
+    resumed = cdb.run(
+        AGENT, duel(constant_reward(0.0)), rounds=4, checkpoint_dir=tmp_path / "closure", resume=True, **HOST_KW
+    )
+    assert resumed.num_rounds == 4  # made again, the same closure resumes
+
+
+def test_resume_refuses_a_callable_that_cannot_be_described_unless_it_is_named(tmp_path):
+    from cdb.environments import RewardOracle
+
+    def duel(reward):
+        return OracleHostDuel(**HOST_ENV_FIELDS, oracle=RewardOracle(reward))
+
+    with pytest.warns(RuntimeWarning, match=r"cannot be resumed.*config\.env\.oracle\.reward_fn"):
+        cdb.run(AGENT, duel(ScorerWithoutRepr()), rounds=2, checkpoint_dir=tmp_path / "object", **HOST_KW)
+    with pytest.raises(ValueError, match=r"config\.env\.oracle\.reward_fn \(<.*ScorerWithoutRepr object>\).*named"):
+        cdb.run(AGENT, duel(ScorerWithoutRepr()), rounds=4, checkpoint_dir=tmp_path / "object", resume=True, **HOST_KW)
+    assert [p.name for p in (tmp_path / "object").iterdir()] == ["2"]  # refused, not removed
     from cdb.config import named
 
-    folder = tmp_path / "named"
-    zero = named(lambda prompts, responses: [0.0] * len(responses), "zero")
-    cdb.run(AGENT, duel(zero), rounds=2, checkpoint_dir=folder, **HOST_KW)
-    one = named(lambda prompts, responses: [1.0] * len(responses), "one")
-    with pytest.raises(ValueError, match=r"config\.env\.oracle\.(name|reward_fn): 'zero' -> 'one'"):
-        cdb.run(AGENT, duel(one), rounds=4, checkpoint_dir=folder, resume=True, **HOST_KW)
-    assert cdb.run(AGENT, duel(zero), rounds=4, checkpoint_dir=folder, resume=True, **HOST_KW).num_rounds == 4
+    scorer = named(ScorerWithoutRepr(), "zero_v1")
+    cdb.run(AGENT, duel(scorer), rounds=2, checkpoint_dir=tmp_path / "named", **HOST_KW)
+    renamed = named(ScorerWithoutRepr(), "zero_v2")
+    with pytest.raises(ValueError, match=r"config\.env\.oracle\.(name|reward_fn): 'zero_v1' -> 'zero_v2'"):
+        cdb.run(AGENT, duel(renamed), rounds=4, checkpoint_dir=tmp_path / "named", resume=True, **HOST_KW)
+    assert (
+        cdb.run(AGENT, duel(scorer), rounds=4, checkpoint_dir=tmp_path / "named", resume=True, **HOST_KW).num_rounds
+        == 4
+    )
 
 
 def counting_agent(layout):
@@ -531,7 +564,8 @@ def test_an_alignment_agent_is_described_alike_in_another_process(tiny_env):  # 
 
     here = describe(tiny_agents(tiny_env)["sea_ee_ts"])
     text = json.dumps(here)
-    assert " at 0x" not in text and len(text) < 5000  # no addresses, no weights spelled out
+    # no addresses, no weights spelled out (the optimizer's closures are, by code and captured values)
+    assert " at 0x" not in text and len(text) < 8000 and "'step_size': -0.001" in str(here["optimizer"])
     assert here["features"] == "cdb.features.reference_hidden_features"
     env_vars = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(

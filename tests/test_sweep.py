@@ -150,17 +150,28 @@ def test_a_cells_id_does_not_depend_on_whether_its_reference_policy_was_trained_
     assert not set(ids(other_weights)) & set(ids(trained))
 
 
-def test_a_done_cell_with_a_lambda_in_its_configuration_is_refused(full, tmp_path):
+def test_a_changed_lambda_makes_new_cells():
+    keep = make_sweep(postprocess=lambda results: results)
+    cut = make_sweep(postprocess=lambda results: results.truncated(EVAL_EVERY))
+    assert not {c.id for c in keep.cells()} & {c.id for c in cut.cells()}
+    assert [c.id for c in make_sweep(postprocess=lambda results: results).cells()] == [c.id for c in keep.cells()]
+
+
+class Unchanged:
+    """A postprocess that shows nothing of itself but its address: it cannot be described."""
+
+    def __call__(self, results):
+        return results
+
+
+def test_a_done_cell_with_a_callable_that_cannot_be_described_is_refused(full, tmp_path):
     store = Store(tmp_path / "store")
-    assert len(S.run_sweep(make_sweep(postprocess=lambda results: results), store, progress=False).ran) == 2
-    changed = make_sweep(postprocess=lambda results: results.truncated(EVAL_EVERY))
-    with pytest.raises(
-        ValueError, match=r"cell 'K4/passive/seeds=0:1' is done .*config\.postprocess \(.*<lambda>\).*config\.named"
-    ):
-        S.run_sweep(changed, store, progress=False)
+    assert len(S.run_sweep(make_sweep(postprocess=Unchanged()), store, progress=False).ran) == 2
+    with pytest.raises(ValueError, match=r"cell 'K4/passive/seeds=0:1' is done .*config\.postprocess \(<.*Unchanged"):
+        S.run_sweep(make_sweep(postprocess=Unchanged()), store, progress=False)
     from cdb.config import named
 
-    identity = make_sweep(postprocess=named(lambda results: results, "identity"))
+    identity = make_sweep(postprocess=named(Unchanged(), "identity"))
     assert len(S.run_sweep(identity, store, progress=False).ran) == 2  # another description: new cells
     assert len(S.run_sweep(identity, store, progress=False).skipped) == 2
 
