@@ -56,9 +56,10 @@ import numpy as np
 from cdb import design as design_lib
 from cdb.agents.linear import LinearDuelingAgent, LinearState, random_distinct_pair
 from cdb.agents.reward_model_agent import check_observation
+from cdb.config import describe
 from cdb.linalg import fit_logistic, pair_widths, sherman_morrison_rows
 from cdb.results import Results
-from cdb.run import _as_key, describe
+from cdb.run import _as_key
 from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, _stage_key
 from cdb.types import Duel, Observation
 from cdb.validation import check_choice, check_float, check_int

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cdb.atomic_write import write_atomic
 from cdb.metrics import standard_error
 
 _CUMULATIVE = "cumulative_"
@@ -90,20 +91,22 @@ class Results:
         """Writes one ``.npz`` file (arrays exactly, config as JSON). Returns the path.
 
         ``.npz`` is appended to a name that does not end in it (``"exp_lr0.1"`` → ``exp_lr0.1.npz``,
-        never ``exp_lr0.npz``). An existing file is only replaced with ``overwrite=True``.
+        never ``exp_lr0.npz``). An existing file is only replaced with ``overwrite=True``. The
+        file is written whole or not at all (:func:`cdb.atomic_write.write_atomic`): a failed save
+        (a full disk) keeps the old file and leaves no partial one, and of two processes saving
+        the same new name with ``overwrite=False`` exactly one succeeds.
         """
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"Results.save: {str(path)!r} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"metrics/{k}": np.asarray(v) for k, v in self.metrics.items()}
         arrays.update({f"eval/{k}": np.asarray(v) for k, v in self.eval_metrics.items()})
         arrays["eval_rounds"] = np.asarray(self.eval_rounds)
         arrays["config"] = np.asarray(json.dumps(self.config, default=str))
-        np.savez(path, **arrays)
-        return path
+        try:
+            return write_atomic(path, lambda f: np.savez(f, **arrays), overwrite=overwrite)
+        except FileExistsError as err:
+            raise FileExistsError(f"Results.save: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Results:

@@ -28,12 +28,8 @@ other modules imported from here (``CPU_SEED_CHUNK``, ``resolve_compiler_options
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-import inspect
 import json
-import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from cdb.config import describe
 from cdb.results import Results
 from cdb.runners.common import Carry
 from cdb.runners.compiled import CompiledRunner, compiled_runner
@@ -82,70 +79,6 @@ class NonFiniteLossError(FloatingPointError):
             f"{where}; the run stopped. The {kept} rounds completed before it are in this error's `.results`."
         )
         self.metric, self.round, self.seed, self.results = metric, round_, seed, results
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def describe(obj: Any) -> Any:
-    """A JSON-friendly description of a (nested) frozen-dataclass configuration, the same in every process.
-
-    * a dataclass: ``{"type": class name, field: description, ...}``, leaving out fields with
-      ``repr=False`` or ``metadata={"describe": False}`` (what does not change the experiment,
-      e.g. where a reference policy was cached);
-    * a function, class or other named callable: ``"module.qualname"`` (a closure's captured
-      values are not described); a bound method: ``{"type": "method", "self": ..., "name": ...}``;
-      a ``functools.partial``: ``{"type": "functools.partial", "func", "args", "keywords"}``;
-    * numbers, strings, lists, tuples and dicts as themselves; an array of at most 16 elements as a list;
-    * a larger array or another pytree of arrays (e.g. model weights): its type, shapes, dtypes and
-      the SHA-256 of its bytes, so two configurations match exactly when the values do;
-    * anything else: its ``repr`` with memory addresses removed.
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = {
-            f.name: describe(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if f.repr and f.metadata.get("describe", True)
-        }
-        return {"type": type(obj).__name__, **fields}
-    if isinstance(obj, functools.partial):
-        args = [describe(a) for a in obj.args]
-        keywords = {str(k): describe(v) for k, v in obj.keywords.items()}
-        return {"type": "functools.partial", "func": describe(obj.func), "args": args, "keywords": keywords}
-    if isinstance(obj, list | tuple):
-        return [describe(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): describe(v) for k, v in obj.items()}
-    if isinstance(obj, bool | int | float | str) or obj is None:
-        return obj
-    if isinstance(obj, np.generic) and not isinstance(obj, np.void):
-        return obj.item()
-    if isinstance(obj, np.ndarray | jax.Array) and not jnp.issubdtype(obj.dtype, jax.dtypes.prng_key):
-        if np.size(obj) <= 16:
-            return np.asarray(obj).tolist()
-        return {"type": "array", "shape": list(np.shape(obj)), "dtype": str(obj.dtype), "sha256": _digest([obj])}
-    if inspect.ismethod(obj):
-        return {"type": "method", "self": describe(obj.__self__), "name": obj.__name__}
-    if callable(obj) and hasattr(obj, "__qualname__") and hasattr(obj, "__module__"):
-        return f"{obj.__module__}.{obj.__qualname__}"
-    leaves = jax.tree.leaves(obj)
-    if leaves and not (len(leaves) == 1 and leaves[0] is obj):
-        if all(isinstance(x, np.ndarray | jax.Array | np.generic | int | float | bool) for x in leaves):
-            kind = type(obj)
-            return {"type": f"{kind.__module__}.{kind.__qualname__}", "leaves": len(leaves), "sha256": _digest(leaves)}
-    return _ADDRESS.sub("", repr(obj))
-
-
-def _digest(leaves) -> str:
-    """SHA-256 of arrays' dtypes, shapes and bytes, in order."""
-    h = hashlib.sha256()
-    for leaf in leaves:
-        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 _KEY_DATA_SHAPE = (2,)  # jax.random.key_data(jax.random.key(0)).shape for JAX's default threefry
@@ -259,13 +192,18 @@ def run(
         ``None``: XLA's defaults; a dict: exactly those. Results agree to float rounding (the
         order of a sum may change), and the same options always give the same results.
         Ignored for host-loop environments.
-      checkpoint_dir: with orbax, save the state after every block (see :mod:`cdb.checkpoint` for
-        what the folder holds); a folder that already holds checkpoints needs ``resume=True``.
+      checkpoint_dir: with orbax, save the state after every block, synchronously (see
+        :mod:`cdb.checkpoint` for what the folder holds); a folder that already holds checkpoints
+        needs ``resume=True``. Only the folder's checkpoints are read or removed, never other
+        files or folders in it.
       resume: continue from the last readable checkpoint in ``checkpoint_dir`` (or start afresh
-        if there is none). The saved configuration must equal this run's except for ``rounds``:
-        more rounds extend the run, fewer return its first ``rounds``. Resumed runs give the
-        same curves. If a block fails (e.g. an oracle that gives up after its retries), the
-        exception carries a note saying how many rounds are checkpointed and how to resume.
+        if there is none). The saved configuration must equal this run's except for ``rounds``,
+        and the saved state must have the layout this code's ``init`` builds: more rounds extend
+        the run, fewer return its first ``rounds`` with a warning naming the rounds dropped.
+        Functions in the configuration are compared by name, or by code and captured values
+        where the name does not identify them (lambdas, closures); a callable that can be
+        described neither way does not resume (see :func:`cdb.config.describe`; name it with
+        :func:`cdb.config.named`). Resumed runs give the same curves.
       on_block: called after every block with ``(rounds_done, results_so_far)``.
       seed_range: ``(start, stop)`` runs only seeds ``start, ..., stop - 1`` of the ``seeds``-seed
         experiment, each with exactly the key it has in the full run, so runs of consecutive
@@ -281,7 +219,10 @@ def run(
         scalar) became NaN/inf, or a floating leaf of the agent's state did (checked after every
         block); its ``.results`` keeps the rounds completed before it.
       ValueError: an argument out of range (the message names it), or a checkpoint folder of
-        another configuration.
+        another configuration, another state layout or unidentifiable callables.
+      Exception: any other error of a block (e.g. an oracle that gives up after its retries) or of
+        a checkpoint's save propagates with the rounds completed before it in its ``.results``
+        and a note saying so and how many rounds are checkpointed and how to resume.
     """
     _check_positive_int("rounds", rounds)
     _check_positive_int("seeds", seeds)
@@ -378,6 +319,14 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
             carry, done, blocks, evals = restored
             carry = runner.place(carry)
     if done >= rounds:  # a finished run resumed with as many rounds or fewer: its first ``rounds``
+        if done > rounds:
+            warnings.warn(
+                f"cdb.run: resumed with rounds={rounds} from the checkpoint of {done} rounds in "
+                f"{str(manager.directory)!r}: rounds {rounds + 1}-{done} of the checkpointed run are dropped from "
+                f"these results (the checkpoint keeps them; resume with rounds={done} or more to get them)",
+                UserWarning,
+                stacklevel=4,
+            )
         return _assemble(blocks, evals, eval_every, config).truncated(rounds)
     if not evals:
         evals.append(_to_numpy(runner.run_eval(carry, 0)))
@@ -389,8 +338,8 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
                 carry, metrics, finite, evaluation = runner.run_block(
                     carry, done, eval_every, done // eval_every + 1, tick
                 )
-            except Exception as err:
-                err.add_note(_resume_note(manager, done))
+            except BaseException as err:
+                _keep_completed_rounds(err, manager, blocks, evals, eval_every, config)
                 raise
             metrics = _to_numpy(metrics)
             _check_finite(metrics, np.asarray(finite), blocks, evals, done, eval_every, config)
@@ -400,7 +349,11 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
             if tick is None:
                 bar.update(eval_every)
             if manager is not None:
-                manager.save(done, carry, blocks, evals)
+                try:
+                    manager.save(done, carry, blocks, evals)
+                except BaseException as err:
+                    _keep_completed_rounds(err, manager, blocks, evals, eval_every, config)
+                    raise
             if on_block is not None:
                 on_block(done, _assemble(blocks, evals, eval_every, config))
     finally:
@@ -408,15 +361,25 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
     return _assemble(blocks, evals, eval_every, config)
 
 
-def _resume_note(manager, done: int) -> str:
+def _keep_completed_rounds(err: BaseException, manager, blocks, evals, eval_every, config) -> None:
+    """Puts the rounds completed before ``err`` in ``err.results`` and says so, and how to resume, in a note."""
+    results = _assemble(blocks, evals, eval_every, config)
+    try:
+        err.results = results
+        kept = f"the {results.num_rounds} rounds completed before this error are in its `.results`"
+    except (AttributeError, TypeError):  # an exception type that takes no attributes
+        kept = f"{results.num_rounds} rounds were completed before this error"
+    err.add_note(f"cdb.run: {kept}; {_resume_note(manager)}")
+
+
+def _resume_note(manager) -> str:
     if manager is None:
-        return f"cdb.run: interrupted after {done} completed rounds; pass checkpoint_dir= to be able to resume a run"
+        return "pass checkpoint_dir= to be able to resume a run"
     if manager.latest() is None:
-        return f"cdb.run: interrupted before the first checkpoint in {str(manager.directory)!r}; nothing to resume"
+        return f"none is checkpointed in {str(manager.directory)!r}, so there is nothing to resume"
     return (
-        f"cdb.run: the {manager.latest()} rounds completed before this error are checkpointed in "
-        f"{str(manager.directory)!r}; call cdb.run again with checkpoint_dir={str(manager.directory)!r} and "
-        "resume=True to continue from there"
+        f"the first {manager.latest()} rounds are checkpointed in {str(manager.directory)!r}; call cdb.run again with "
+        f"checkpoint_dir={str(manager.directory)!r} and resume=True to continue from there"
     )
 
 

@@ -16,44 +16,40 @@ A record is a JSON object: ``id``, ``name``, ``experiment`` (the name without th
 
 The index is one file per cell rather than one shared file so that processes running disjoint
 shards into the same directory (a cluster job array on a shared file system) never write the
-same file; each file is written to a temporary name and renamed, so a reader never sees half a
-record.
+same file; each file is written to a temporary name, synced and renamed, so a reader never sees
+half a record and a full disk never destroys one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from cdb.atomic_write import write_atomic
 from cdb.results import Results
 
 STATUSES = ("running", "done", "failed")
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    """Writes ``value`` as JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes ``value`` as JSON to ``path``, whole or not at all (:func:`cdb.atomic_write.write_atomic`)."""
+    text = json.dumps(value, indent=1, sort_keys=True, default=str) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def checkpointed_rounds(directory: str | os.PathLike) -> int:
-    """Rounds done in the latest orbax checkpoint of a ``cdb.run(checkpoint_dir=)`` folder (0 if none):
-    what a resumed run restores (orbax names each step's folder by its number)."""
+    """Rounds done in the latest checkpoint of a ``cdb.run(checkpoint_dir=)`` folder (0 if none):
+    what a resumed run restores (each checkpoint's folder is named by its rounds and carries
+    ``cdb.checkpoint``'s mark; other folders are not checkpoints)."""
+    from cdb.checkpoint import is_run_checkpoint  # not at import: it imports orbax
+
     directory = Path(directory)
     if not directory.is_dir():
         return 0
-    return max((int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()), default=0)
+    steps = (int(p.name) for p in directory.iterdir() if p.name.isdigit() and is_run_checkpoint(p))
+    return max(steps, default=0)
 
 
 class Store:
@@ -107,12 +103,8 @@ class Store:
         return out
 
     def save_results(self, cell_id: str, results: Results) -> Path:
-        """Writes the cell's ``Results`` through a temporary file and a rename."""
-        path = self.results_path(cell_id)
-        # a writer that crashed with the same pid may have left this temporary file
-        tmp = results.save(path.with_name(f".results.{os.getpid()}.tmp.npz"), overwrite=True)
-        os.replace(tmp, path)
-        return path
+        """Writes the cell's ``Results``, whole or not at all (``Results.save`` through a temporary file)."""
+        return results.save(self.results_path(cell_id), overwrite=True)
 
     def load_results(self, cell_id: str) -> Results:
         return Results.load(self.results_path(cell_id))

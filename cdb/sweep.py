@@ -30,11 +30,14 @@ own cell run with ``cdb.run(seed_range=)`` and exactly the per-seed keys of the 
 summary's concatenation equals one run of all seeds; shards can then spread one experiment.
 
 Each cell has a readable name (``env/agent/param=value,…[/seeds=a:b]``) and an id: the name's
-slug and a SHA-256 digest of the cell's canonical description (:func:`canonical` of the agent,
-the environment, the hyper-parameters and the run's settings). The description is ours rather
-than ``cdb.run.describe``'s because ``describe`` writes arrays over 16 elements (a reference
-policy's weights) as a truncated ``repr`` and functions as a ``repr`` holding a memory address,
-neither of which identifies the content across processes.
+slug and a SHA-256 digest of the cell's description (:func:`cdb.config.describe` of the agent,
+the environment, the hyper-parameters and the run's settings, as ``cdb.run`` records them), so
+the same content gives the same id in every process, and what ``describe`` leaves out (e.g.
+whether a reference policy was trained or read from its cache) does not change it; a lambda or
+a closure is described by its code and captured values, so changing one makes a new cell. A cell
+whose configuration holds a callable that can be described neither so nor by its name (an
+object shown by its memory address) runs, but is never taken as done or resumed:
+:func:`run_sweep` refuses it then (name it with :func:`cdb.config.named`).
 
 **The store** (:class:`cdb.store.Store`): one folder per cell with ``results.npz``, orbax
 checkpoints while running (``cdb.run(checkpoint_dir=, resume=True)``) and a ``record.json``
@@ -81,13 +84,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from cdb.config import SWEEP_FILE_MODULE, describe, digest, unidentified_callables, unidentified_error
 from cdb.metrics import TargetQueries, queries_to_target
 from cdb.results import Results
 from cdb.store import Store, checkpointed_rounds
 from cdb.xla_options import release_compiled_programs
 
 _RESERVED = ("env", "env_name")
-_CONFIG_MODULE = "cdb_sweep_config_"  # module name prefix of loaded sweep files
 _MANAGED_RUN_ARGS = (
     "agent",
     "env",
@@ -104,68 +107,7 @@ _MANAGED_RUN_ARGS = (
 
 
 # ---------------------------------------------------------------------------------------------
-# canonical descriptions and digests
-
-
-def canonical(obj: Any) -> Any:
-    """A JSON-friendly description of a configuration that identifies its content.
-
-    Frozen dataclasses become ``{"type": qualified name, field: ...}`` (fields shown in their
-    ``repr``); arrays of up to 16 elements become lists and larger ones ``{"array": shape,
-    "dtype", "sha256"}``; other pytrees (e.g. ``flax.nnx.State`` weights) a digest of their
-    structure and leaves; classes and functions ``module.qualname``; anything else its ``repr``
-    without memory addresses.
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = {f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
-        return {"type": _qualified(type(obj)), **fields}
-    if isinstance(obj, bool | int | float | str) or obj is None:
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Mapping):
-        return {str(k): canonical(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [canonical(v) for v in obj]
-    if isinstance(obj, np.ndarray | jax.Array):
-        array = np.asarray(obj)
-        if array.size <= 16:
-            return array.tolist()
-        return {"array": list(array.shape), "dtype": array.dtype.str, "sha256": _array_digest(array)}
-    if isinstance(obj, functools.partial):
-        return {"partial": canonical(obj.func), "args": canonical(obj.args), "keywords": canonical(obj.keywords)}
-    if isinstance(obj, type) or inspect.isroutine(obj):
-        return _qualified(obj)
-    leaves, treedef = jax.tree.flatten(obj)
-    if leaves and not (len(leaves) == 1 and leaves[0] is obj):
-        digest = hashlib.sha256(_strip_addresses(str(treedef)).encode())
-        for leaf in leaves:
-            digest.update(json.dumps(canonical(leaf), sort_keys=True).encode())
-        return {"pytree": _qualified(type(obj)), "leaves": len(leaves), "sha256": digest.hexdigest()[:16]}
-    return _strip_addresses(repr(obj))
-
-
-def digest(description: Any) -> str:
-    """SHA-256 (hex) of a canonical description's JSON with sorted keys."""
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _qualified(obj: Any) -> str:
-    module = getattr(obj, "__module__", None) or ""
-    if module == "__main__" or module.startswith(_CONFIG_MODULE):
-        module = ""  # a script or sweep file: the same function whether run directly or loaded as a config
-    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
-    return f"{module}.{name}" if module else name
-
-
-def _array_digest(array: np.ndarray) -> str:
-    h = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
-    h.update(np.ascontiguousarray(array).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _strip_addresses(text: str) -> str:
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+# names
 
 
 def _slug(text: str, limit: int = 80) -> str:
@@ -225,7 +167,7 @@ class Cell:
             "experiment": self.experiment,
             "env": self.env_name,
             "agent": self.agent_name,
-            "params": canonical(self.params),
+            "params": describe(self.params),
             "seeds": self.seeds,
             "seed_range": list(self.seed_range),
         }
@@ -401,16 +343,16 @@ def _make_cell(sweep, env_name, agent_name, params, agent, env, seed_range, run_
     description = {
         "env_name": env_name,
         "agent_name": agent_name,
-        "params": canonical(params),
-        "agent": canonical(agent),
-        "env": canonical(env),
+        "params": describe(params),
+        "agent": describe(agent),
+        "env": describe(env),
         "rounds": sweep.rounds,
         "seeds": sweep.seeds,
         "seed_range": list(seed_range),
         "eval_every": sweep.eval_every,
         "key": int(sweep.key),
-        "run_options": canonical(run_options),
-        "postprocess": canonical(sweep.postprocess),
+        "run_options": describe(run_options),
+        "postprocess": describe(sweep.postprocess),
     }
     cell_id = f"{_slug(name)}-{digest(description)[:12]}"
     return Cell(
@@ -436,7 +378,7 @@ def _make_cell(sweep, env_name, agent_name, params, agent, env, seed_range, run_
 def _short(value: Any) -> str:
     if isinstance(value, bool | int | float | str) or value is None:
         return str(value)
-    text = json.dumps(canonical(value), sort_keys=True, default=str)
+    text = json.dumps(describe(value), sort_keys=True, default=str)
     return text if len(text) <= 24 else hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -511,7 +453,10 @@ def run_sweep(
     says ``running`` while it runs, then ``done`` (results saved, checkpoints removed unless
     ``keep_checkpoints``) or ``failed`` with the error (checkpoints kept for the next attempt).
     ``on_block(cell, rounds_done, results_so_far)`` is called after every block of every cell.
-    A ``KeyboardInterrupt`` is recorded as a failure and re-raised.
+    A ``KeyboardInterrupt`` is recorded as a failure and re-raised. A done cell whose
+    configuration holds a callable that :func:`cdb.config.describe` cannot describe (see
+    :func:`cdb.config.unidentified_callables`) is a ``ValueError`` naming it, raised before any
+    cell runs; such a cell with checkpoints fails the same way in ``cdb.run``.
 
     With ``jax.distributed`` initialised over several processes, every process must call this
     with the same arguments: each cell's seeds are split across the processes
@@ -538,6 +483,14 @@ def run_sweep(
         from jax.experimental import multihost_utils
 
         done = [bool(d) for d in multihost_utils.broadcast_one_to_all(np.asarray(done, dtype=bool))]
+    for cell, is_done in zip(mine, done, strict=True):
+        unidentified = unidentified_callables(cell.description) if is_done else []
+        if unidentified:
+            raise unidentified_error(
+                f"run_sweep: cell {cell.name!r} is done in {str(store.root)!r}",
+                unidentified,
+                "Its results may come from other functions of the same names, so it is neither skipped nor run again.",
+            )
     report = SweepReport([], [], {})
     bar = tqdm(total=len(mine), disable=not progress, desc=f"sweep {shard}", unit="cell")
     try:
@@ -567,7 +520,7 @@ def _manifest(sweep: Sweep, cells: Sequence[Cell]) -> dict[str, Any]:
         "eval_every": sweep.eval_every,
         "key": int(sweep.key),
         "seed_splits": sweep.seed_splits,
-        "grid": canonical(dict(sweep.grid)),
+        "grid": describe(dict(sweep.grid)),
         "cells": [c.summary() for c in cells],
     }
 
@@ -797,7 +750,7 @@ def summarize(
     """The table of a store: one row per experiment, its seed ranges merged.
 
     The experiments listed are ``sweep``'s cells when given, else those of the store's manifest
-    (the last sweep run into it) and any other cell recorded there. ``metrics`` default to
+    (the last sweep run into it) and the cells recorded there of any other experiment. ``metrics`` default to
     ``cumulative_regret`` and, where recorded, ``bai_regret``; ``targets`` (``Target`` or
     strings such as ``"bai_regret<=0.01"``) add queries-to-target columns
     (:func:`cdb.queries_to_target`: mean ± s.e. over the seeds that reached it).
@@ -812,11 +765,13 @@ def summarize(
     else:
         manifest = store.manifest()
         expected = list(manifest["cells"]) if manifest else []
-        listed = {c["id"] for c in expected}
+        # a recorded cell of an experiment the manifest lists under other ids ran with another
+        # configuration (an older sweep file, or an older description of the same one): left out
+        listed = {c["experiment"] for c in expected}
         expected += [
             {k: r[k] for k in ("id", "name", "experiment", "env", "agent", "params", "seeds", "seed_range")}
             for cid, r in index.items()
-            if cid not in listed
+            if r["experiment"] not in listed
         ]
     if not expected:
         raise ValueError(f"summarize: the store {str(store.root)!r} holds no cells and no sweep was given")
@@ -909,7 +864,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     path = Path(path)
     if not path.is_file() or path.suffix != ".py":
         raise ValueError(f"sweep config={str(path)!r} is not allowed; expected an existing .py file defining SWEEP")
-    namespace = runpy.run_path(str(path), run_name=f"{_CONFIG_MODULE}{_slug(path.stem)}")
+    namespace = runpy.run_path(str(path), run_name=f"{SWEEP_FILE_MODULE}{_slug(path.stem)}")
     sweep = namespace.get("SWEEP")
     if not isinstance(sweep, Sweep):
         raise ValueError(

@@ -5,6 +5,10 @@ One test per bad input. Each asserts the exception type *and* that the message n
 inside JAX — or an error about some other field — fails the test.
 """
 
+import dataclasses
+import errno
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -277,3 +281,70 @@ def test_loading_a_file_that_is_not_results_is_a_clear_error(tmp_path, tiny_resu
         write(path)
     with pytest.raises(ValueError, match=r"Results\.load: .*bad\.npz.*" + match):
         cdb.Results.load(path)
+
+
+def test_a_save_that_fails_midway_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, tiny_results, monkeypatch):
+    old = tiny_results.save(tmp_path / "exp")
+    before = old.read_bytes()
+    real_savez = np.savez
+
+    def savez_on_a_full_disk(file, *args, **kwds):
+        target = file if hasattr(file, "write") else open(file, "wb")  # noqa: SIM115
+        target.write(b"PK\x03\x04 the first bytes of a zip")
+        target.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", savez_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        tiny_results.save(old, overwrite=True)
+    assert old.read_bytes() == before
+    with pytest.raises(OSError, match="No space left on device"):
+        tiny_results.save(tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.npz"]  # no partial file, no temporary one
+    monkeypatch.setattr(np, "savez", real_savez)
+    retried = tiny_results.save(tmp_path / "new")  # not refused as existing
+    assert cdb.Results.load(retried).config == tiny_results.config
+
+
+def test_of_two_saves_of_one_new_name_at_once_exactly_one_succeeds(tmp_path, tiny_results, monkeypatch):
+    both_checked = threading.Barrier(2, timeout=60)
+    real_savez = np.savez
+
+    def savez_together(file, *args, **kwds):
+        both_checked.wait()  # both saves have found the name free before either writes
+        real_savez(file, *args, **kwds)
+
+    monkeypatch.setattr(np, "savez", savez_together)
+    outcomes = {}
+
+    def save(writer):
+        try:
+            dataclasses.replace(tiny_results, config={"writer": writer}).save(tmp_path / "same")
+            outcomes[writer] = "saved"
+        except FileExistsError as err:
+            outcomes[writer] = str(err)
+
+    threads = [threading.Thread(target=save, args=(writer,)) for writer in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(outcomes) == [0, 1] and list(outcomes.values()).count("saved") == 1, outcomes
+    winner = next(w for w, outcome in outcomes.items() if outcome == "saved")
+    assert "same.npz' exists; pass overwrite=True" in outcomes[1 - winner]
+    assert cdb.Results.load(tmp_path / "same.npz").config == {"writer": winner}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.npz"]
+
+
+def test_a_prompt_file_that_is_not_utf8_names_the_file_and_the_line(tmp_path):
+    from cdb.environments import PromptSet
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b'{"prompt": "Write a review."}\n{"prompt": "Un caf\xe9, s\'il vous pla\xeet."}\n')
+    with pytest.raises(ValueError, match=r"prompts\.jsonl: line 2 is not UTF-8 text .*save the file as UTF-8"):
+        PromptSet.from_jsonl(path)
+    csv_folder = tmp_path / "dataset"
+    csv_folder.mkdir()
+    (csv_folder / "train.csv").write_bytes(b"prompt\nfine\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"train\.csv: line 3 is not UTF-8 text"):
+        PromptSet.from_hf_dataset(csv_folder)

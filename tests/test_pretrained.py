@@ -219,6 +219,42 @@ def test_missing_sources_say_what_to_do(tmp_path):
         load_pretrained(tmp_path / "weights.bin")
 
 
+def _truncated_copy(source: Path, folder: Path, weights: str) -> Path:
+    shutil.copytree(source, folder)
+    data = folder / weights
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    return data
+
+
+def test_a_truncated_safetensors_file_is_named_with_what_to_do(tmp_path):
+    data = _truncated_copy(FIXTURES / "llama", tmp_path / "model", "model.safetensors")
+    with pytest.raises(ValueError, match=rf"{data}.*cannot be read as safetensors.*download it again.*save_pretrained"):
+        load_pretrained(data.parent)
+
+
+def test_a_config_json_that_is_not_json_names_the_file_and_the_line(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURES / "llama", folder)
+    (folder / "config.json").write_text('{\n  "model_type": "llama",\n  "vocab_size": 10,,\n}\n')
+    where = r"config\.json is not valid JSON \(.* at line 3, column 20\).*re-save it with save_pretrained"
+    with pytest.raises(ValueError, match=where):
+        load_pretrained(folder)
+    (folder / "config.json").write_bytes(b'{\n  "model_type": "llama",\n  "name": "caf\xe9"\n}\n')
+    with pytest.raises(ValueError, match=r"config\.json is not UTF-8 text \(line 3"):
+        load_pretrained(folder)
+
+
+def test_a_sentence_encoders_damaged_files_are_named(tmp_path):
+    from cdb.models.encoder import load_sentence_encoder
+
+    data = _truncated_copy(FIXTURES / "minilm" / "tiny", tmp_path / "encoder", "model.safetensors")
+    with pytest.raises(ValueError, match=rf"{data}.*cannot be read as safetensors.*download it again"):
+        load_sentence_encoder(data.parent)
+    (data.parent / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"encoder/config\.json is not valid JSON \(.* line 1"):
+        load_sentence_encoder(data.parent)
+
+
 def test_unsupported_options_are_named():
     base = dict(model_type="llama", vocab_size=10, hidden_size=8, num_attention_heads=2, num_hidden_layers=1)
     base.update(intermediate_size=16, max_position_embeddings=8)

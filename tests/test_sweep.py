@@ -8,6 +8,7 @@ resumed run reuses one compiled program.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -123,17 +125,66 @@ def test_grid_makes_the_product_of_the_parameters_each_factory_names():
     )
 
 
-def test_canonical_identifies_content_not_memory_addresses():
-    def scorer(x):
-        return x
+@dataclasses.dataclass(frozen=True)
+class HoldsReference:
+    """An agent's configuration that holds a reference policy (as the alignment agents do); only
+    the cells' ids are built from it, it never runs."""
 
-    described = S.canonical({"f": scorer, "a": np.arange(32.0)})
-    assert "0x" not in json.dumps(described)
-    assert described["f"].endswith("scorer")
-    changed = np.arange(32.0)
-    changed[-1] = -1.0
-    assert S.canonical(changed)["sha256"] != described["a"]["sha256"]
-    assert S.canonical(np.arange(3)) == [0, 1, 2]
+    reference: Any
+
+    def select(self, key, state, obs):
+        raise AssertionError("HoldsReference only names cells")
+
+
+def test_a_cells_id_does_not_depend_on_whether_its_reference_policy_was_trained_or_loaded():
+    from cdb.environments.reference_policy import ReferencePolicy
+
+    trained = ReferencePolicy("tiny-policy", {"w": np.arange(32.0)}, 2, 3, report={"train_seconds": 9.5})
+    loaded = dataclasses.replace(trained, path="/cache/ref", loaded_from_cache=True, report={"train_seconds": 0.1})
+
+    def ids(reference):
+        return [c.id for c in make_sweep(agents={"sea": HoldsReference(reference)}).cells()]
+
+    assert ids(loaded) == ids(trained)  # the same weights are the same cell
+    other_weights = dataclasses.replace(trained, params={"w": np.arange(32.0) + 1})
+    assert not set(ids(other_weights)) & set(ids(trained))
+
+
+def test_a_changed_lambda_makes_new_cells():
+    keep = make_sweep(postprocess=lambda results: results)
+    cut = make_sweep(postprocess=lambda results: results.truncated(EVAL_EVERY))
+    assert not {c.id for c in keep.cells()} & {c.id for c in cut.cells()}
+    assert [c.id for c in make_sweep(postprocess=lambda results: results).cells()] == [c.id for c in keep.cells()]
+
+
+class Unchanged:
+    """A postprocess that shows nothing of itself but its address: it cannot be described."""
+
+    def __call__(self, results):
+        return results
+
+
+def test_a_done_cell_with_a_callable_that_cannot_be_described_is_refused(full, tmp_path):
+    store = Store(tmp_path / "store")
+    assert len(S.run_sweep(make_sweep(postprocess=Unchanged()), store, progress=False).ran) == 2
+    with pytest.raises(ValueError, match=r"cell 'K4/passive/seeds=0:1' is done .*config\.postprocess \(<.*Unchanged"):
+        S.run_sweep(make_sweep(postprocess=Unchanged()), store, progress=False)
+    from cdb.config import named
+
+    identity = make_sweep(postprocess=named(Unchanged(), "identity"))
+    assert len(S.run_sweep(identity, store, progress=False).ran) == 2  # another description: new cells
+    assert len(S.run_sweep(identity, store, progress=False).skipped) == 2
+
+
+def test_a_summary_leaves_out_cells_of_a_listed_experiment_under_other_ids(full, tmp_path):
+    store = Store(tmp_path / "store")
+    S.run_sweep(make_sweep(), store, progress=False)
+    for cid, record in store.index().items():  # the same experiment, recorded under an older description
+        stale = f"{cid}-older"
+        store.write_record(stale, {**record, "id": stale})
+        store.save_results(stale, store.load_results(cid))
+    summary = S.summarize(store)
+    assert summary.frame["experiment"].tolist() == ["K4/passive"] and summary.frame["seeds"].tolist() == [SEEDS]
 
 
 def test_a_sweep_writes_results_records_and_a_manifest(full, reference):

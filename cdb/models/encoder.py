@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import pathlib
 from typing import Any
 
@@ -41,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from cdb.models.pretrained import read_json_file, unreadable_weights
 
 Array = jax.Array
 
@@ -369,10 +370,10 @@ def _pooling(folder: pathlib.Path) -> bool:
     modules = folder / "modules.json"
     if not modules.is_file():
         return True
-    entries = json.loads(modules.read_text())
+    entries = read_json_file(modules)
     for entry in entries:
         if entry.get("type", "").endswith("Pooling"):
-            pooling = json.loads((folder / entry.get("path", "") / "config.json").read_text())
+            pooling = read_json_file(folder / entry.get("path", "") / "config.json")
             modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
             if modes != ["pooling_mode_mean_tokens"]:
                 raise ValueError(
@@ -395,8 +396,11 @@ def load_sentence_encoder(source: str | pathlib.Path = "all-minilm-l6-v2", *, ma
     Raises:
       ModuleNotFoundError: a named model whose package is not installed.
       FileNotFoundError: a folder that does not exist or lacks one of the three files.
-      ValueError: not a BERT checkpoint, an unsupported pooling, a bad ``max_length``.
+      ValueError: not a BERT checkpoint, an unsupported pooling, a bad ``max_length``, or a file
+        that cannot be read (a JSON file that is not JSON, damaged weights or tokenizer; the
+        message names the file).
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
@@ -415,17 +419,28 @@ def load_sentence_encoder(source: str | pathlib.Path = "all-minilm-l6-v2", *, ma
                 f"{folder} has no {needed}; a sentence encoder folder needs config.json, "
                 "model.safetensors and tokenizer.json"
             )
-    config = BertConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    config = BertConfig.from_hf(read_json_file(folder / "config.json"))
     if max_length is None:
         st_config = folder / "sentence_bert_config.json"
         if st_config.is_file():
-            max_length = json.loads(st_config.read_text()).get("max_seq_length")
+            max_length = read_json_file(st_config).get("max_seq_length")
         max_length = max_length or config.max_position_embeddings
     if not isinstance(max_length, int) or not 2 <= max_length <= config.max_position_embeddings:
         raise ValueError(f"max_length={max_length!r}; expected an int in [2, {config.max_position_embeddings}]")
     encoder = Encoder(config, normalize=_pooling(folder))
-    params = params_from_hf(encoder, load_file(str(folder / "model.safetensors")))
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    weights = folder / "model.safetensors"
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise unreadable_weights(weights, err) from err
+    params = params_from_hf(encoder, tensors)
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ValueError(
+            f"{folder / 'tokenizer.json'} cannot be read by tokenizers ({err}); the file is damaged or not a "
+            "tokenizer.json: download it again, or re-save the tokenizer with save_pretrained"
+        ) from err
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
     return SentenceEncoder(encoder, params, tokenizer, max_length, name)

