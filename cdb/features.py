@@ -15,13 +15,15 @@ candidate response, in ``select``, and carried to ``update``.
   SEA paper puts its ensemble on a frozen PairRM backbone; e.g. MiniLM from
   ``cdb.models.encoder.load_sentence_encoder()``). Decoding and the encoder's tokenisation are
   host operations, reached through one ``jax.pure_callback``; the encoder runs in JAX.
+* :class:`FrozenBackboneFeatures`: a frozen reward model's (or causal LM's) representation of
+  ``(x, y)``, the input of its score head; in JAX on device when it shares the policy's tokenizer.
+* :class:`ChainCountFeatures`: co-occurrence counts in which :class:`~cdb.environments.SequenceDuel`'s
+  gold reward is exactly linear (``r*(x, y) = Σ_s Σ_t M[x_s, t, y_t] + Σ_t U[y_{t−1}, y_t]``),
+  for ablations that separate exploration from representation learning.
 
 A feature map that does not read ``ref_scores`` says so with ``uses_reference_pass = False``; an
 agent then runs π_ref only over the pair it plays, not over every candidate (and passes
 ``ref_scores=None``).
-* :class:`ChainCountFeatures`: co-occurrence counts in which :class:`~cdb.environments.SequenceDuel`'s
-  gold reward is exactly linear (``r*(x, y) = Σ_s Σ_t M[x_s, t, y_t] + Σ_t U[y_{t−1}, y_t]``),
-  for ablations that separate exploration from representation learning.
 """
 
 from __future__ import annotations
@@ -250,3 +252,132 @@ class ChainCountFeatures:
             prompts.shape[0], -1
         )
         return jnp.concatenate([unary, bigram], axis=-1).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrozenBackboneFeatures:
+    """A frozen model's representation of ``(x, y)``, ``[N, D]`` float32: the input of a reward model's
+    score head, or a causal LM's last hidden state at the last real token.
+
+    The SEA paper (Liu et al. 2024) puts its epistemic ensemble on a frozen pairwise-ranker backbone;
+    this map puts it on any loaded reward model (:func:`cdb.models.load_reward_model`: the decoder's
+    hidden state at the scored token, DeBERTa's pooled ``[CLS]``) or causal LM
+    (:class:`cdb.models.Pretrained`), so that the frozen model's own reward is linear in ``φ``.
+
+    How the tokens reach the backbone:
+
+    * **On device** (:attr:`on_device`, when the backbone is a decoder whose tokenizer has the
+      policy's vocabulary): the backbone reads the agent's token arrays ``[x, y]`` (prompt mask,
+      then response mask) inside the compiled step, no host call. These are the policy's tokens:
+      the prompt in the policy's chat template, the response up to its EOS; they are the
+      backbone's own when the two models share a chat template.
+    * **Through the host** (any other backbone, e.g. DeBERTa): text goes across as in
+      :class:`FrozenEncoderFeatures` (``jax.pure_callback``, all seeds at once under ``vmap``).
+      The prompt tokens are decoded with the policy's tokenizer and its chat template's frame is
+      taken off (the user's message is what remains); the response tokens are decoded up to the
+      EOS, special tokens skipped. The backbone then formats each ``(prompt, response)`` its own
+      way (its chat template, or DeBERTa's text pair) and computes the features in jitted batches.
+
+    Attributes:
+      backbone: a :class:`cdb.models.PretrainedRewardModel` (or :class:`cdb.models.reward_model.FrozenBackbone`),
+        or a :class:`cdb.models.Pretrained` (turned into a backbone with its own chat template).
+      tokenizer: the policy's tokenizer, which wrote the agent's tokens (default: the backbone's).
+    """
+
+    backbone: Any
+    tokenizer: Any = None
+    on_device: bool = dataclasses.field(init=False)
+    dim: int = dataclasses.field(init=False, repr=False)
+
+    uses_reference_pass = False
+
+    def __post_init__(self):
+        from cdb.models.pretrained import Pretrained
+        from cdb.models.reward_model import DecoderScoreModel, FrozenBackbone
+
+        backbone = self.backbone
+        if isinstance(backbone, Pretrained):
+            backbone = FrozenBackbone.from_pretrained(backbone)
+        if not isinstance(backbone, FrozenBackbone):
+            raise ValueError(
+                f"FrozenBackboneFeatures.backbone={backbone!r:.80} is not allowed; expected a reward model from "
+                "cdb.models.load_reward_model or a cdb.models.Pretrained"
+            )
+        object.__setattr__(self, "backbone", backbone)
+        if self.tokenizer is None:
+            object.__setattr__(self, "tokenizer", backbone.tokenizer)
+        same_vocabulary = self.tokenizer is backbone.tokenizer or self.tokenizer.get_vocab() == (
+            backbone.tokenizer.get_vocab()
+        )
+        object.__setattr__(self, "on_device", isinstance(backbone.model, DecoderScoreModel) and same_vocabulary)
+        object.__setattr__(self, "dim", backbone.dim)
+        object.__setattr__(self, "_frame", _chat_frame(self.tokenizer))
+
+    def texts(self, prompts: np.ndarray, responses: np.ndarray, prompt_mask, response_mask) -> tuple[list, list]:
+        """The prompt and response texts of ``[N, ...]`` host arrays (see the class docstring)."""
+        prefix, suffix = self._frame
+        out_prompts, out_responses = [], []
+        for row in range(responses.shape[0]):
+            ids = [int(t) for t in prompts[row][prompt_mask[row]]]
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            if prefix is not None and text.startswith(prefix) and text.endswith(suffix):
+                text = text[len(prefix) : len(text) - len(suffix)]
+            else:  # no chat frame around it: the prompt's text without special tokens
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            out_prompts.append(text)
+            ids = [int(t) for t in responses[row][response_mask[row]]]
+            out_responses.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        return out_prompts, out_responses
+
+    def _host_features(self, prompts, responses, prompt_mask, response_mask) -> np.ndarray:
+        prompts, responses = np.asarray(prompts), np.asarray(responses)
+        prompt_mask, response_mask = np.asarray(prompt_mask, bool), np.asarray(response_mask, bool)
+        lead = responses.shape[:-1]  # [..., N] (seeds under vmap, then rows)
+        x, y = self.texts(
+            prompts.reshape(-1, prompts.shape[-1]),
+            responses.reshape(-1, responses.shape[-1]),
+            prompt_mask.reshape(-1, prompt_mask.shape[-1]),
+            response_mask.reshape(-1, response_mask.shape[-1]),
+        )
+        return self.backbone.features(x, y).reshape(*lead, self.dim)
+
+    def __call__(
+        self,
+        ref: ResponseScores | None,
+        prompts: Array,
+        responses: Array,
+        *,
+        prompt_mask: Array | None = None,
+        response_mask: Array | None = None,
+    ) -> Array:
+        prompts, responses = jnp.asarray(prompts, jnp.int32), jnp.asarray(responses, jnp.int32)
+        prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
+        response_mask = jnp.ones(responses.shape, bool) if response_mask is None else jnp.asarray(response_mask, bool)
+        if self.on_device:
+            tokens = jnp.concatenate([prompts, responses], axis=-1)
+            mask = jnp.concatenate([prompt_mask, response_mask], axis=-1)
+            return self.backbone.features_tokens(self.backbone.params, tokens, mask)
+        shape = jax.ShapeDtypeStruct((responses.shape[0], self.dim), jnp.float32)
+        return jax.pure_callback(
+            self._host_features, shape, prompts, responses, prompt_mask, response_mask, vmap_method="broadcast_all"
+        )
+
+
+_SENTINEL = "\u2063cdb-prompt\u2063"
+
+
+def _chat_frame(tokenizer: Any) -> tuple[str | None, str | None]:
+    """``(prefix, suffix)`` that the tokenizer's chat template writes around one user message (with the
+    assistant's generation prompt), or ``(None, None)`` without a usable template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None, None
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], add_generation_prompt=True, tokenize=False
+        )
+    except Exception:  # a template that cannot render one user turn frames nothing
+        return None, None
+    if text.count(_SENTINEL) != 1:
+        return None, None
+    prefix, suffix = text.split(_SENTINEL)
+    return prefix, suffix

@@ -8,6 +8,7 @@ import http.server
 import json
 import threading
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -426,3 +427,77 @@ def test_http_oracle_settings_are_checked():
     with pytest.raises(ValueError, match="HTTPOracle.retries=-1 is out of range"):
         HTTPOracle("http://x", retries=-1)
     assert "token" not in repr(HTTPOracle("http://x", headers=(("Authorization", "token"),)))
+
+
+# --------------------------------------------------------------------------------------------
+# Reward models (cdb.models.load_reward_model)
+# --------------------------------------------------------------------------------------------
+
+REWARD_MODELS = Path(__file__).parent / "fixtures" / "reward_models"
+
+
+@pytest.fixture(scope="module")
+def reward_model():
+    from cdb.models import load_reward_model
+
+    return load_reward_model(REWARD_MODELS / "llama")
+
+
+def test_reward_oracle_from_a_reward_model_is_bradley_terry_on_its_scores(reward_model):
+    """P(a ≻ b) = σ((r(a) − r(b)) / T) with the scores transformers computed for the tiny Llama reward model."""
+    duel = json.loads((REWARD_MODELS / "llama" / "reference.json").read_text())["duel"]
+    x, ys, r = duel["prompt"], duel["responses"], np.array(duel["scores"])
+    oracle = RewardOracle.from_reward_model(reward_model, temperature=0.5)
+    assert isinstance(oracle, PreferenceOracle) and oracle.scale == 2.0 and oracle.name == "reward_model(llama)"
+    p = oracle.compare([x] * 3, ys, [ys[1], ys[2], ys[0]])
+    np.testing.assert_allclose(p, sigmoid((r - r[[1, 2, 0]]) / 0.5), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(oracle.rewards([x] * 3, ys), r, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(oracle.compare([x] * 3, [ys[1], ys[2], ys[0]], ys), 1 - p, atol=1e-12)
+    cold = RewardOracle.from_reward_model(reward_model, temperature=100.0).compare([x], ys[:1], ys[1:2])
+    np.testing.assert_allclose(cold, sigmoid((r[0] - r[1]) / 100.0), atol=1e-6)
+
+
+def test_reward_oracle_from_a_reward_model_folder_loads_it():
+    oracle = RewardOracle.from_reward_model(REWARD_MODELS / "deberta_v3")
+    pair = json.loads((REWARD_MODELS / "deberta_v3" / "reference.json").read_text())["pairs"][0]
+    np.testing.assert_allclose(oracle.rewards([pair["prompt"]], [pair["response"]]), [pair["score"]], atol=1e-4)
+    assert oracle.name == "reward_model(deberta_v3)"
+
+
+def test_reward_oracle_from_a_reward_model_bad_input(reward_model):
+    with pytest.raises(ValueError, match="temperature=0 is out of range"):
+        RewardOracle.from_reward_model(reward_model, temperature=0)
+    with pytest.raises(ValueError, match="is not a cdb.models.PretrainedRewardModel"):
+        RewardOracle.from_reward_model(lambda x, y: y)
+
+
+def test_llm_duel_takes_a_reward_model_oracle_unchanged(reward_model):
+    from cdb.environments import LLMDuel, PromptSet
+    from cdb.types import Duel
+
+    oracle = RewardOracle.from_reward_model(reward_model)
+    reference = tiny_pretrained()
+    env = LLMDuel(
+        reference,
+        PromptSet(["Hi.", "Tea?"]),
+        oracle,
+        batch_size=2,
+        max_new_tokens=4,
+        eval_prompts=PromptSet(["Dog?"]),
+        label_mode="deterministic",
+        online_win_rate=False,
+    )
+    state, _ = env.reset(jax.random.key(0))
+    prompts = [env.prompts[i] for i in np.asarray(state.order)[:2]]
+    texts = [("No", "Yes"), ("abc", "d")]  # the first response wins the first pair only
+    arms = [
+        [reference.tokenizer(t, add_special_tokens=False)["input_ids"] + [reference.eos_id] for t in pair]
+        for pair in texts
+    ]
+    arms = jnp.asarray([[ids + [reference.pad_id] * (4 - len(ids)) for ids in pair] for pair in arms], jnp.int32)
+    _, _, feedback, info = env.step(jax.random.key(1), state, Duel(arms, jnp.array([True, True])))
+    r_a = reward_model.score(prompts, [a for a, _ in texts])
+    r_b = reward_model.score(prompts, [b for _, b in texts])
+    np.testing.assert_array_equal(r_a > r_b, [True, False])
+    np.testing.assert_array_equal(np.asarray(feedback.preference), [1.0, 0.0])
+    np.testing.assert_allclose(np.asarray(info["oracle_reward"]), 0.5 * (r_a + r_b), atol=1e-5)

@@ -1,5 +1,6 @@
 """Causal language models for tiers 2-3 (DESIGN §6): an NNX decoder (Llama / Qwen2, GPT-2, GPT-NeoX),
-its samplers, pretrained checkpoints (:func:`load_pretrained`) and LoRA adapters (:func:`with_lora`).
+its samplers, pretrained checkpoints (:func:`load_pretrained`), LoRA adapters (:func:`with_lora`) and
+reward models (:func:`load_reward_model`; DeBERTa-v2/v3 in :mod:`cdb.models.deberta`).
 
 from cdb.models import Policy, TransformerConfig, generate, sequence_logprobs
 
@@ -13,12 +14,20 @@ lp = sequence_logprobs(policy, params, jnp.repeat(prompts, 4, 0), jnp.repeat(pro
 
 reference = load_pretrained("path/to/hf-folder")        # or a .gguf file, or "smollm2-135m-instruct"
 policy, params = with_lora(reference, rank=8, alpha=16, key=key)   # pi_theta; pi_ref = reference
+rm = load_reward_model("path/to/reward-model")          # *ForSequenceClassification: Llama, Qwen2, GPT-2, NeoX, DeBERTa
+r = rm.score(prompts, responses)                        # [N], the chat template applied, one jitted pass
 """
 
 from cdb.models.generate import Generation, Mixture, bucket_length, generate, generate_text
 from cdb.models.hf import config_from_hf, params_from_hf
 from cdb.models.lora import base_params, lora_optimizer, lora_trainable, merge_lora, with_lora
 from cdb.models.pretrained import Pretrained, load_pretrained
+from cdb.models.reward_model import (
+    REWARD_MODEL_ARCHITECTURES,
+    FrozenBackbone,
+    PretrainedRewardModel,
+    load_reward_model,
+)
 from cdb.models.sampling import (
     DecodeState,
     Samples,
@@ -60,6 +69,9 @@ __all__ = [
     "LoRALinear",
     "Policy",
     "Pretrained",
+    "PretrainedRewardModel",
+    "FrozenBackbone",
+    "REWARD_MODEL_ARCHITECTURES",
     "Samples",
     "Transformer",
     "TransformerConfig",
@@ -71,6 +83,7 @@ __all__ = [
     "geometric_mixture_logits",
     "init_cache",
     "load_pretrained",
+    "load_reward_model",
     "lora_optimizer",
     "lora_trainable",
     "merge_lora",

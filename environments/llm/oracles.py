@@ -11,8 +11,9 @@ and the labels an agent receives are drawn from ``p`` with the round's key by on
 * :class:`RewardOracle` — Bradley–Terry on any reward function ``r(prompt, response)``:
   ``P(a ≻ b) = σ(scale · (r(a) − r(b)))``. Built in: :meth:`RewardOracle.sentiment` (VADER's
   compound score, the controlled-sentiment task of the DPO paper §6.1 with VADER in place of
-  its classifier) and :meth:`RewardOracle.minilm` (cosine similarity to a target text in a
-  sentence encoder's space).
+  its classifier), :meth:`RewardOracle.minilm` (cosine similarity to a target text in a
+  sentence encoder's space) and :meth:`RewardOracle.from_reward_model` (a Hugging Face reward model
+  loaded by ``cdb.models.load_reward_model``, scored in JAX).
 * :class:`JudgeOracle` — a loaded causal LM as a pairwise judge; ``P`` from the logits of the
   two answer labels, averaged over both presentation orders (which cancels position bias and
   makes ``P(a ≻ b) + P(b ≻ a) = 1`` exact).
@@ -30,6 +31,7 @@ import dataclasses
 import functools
 import http.client
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -253,6 +255,34 @@ class RewardOracle:
                 ) from exc
             encoder = load_sentence_encoder(source=source)
         return cls(EncoderSimilarity(encoder, target), scale=scale, name=f"cosine({source}, {target!r})")
+
+    @classmethod
+    def from_reward_model(cls, reward_model: Any, temperature: float = 1.0) -> RewardOracle:
+        """Bradley–Terry on a loaded reward model: ``P(a ≻ b | x) = σ((r(x, a) − r(x, b)) / temperature)``.
+
+        ``r`` is :meth:`cdb.models.PretrainedRewardModel.score`: the ``2N`` pairs ``(x, a) ++ (x, b)``
+        of a :meth:`compare` are formatted as the model expects (its chat template, or a text pair
+        for DeBERTa) and scored together in one jitted forward pass (one per ``batch_size`` rows of
+        the model, 64 by default) on JAX's default device, the policy's; :meth:`rewards` gives ``r``
+        itself (``LLMDuel``'s ``oracle_reward`` metric).
+
+        Args:
+          reward_model: a :class:`cdb.models.PretrainedRewardModel`, or the path of a reward model
+            folder for :func:`cdb.models.load_reward_model`.
+          temperature: the link's temperature, > 0 (the oracle's ``scale`` is ``1 / temperature``).
+        """
+        from cdb.models.reward_model import PretrainedRewardModel, load_reward_model
+
+        if isinstance(reward_model, str | os.PathLike):
+            reward_model = load_reward_model(reward_model)
+        if not isinstance(reward_model, PretrainedRewardModel):
+            raise ValueError(
+                f"RewardOracle.from_reward_model: reward_model={reward_model!r:.80} is not a "
+                "cdb.models.PretrainedRewardModel; load one with cdb.models.load_reward_model(folder) (or pass the "
+                "folder), or wrap any scoring function as RewardOracle(reward_fn)"
+            )
+        check_float("RewardOracle.from_reward_model", "temperature", temperature, low=0.0, low_inclusive=False)
+        return cls(reward_model.score, scale=1.0 / float(temperature), name=f"reward_model({reward_model.name})")
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """``r(x, y)`` ``[N]`` float64 of each response; an :class:`OracleError` names a malformed answer."""
