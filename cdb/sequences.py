@@ -101,7 +101,7 @@ def score_candidates(
     _, prompt_hidden, cache = policy.apply_cached(
         params, prompts, prompt_mask, positions_from_mask(prompt_mask), cache, with_logits=False
     )
-    shared = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if jnp.ndim(x) else x, cache)
+    shared = cache.repeat_rows(k)
     flat, flat_mask = responses.reshape(b * k, length), rmask.reshape(b * k, length)
     start = jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), k)  # each row's real prompt tokens
     positions = start[:, None] + jnp.arange(length, dtype=jnp.int32)

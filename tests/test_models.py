@@ -98,7 +98,7 @@ def test_gpt2_needs_no_rotary_pairs():
     assert not config.uses_rope
     tree = nnx.to_pure_dict(Policy(config).abstract_params())
     assert tree["embed_positions"]["embedding"].shape == (16, 12)  # learned positions [max_len, D]
-    assert "gate_proj" not in tree["layers"][0]["mlp"]
+    assert "gate_proj" not in tree["layers"]["mlp"]  # the stacked layers' MLP
 
 
 def test_config_is_hashable_and_policy_is_static():
@@ -112,13 +112,14 @@ def test_config_is_hashable_and_policy_is_static():
 
 def test_parameter_names_follow_the_llama_tree(params):
     tree = nnx.to_pure_dict(params)
-    attn = tree["layers"][1]["self_attn"]
-    assert attn["q_proj"]["kernel"].shape == (16, 16)
-    assert attn["k_proj"]["kernel"].shape == (16, 8)  # 2 kv heads of size 4
-    assert attn["v_proj"]["kernel"].shape == (16, 8)
-    assert attn["o_proj"]["kernel"].shape == (16, 16)
-    mlp = tree["layers"][0]["mlp"]
-    assert mlp["gate_proj"]["kernel"].shape == (16, 32) and mlp["down_proj"]["kernel"].shape == (32, 16)
+    attn = tree["layers"]["self_attn"]  # the layers stacked along a leading axis of 2
+    assert attn["q_proj"]["kernel"].shape == (2, 16, 16)
+    assert attn["k_proj"]["kernel"].shape == (2, 16, 8)  # 2 kv heads of size 4
+    assert attn["v_proj"]["kernel"].shape == (2, 16, 8)
+    assert attn["o_proj"]["kernel"].shape == (2, 16, 16)
+    mlp = tree["layers"]["mlp"]
+    assert mlp["gate_proj"]["kernel"].shape == (2, 16, 32) and mlp["down_proj"]["kernel"].shape == (2, 32, 16)
+    assert tree["layers"]["input_layernorm"]["scale"].shape == (2, 16)
     assert tree["embed_tokens"]["embedding"].shape == (VOCAB, 16)
     assert set(tree) == {"embed_tokens", "layers", "norm"}  # tied: no lm_head module
     assert "bias" not in attn["q_proj"]
@@ -129,8 +130,8 @@ def test_parameter_names_follow_the_llama_tree(params):
 def test_untied_config_has_lm_head_and_qkv_bias():
     tree = nnx.to_pure_dict(Policy(UNTIED).abstract_params())
     assert tree["lm_head"]["kernel"].shape == (16, VOCAB)
-    assert tree["layers"][0]["self_attn"]["q_proj"]["bias"].shape == (16,)
-    assert "bias" not in tree["layers"][0]["self_attn"]["o_proj"]
+    assert tree["layers"]["self_attn"]["q_proj"]["bias"].shape == (1, 16)
+    assert "bias" not in tree["layers"]["self_attn"]["o_proj"]
 
 
 def test_output_shapes(params, prompts):
@@ -173,7 +174,7 @@ def _reference_forward(config: TransformerConfig, params, tokens, mask):
         pos = np.arange(t, dtype=np.float64)
         h = p["embed_tokens"]["embedding"][real]
         for i in range(config.num_layers):
-            lyr = p["layers"][i]
+            lyr = jax.tree.map(lambda leaf, i=i: leaf[i], p["layers"])  # layer i of the stack
             x = rms(h, lyr["input_layernorm"]["scale"])
             q = rope(linear(x, lyr["self_attn"]["q_proj"]).reshape(t, h_q, hd), pos)
             k = rope(linear(x, lyr["self_attn"]["k_proj"]).reshape(t, h_kv, hd), pos)
@@ -198,7 +199,7 @@ def test_matches_numpy_reference(config, prompts):
     params = policy.init(jax.random.key(5))
     if config.qkv_bias:  # zero-initialised biases would not test anything
         module = policy.module(params)
-        for i, proj in enumerate((module.layers[0].self_attn.q_proj, module.layers[0].self_attn.k_proj)):
+        for i, proj in enumerate((module.layers.self_attn.q_proj, module.layers.self_attn.k_proj)):  # stacked
             proj.bias[...] = jax.random.normal(jax.random.key(10 + i), proj.bias.shape)
         params = nnx.state(module)
     tokens, mask = prompts

