@@ -106,9 +106,7 @@ def sample(key: Array, buffer: ReplayBuffer, batch_size: int) -> tuple[Array, Ar
     return buffer.first[idx], buffer.second[idx], buffer.label[idx], weight
 
 
-def sample_without_replacement(
-    key: Array, buffer: ReplayBuffer, batch_size: int
-) -> tuple[Array, Array, Array, Array]:
+def sample_without_replacement(key: Array, buffer: ReplayBuffer, batch_size: int) -> tuple[Array, Array, Array, Array]:
     """Draws ``batch_size`` distinct pairs, a uniformly random subset of the ``size`` valid entries.
 
     Every subset of ``batch_size`` valid slots is equally likely (the ``batch_size`` smallest of
