@@ -6,7 +6,8 @@ Every preset takes the reference policy first (``SequenceDuel.reference`` or a
 ``optimizer=``, ``gradient_accumulation=``, ``trainable=``, ``features=``, ``recommender=``)::
 
     from cdb.agents import sea, online_dpo
-    agent = sea(reference, rule="bai_ts", gamma=0.5)
+    agent = sea(reference)                                   # SEA as its authors run it
+    agent = sea(reference, rule="ee_ts", gamma=1.0)          # E&E-TS, every pair to the oracle
 
 They are also reachable as ``cdb.agents.alignment.<name>``.
 """
@@ -18,7 +19,7 @@ import dataclasses
 from cdb import selection
 from cdb.agents.alignment import AlignmentAgent
 from cdb.ensemble import MLPEnsemble, RewardModel
-from cdb.labelers import EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
+from cdb.labelers import MIXING_DRAWS, EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss
 from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples, ReferenceSamples
 from cdb.recommenders import BestOfN
@@ -31,6 +32,7 @@ __all__ = [
     "ee4llm",
     "frozen_sampler_dpo",
     "nash_md",
+    "oat_ensemble",
     "offline_dpo",
     "online_dap",
     "online_dpo",
@@ -43,7 +45,8 @@ __all__ = [
 
 
 def default_ensemble(num_members: int = 8) -> MLPEnsemble:
-    """SEA's epistemic reward model, sized for the toy policy's 32-dimensional features."""
+    """A small reward ensemble with prior functions, sized for the toy policy's 32-dimensional
+    features (EE4LLM's default; SEA's before it took :func:`oat_ensemble`)."""
     return MLPEnsemble(
         num_members=num_members,
         hidden_sizes=(64, 64),
@@ -52,6 +55,41 @@ def default_ensemble(num_members: int = 8) -> MLPEnsemble:
         batch_size=64,
         buffer_capacity=4096,
         learning_rate=3e-3,
+    )
+
+
+def oat_ensemble(num_members: int = 20) -> MLPEnsemble:
+    """SEA's epistemic reward model as its authors train it (Oat 0.2.4, ``oat/rm``, ``oat/args.py``).
+
+    ``num_members`` = 20 heads (``num_ensemble``), two ReLU hidden layers of 128 (``rm_hidden_dim``,
+    ``rm_act_fn``), weights ``N(0, (0.5/√fan_in)²)`` truncated at two standard deviations and zero
+    biases (``rm/networks.py: init_weights``), no prior functions; Adam at 1e-3 (``rm_lr``) with
+    weight decay 5e-5 (``rm_wd``), 5 steps per round (``rm_sgd_steps``), each on one minibatch of 128
+    distinct stored pairs shared by all heads (``RewardModel.train_bs``, ``UniformBuffer.sample``),
+    none until 128 pairs are stored; anchoring to the initial weights with λ = 0.5 (``enn_lambda``)
+    scaled by 128/N_t (``rm_fixed_reg=False``) on the mean squared distance
+    (``EnsembleModel.regularization``). See :class:`cdb.ensemble.MLPEnsemble` for the objective.
+
+    Departures: the replay buffer holds 4096 pairs where Oat keeps 50 000 (``r_buffer_maxlen``):
+    4096 is every oracle pair of the toy benchmark (256 rounds × 16) and keeps the per-seed state
+    small when seeds are vmapped; ``dataclasses.replace(oat_ensemble(), buffer_capacity=50_000)``
+    matches Oat beyond that. Only oracle pairs enter the buffer: Oat also stores the model-labelled
+    pairs with a loss mask whose broadcast (``[1, B]`` against ``[E, B, 1]``) still trains on them.
+    """
+    return MLPEnsemble(
+        num_members=num_members,
+        hidden_sizes=(128, 128),
+        prior_scale=0.0,
+        anchor=0.5,
+        anchor_schedule="data",
+        anchor_reduction="mean",
+        weight_decay=5e-5,
+        init_scale=0.5,
+        minibatch="shared",
+        learning_rate=1e-3,
+        steps_per_update=5,
+        batch_size=128,
+        buffer_capacity=4096,
     )
 
 
@@ -102,29 +140,86 @@ def sea(
     reference,
     *,
     num_candidates: int = 8,
-    rule: str = "ee_ts",
-    gamma: float = 1.0,
+    rule: str = "bai_ts",
+    variance: str | None = None,
+    gamma: float = 0.7,
+    mixing: str = "fixed_count",
+    burn_in: int = 5,
     model_pair: str = "best_worst",
     reward_model: RewardModel | None = None,
     loss: DAPLoss = DAPLoss("dpo"),
     **kwargs,
 ) -> AlignmentAgent:
-    """SEA (Liu et al. 2024): Thompson sampling with an epistemic reward ensemble over π_θ's candidates.
+    """SEA (Liu et al. 2024, "Sample-Efficient Alignment for LLMs"), by default as its authors run it.
 
-    ``rule='ee_ts'`` (explore & exploit) or ``'bai_ts'`` (best-arm identification); ``gamma < 1``
-    turns on mixed preference learning (model-labelled pairs, never sent to the oracle).
+    π_θ proposes ``num_candidates`` responses per prompt; an epistemic reward ensemble scores them
+    (on ``features``, by default π_ref's last hidden state); a Thompson-sampling rule picks the pair:
+
+    * ``rule='bai_ts'`` (best-arm identification): a₁ = the best candidate of a random member,
+      a₂ = ``argmax_{j≠a₁} Var_e[σ(r_e(a₁) − r_e(j))]`` (``variance='probability'``, the default of
+      :class:`cdb.selection.BAITS`) or ``Var_e[r_e(a₁) − r_e(j)]`` (``variance='logit'``, Oat's);
+    * ``rule='ee_ts'`` (explore & exploit): a₂ = the best candidate of another member (E&E-TS).
+
+    Mixed preference learning (:class:`cdb.labelers.MixedLabeler`): after ``burn_in`` rounds of
+    oracle pairs only, ``⌊(1 − γ)·B⌋`` prompts of each batch, a random subset, are labelled by a
+    random member instead of the oracle (``model_pair='best_worst'``: that member's best against
+    its worst candidate) — never sent to the oracle, never counted as queries. ``mixing='bernoulli'``
+    sends each prompt to the oracle with probability γ instead; ``gamma=1`` sends every pair. The
+    policy learns from both kinds of pair by the DAP ``loss``; the reward model from oracle pairs only.
+
+    **The defaults are the authors' recipe**, from their code (Oat 0.2.4): BAI-TS
+    (``exp_method='EnnBAITS'``), mixed preference learning with 30 % of each batch model-labelled
+    (``model_rollout``, ``max_model_data_ratio=0.3``: ``int(0.3·B)`` prompts, a shuffled subset)
+    after a burn-in of 5 batches (``burn_in_period=5``), the model pair of largest margin under a
+    random member (``model_data_strategy='random'``), the reward model :func:`oat_ensemble`
+    (whose docstring cites Oat's settings), and DPO with β = 0.1. Departures from Oat, and why:
+
+    * BAI-TS's challenger maximises the variance of the preference *probability*, the rule as the
+      library's :class:`~cdb.selection.BAITS` states it for the paper; Oat's ``EnnBAITS`` takes the
+      variance of the logit difference (``variance='logit'`` reproduces it). The two rules often
+      pick different challengers.
+    * a₁'s member is drawn per prompt (Thompson sampling per context); Oat draws one member per
+      batch. a₂ is never a₁ (Oat's argmax includes a₁, whose variance is 0: it is picked only
+      when every variance is 0, and the identical pair is then masked out of the loss).
+    * Model-labelled pairs keep the model's label and never reach the oracle. Oat also sends them
+      to the oracle without counting them and trains the policy on the oracle's label, and its
+      reward model trains on them through a loss mask that broadcasts; copying that would give
+      the agent oracle labels for free.
+    * The reward model's buffer holds 4096 pairs, not 50 000 (:func:`oat_ensemble`: every oracle
+      pair of the toy benchmark); everything else of the ensemble is Oat's.
+    * ``num_candidates=8``: Oat's generic default is 2 (``num_samples``) and its README runs SEA
+      with 10; 8 is the toy tier's setting, the proposer's cost growing with M.
+    * The policy's optimiser is the agent's default (clip at norm 1, Adam 1e-3, one step per round
+      of B pairs): Oat's (Adam 5e-7 on a cosine schedule, one step per 128 pairs) is set for a
+      billion-parameter LLM, not for the toy policy; pass ``optimizer=`` / ``policy_steps=``.
+    * With ``rule='ee_ts'``, up to 8 other members are tried (with replacement) before the
+      member's second best is played; Oat tries every other member once and otherwise plays an
+      identical pair.
+
+    ``sea(reference, rule='ee_ts', gamma=1.0, reward_model=default_ensemble())`` is SEA as this
+    library ran it before these defaults (E&E-TS, oracle only, 8 heads of 64 with prior functions).
     """
     rules = {"ee_ts": selection.EETS(), "bai_ts": selection.BAITS()}
     check_choice("sea", "rule", rule, tuple(rules))
-    labeler = OracleLabeler() if gamma == 1.0 else MixedLabeler(gamma, model_pair)
+    if variance is not None:
+        if rule != "bai_ts":
+            raise ValueError(f"sea: variance={variance!r} is not allowed with rule={rule!r}; it applies to 'bai_ts'")
+        check_choice("sea", "variance", variance, selection.VARIANCE_KINDS)
+        rules["bai_ts"] = selection.BAITS(variance=variance)
     check_float("sea", "gamma", gamma, low=0.0, high=1.0)
+    check_choice("sea", "mixing", mixing, MIXING_DRAWS)
+    check_int("sea", "burn_in", burn_in, low=0)
+    if gamma == 1.0:
+        labeler = OracleLabeler()
+    else:
+        labeler = MixedLabeler(gamma, model_pair, draw=mixing, burn_in=burn_in)
     return AlignmentAgent(
         reference,
         proposer=PolicySamples(num_candidates),
         selector=rules[rule],
         scorer=EnsembleScores(),
         labeler=labeler,
-        reward_model=default_ensemble() if reward_model is None else reward_model,
+        reward_model=oat_ensemble() if reward_model is None else reward_model,
         policy_loss=loss,
         name=f"sea_{rule}" + ("" if gamma == 1.0 else f"_gamma{gamma:g}"),
         **kwargs,

@@ -1,20 +1,36 @@
-"""The headline experiment: oracle queries needed to align a toy LM, SEA against its baselines.
+"""The headline experiment: oracle queries needed to align a toy LM, SEA against online DPO.
 
-A sweep (``cdb.sweep``) of every agent of ``cdb.agents.alignment`` on the default ``SequenceDuel``
-(V=16, Lp=4, L=8, B=16 prompts per round; a tiny causal transformer as the SFT reference),
-``--seeds`` seeds each, run into the results store ``--store`` (default
-``results/sweeps/sample_efficiency``; a second run skips done cells and resumes interrupted ones).
+A sweep (``cdb.sweep``) of alignment agents on the default ``SequenceDuel`` (V=16, Lp=4, L=8, B=16
+prompts per round; a tiny causal transformer as the SFT reference), ``--seeds`` seeds each (10 by
+default), run into the results store ``--store`` (default ``results/sweeps/sample_efficiency``; a
+second run skips done cells and resumes interrupted ones). The default agents are
+
+* ``online_dpo`` — online DPO with passive exploration (the paper's baseline);
+* ``sea`` — ``cdb.agents.sea(reference)``: SEA as its authors run it (BAI-TS, 30 % of each batch
+  model-labelled after 5 rounds, Oat's reward ensemble on π_ref's last hidden state);
+* ``sea_chain`` — the same recipe on the environment's frozen, reward-realizable chain-count
+  features (``cdb.features.ChainCountFeatures``, 2304 wide), with linear-Gaussian heads: Oat's 20
+  MLP heads on 2304 inputs would cost about 6 M parameters and a second per round on a CPU.
+
+``--agents all`` runs every agent of ``make_agents`` (the other baselines and older SEA
+configurations); ``make_ablations`` holds more. Seed s of every agent uses the same key (``--key``),
+hence the same prompts, oracle coins and evaluation prompts: the comparison is paired by seed.
 From the store's summary (``cdb.sweep.summarize``) it writes to ``--out``:
 
 * ``sample_efficiency.csv`` — every agent's per-round and per-evaluation metrics;
 * ``sample_efficiency.png`` — curves against oracle queries: E&E (cumulative regret, online win
   rate of the duels played, smoothed) and BAI (offline win rate of greedy decoding against
   reference samples, fraction of the reference-to-optimum gap closed);
-* ``queries_to_target.md`` — queries to reach a target on each metric, mean ± s.e., and the
-  ratio to online DPO with passive exploration (the paper's baseline),
+* ``queries_to_target.md`` — queries to reach a target on each metric, mean ± s.e., and the ratio to
+  online DPO; then, for every agent against online DPO on the same seeds, the paired differences
+  with 95 % bootstrap intervals (``cdb.metrics.paired_bootstrap``, 10 000 resamples of the seeds)
+  of the queries to each target, capped at the pair's common query budget Q
+  (``cdb.metrics.capped_queries_to_target``), and of the area under the win rate against queries
+  over [0, Q] (``cdb.metrics.auc_against_queries``), and one sentence per agent saying whether it
+  wins, ties or loses (wins: the whole interval favours it).
 
-    python benchmarks/sample_efficiency.py                       # all agents, 5 seeds
-    python benchmarks/sample_efficiency.py --agents online_dpo sea_ee_ts sea_ee_ts_mixed
+    python benchmarks/sample_efficiency.py                       # online_dpo, sea, sea_chain; 10 seeds
+    python benchmarks/sample_efficiency.py --agents all --seeds 5
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import cdb  # noqa: E402
+from cdb import metrics  # noqa: E402
 from cdb.agents import alignment as A  # noqa: E402
 from cdb.ensemble import LinearEnsemble  # noqa: E402
 from cdb.environments import SequenceDuel  # noqa: E402
@@ -47,19 +64,36 @@ SMOOTH = 16  # rounds in the moving average of the online win rate
 CHAIN_HEADS = LinearEnsemble(8, prior_scale=0.3, noise_scale=0.5)
 
 
-def make_agents(ref, env: SequenceDuel, rounds: int) -> dict:
+HEADLINE = ("online_dpo", "sea", "sea_chain")
+BASELINE = "online_dpo"
+AUC_METRIC = "win_rate"
+RESAMPLES = 10_000
+
+
+def make_agents(ref, env: SequenceDuel, rounds: int, *, tiny: bool = False) -> dict:
+    """The agents by name. ``tiny`` shrinks the default SEA's ensemble (4 heads of 16, minibatches
+    of 16) so that the ``--tiny`` run used by the tests compiles in seconds; the recipe is the same."""
     chain = ChainCountFeatures(env.vocab_size)
+    heads = dataclasses.replace(A.oat_ensemble(4), hidden_sizes=(16,), batch_size=16, buffer_capacity=64)
+    recipe = {"reward_model": heads} if tiny else {}
+    # SEA as this benchmark ran it before sea() took its authors' recipe: oracle pairs only, or a
+    # Bernoulli(γ) mix from the first round, and 8 MLP heads of 64 with prior functions
+    old = dict(reward_model=A.default_ensemble(), mixing="bernoulli", burn_in=0)
+    old_chain = dict(old, reward_model=CHAIN_HEADS, features=chain)
     return {
         "online_dpo": lambda: A.online_dap(ref, loss=DAPLoss("dpo")),
+        "sea": lambda: A.sea(ref, **recipe),
+        "sea_chain": lambda: A.sea(ref, features=chain, reward_model=CHAIN_HEADS),
         "online_ipo": lambda: A.online_dap(ref, loss=DAPLoss("ipo")),
         "online_slic": lambda: A.online_dap(ref, loss=DAPLoss("slic")),
         "offline_dpo": lambda: A.offline_dpo(ref, budget=rounds * env.batch_size // 2),
         "frozen_sampler_dpo": lambda: A.frozen_sampler_dpo(ref),
-        "sea_ee_ts": lambda: A.sea(ref, rule="ee_ts"),
-        "sea_bai_ts": lambda: A.sea(ref, rule="bai_ts"),
-        "sea_ee_ts_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5),
-        "sea_ee_ts_chain": lambda: A.sea(ref, rule="ee_ts", features=chain, reward_model=CHAIN_HEADS),
-        "sea_ee_ts_chain_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5, features=chain, reward_model=CHAIN_HEADS),
+        "sea_logit_variance": lambda: A.sea(ref, variance="logit", **recipe),
+        "sea_ee_ts": lambda: A.sea(ref, rule="ee_ts", gamma=1.0, **old),
+        "sea_bai_ts": lambda: A.sea(ref, rule="bai_ts", gamma=1.0, **old),
+        "sea_ee_ts_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5, **old),
+        "sea_ee_ts_chain": lambda: A.sea(ref, rule="ee_ts", gamma=1.0, **old_chain),
+        "sea_ee_ts_chain_mixed": lambda: A.sea(ref, rule="ee_ts", gamma=0.5, **old_chain),
         "apl": lambda: A.apl(ref),
         "xpo": lambda: A.xpo(ref),
         "ee4llm": lambda: A.ee4llm(ref),
@@ -78,9 +112,13 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         return dataclasses.replace(A.default_ensemble(), **kwargs)
 
     def sea(**kwargs):
-        options = dict(rule="ee_ts", gamma=0.5, features=chain, reward_model=CHAIN_HEADS)
+        options = dict(rule="ee_ts", gamma=0.5, mixing="bernoulli", burn_in=0, features=chain, reward_model=CHAIN_HEADS)
         options.update(kwargs)
         return lambda: A.sea(ref, **options)
+
+    def sea_mlp(reward_model=None, **kwargs):
+        model = A.default_ensemble() if reward_model is None else reward_model
+        return lambda: A.sea(ref, rule="ee_ts", gamma=1.0, reward_model=model, **kwargs)
 
     return {
         "ablation_m4": sea(num_candidates=4),
@@ -89,15 +127,64 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         "ablation_bai_ts": sea(rule="bai_ts"),
         "ablation_beta0.05": sea(loss=DAPLoss("dpo", beta=0.05)),
         "ablation_hidden_linear": sea(features=A.reference_hidden_features),
-        # the default SEA (MLP heads on π_ref's hidden state, γ = 1), one knob at a time
-        "ablation_mlp_e16": lambda: A.sea(ref, rule="ee_ts", reward_model=A.default_ensemble(16)),
-        "ablation_mlp_prior3": lambda: A.sea(ref, rule="ee_ts", reward_model=mlp(prior_scale=3.0)),
-        "ablation_mlp_lr1e-2": lambda: A.sea(ref, rule="ee_ts", reward_model=mlp(learning_rate=1e-2)),
-        "ablation_mlp_rm_steps8": lambda: A.sea(ref, rule="ee_ts", reward_model=mlp(steps_per_update=8)),
-        "ablation_mlp_policy_steps4": lambda: A.sea(ref, rule="ee_ts", policy_steps=4),
+        # SEA as it was the default before (MLP heads on π_ref's hidden state, γ = 1), one knob at a time
+        "ablation_mlp_e16": sea_mlp(A.default_ensemble(16)),
+        "ablation_mlp_prior3": sea_mlp(mlp(prior_scale=3.0)),
+        "ablation_mlp_lr1e-2": sea_mlp(mlp(learning_rate=1e-2)),
+        "ablation_mlp_rm_steps8": sea_mlp(mlp(steps_per_update=8)),
+        "ablation_mlp_policy_steps4": sea_mlp(policy_steps=4),
         # its control: the baseline with the same policy steps per round
         "ablation_online_dpo_policy_steps4": lambda: A.online_dap(ref, loss=DAPLoss("dpo"), policy_steps=4),
     }
+
+
+def paired_comparisons(results: dict, names: list[str], targets: list, seeds: int) -> tuple[str, list[str]]:
+    """Every agent against online DPO on the same seeds: a markdown table and one sentence per agent.
+
+    On the pair's common query budget Q (the fewest queries any seed of either made), the
+    statistics are the queries to each target capped at Q (lower is better) and the area under
+    the win rate against queries over [0, Q] (higher is better); each row holds both agents' means
+    and the paired difference (agent − online DPO) with its 95 % bootstrap interval.
+    """
+    rows, sentences = [], []
+    baseline = results[BASELINE]
+    for name in names:
+        if name == BASELINE:
+            continue
+        pair = (results[name], baseline)
+        budget = metrics.common_query_budget(*pair)
+        stats = []
+        for target, label in targets:
+            (a, reached_a), (b, reached_b) = (
+                metrics.capped_queries_to_target(r, target.metric, target.value, target.direction, budget) for r in pair
+            )
+            reached = f"{int(reached_a.sum())}/{seeds} vs {int(reached_b.sum())}/{seeds} seeds reached it"
+            stats.append((f"queries to {label} ≥ {target.value}", a, b, "lower", reached))
+        a, b = (metrics.auc_against_queries(r, AUC_METRIC, budget) for r in pair)
+        stats.append((f"AUC of the {AUC_METRIC} against queries", a, b, "higher", ""))
+        verdicts = []
+        for statistic, a, b, better, note in stats:
+            diff = metrics.paired_bootstrap(a, b, resamples=RESAMPLES, seed=0)
+            verdict = diff.verdict(better)
+            verdicts.append(f"{verdict} on the {statistic}")
+            rows.append(
+                {
+                    "agent": name,
+                    "statistic (Q = common query budget)": f"{statistic} ({better} is better), Q = {budget:.0f}",
+                    "agent mean": f"{a.mean():.4g}",
+                    "online DPO mean": f"{b.mean():.4g}",
+                    "agent − online DPO [95% CI]": str(diff),
+                    "verdict": verdict,
+                    "note": note,
+                }
+            )
+        sentences.append(
+            f"**{name}** against online DPO, {seeds} paired seeds, 95% paired bootstrap intervals: "
+            + "; ".join(verdicts)
+            + " (wins: the whole interval favours it; ties: the interval holds 0)."
+        )
+    columns = list(rows[0]) if rows else []
+    return (markdown_table(rows, columns) if rows else ""), sentences
 
 
 def smoothed(values: np.ndarray, window: int) -> np.ndarray:
@@ -118,9 +205,11 @@ def add_smoothed_win_rate(results: cdb.Results) -> cdb.Results:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=256)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--eval-every", type=int, default=8)
-    parser.add_argument("--agents", nargs="+", default=None)
+    parser.add_argument(
+        "--agents", nargs="+", default=list(HEADLINE), help=f"names, or 'all' (default: {' '.join(HEADLINE)})"
+    )
     parser.add_argument("--key", type=int, default=0, help="base key of the run (other keys: other seeds)")
     parser.add_argument("--online-target", type=float, default=0.8, help="target online win rate (smoothed)")
     parser.add_argument("--gap-target", type=float, default=0.5, help="target fraction of the gap closed")
@@ -156,8 +245,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"{ref.report.get('teacher_entropy', float('nan')):.2f}",
         flush=True,
     )
-    factories = make_agents(ref, env, args.rounds)
-    names = args.agents or list(factories)
+    factories = make_agents(ref, env, args.rounds, tiny=args.tiny)
+    names = list(factories) if args.agents == ["all"] else args.agents
     factories.update(make_ablations(ref, env))
     unknown = sorted(set(names) - set(factories))
     if unknown:
@@ -224,13 +313,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         row["final win rate"] = f"{final['win_rate']:.3f} ± {final['win_rate se']:.3f}"
         rows.append(row)
     table = markdown_table(rows, list(rows[0]))
-    (out / "queries_to_target.md").write_text(table + "\n")
+    text = table + "\n"
+    if BASELINE in names and len(names) > 1:
+        paired, sentences = paired_comparisons(results, names, targets, args.seeds)
+        text += "\n" + paired + "\n\n" + "\n\n".join(sentences) + "\n"
+    (out / "queries_to_target.md").write_text(text)
     print()
     print(
         f"queries to target, {args.seeds} seeds, {args.rounds} rounds × B={env.batch_size}; mean ± s.e. over "
-        "seeds that reached it"
+        "seeds that reached it; then the paired differences against online DPO"
     )
-    print(table)
+    print(text)
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     colors = plt.get_cmap("tab20").colors

@@ -72,6 +72,23 @@ def _count_correct(score_first: Array, score_second: Array, label: Array, mask: 
 # MLP ensemble
 # --------------------------------------------------------------------------------------------
 
+MINIBATCHES = ("per_member", "shared")
+ANCHOR_REDUCTIONS = ("sum", "mean")
+
+
+def scaled_truncated_normal(scale: float):
+    """An ``nnx`` kernel initializer: ``(scale/√fan_in) · z``, z ~ N(0, 1) truncated to [−2, 2].
+
+    For a kernel ``[fan_in, fan_out]``. Oat's reward heads use ``scale = 0.5`` (a normal of standard
+    deviation 1/(2√fan_in), redrawn outside two standard deviations); the standard deviation of
+    the truncated draw is about 0.88 · scale/√fan_in.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        return (scale / jnp.sqrt(shape[0])).astype(dtype) * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+    return init
+
 
 @functools.cache
 def _head_graphdef(feature_dim: int, hidden_sizes: tuple[int, ...]):
@@ -81,12 +98,19 @@ def _head_graphdef(feature_dim: int, hidden_sizes: tuple[int, ...]):
 
 
 class Head(nnx.Module):
-    """One reward head: an MLP ``[..., d] -> [...]`` with ReLU hidden layers and a scalar output."""
+    """One reward head: an MLP ``[..., d] -> [...]`` with ReLU hidden layers and a scalar output.
 
-    def __init__(self, feature_dim: int, hidden_sizes: tuple[int, ...], *, rngs: nnx.Rngs):
+    ``kernel_init`` (an ``nnx`` initializer) draws every layer's weights; ``None`` is ``nnx.Linear``'s
+    default (LeCun normal: standard deviation 1/√fan_in). Biases start at zero.
+    """
+
+    def __init__(self, feature_dim: int, hidden_sizes: tuple[int, ...], *, rngs: nnx.Rngs, kernel_init=None):
         sizes = (feature_dim, *hidden_sizes)
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
-        self.out = nnx.Linear(sizes[-1], 1, rngs=rngs)
+        init = {} if kernel_init is None else {"kernel_init": kernel_init}
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs, **init) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.out = nnx.Linear(sizes[-1], 1, rngs=rngs, **init)
 
     def __call__(self, x: Array) -> Array:
         for layer in self.hidden:
@@ -121,16 +145,32 @@ class MLPEnsemble:
 
     Member e scores ``r_e(x) = f(x; ϕ_e) + prior_scale · stop_gradient(f(x; ψ_e))`` with ψ_e a
     frozen random head (randomized prior functions, Osband et al. 2018). Each call of
-    :meth:`update` first stores the new masked pairs, then takes ``steps_per_update`` Adam
-    steps on
+    :meth:`update` first stores the new masked pairs, then takes ``steps_per_update`` steps of
+    Adam (with an L2 ``weight_decay`` added to the gradient, as ``torch.optim.Adam`` does) on
 
-        L(ϕ) = Σ_e [ mean_{i ∈ batch_e} BT(r_e(first_i), r_e(second_i), z_i) + λ_t ‖ϕ_e − ϕ_e⁰‖² ]
+        L(ϕ) = Σ_e [ mean_{i ∈ batch_e} BT(r_e(first_i), r_e(second_i), z_i) + λ_t · A(ϕ_e − ϕ_e⁰) ]
 
-    where every member draws its own minibatch ``batch_e`` of ``batch_size`` pairs from the
-    buffer (bootstrapped data order) and λ_t = ``anchor`` (``anchor_schedule='fixed'``) or
-    ``anchor · batch_size / N_t`` (``'data'``, N_t = oracle pairs seen so far, at least 1).
-    Nothing trains while the buffer is empty. ``rm_loss`` is the BT term of the last step,
-    averaged over members and minibatch (without the anchor penalty).
+    with the anchoring penalty ``A(δ) = ‖δ‖²`` (``anchor_reduction='sum'``) or ``mean_p δ_p²``
+    over the member's P parameters (``'mean'``), and λ_t = ``anchor`` (``anchor_schedule='fixed'``)
+    or ``anchor · batch_size / N_t`` (``'data'``, N_t = oracle pairs seen so far, at least 1).
+    ``minibatch`` says where ``batch_e`` comes from:
+
+    * ``'per_member'`` — every member draws its own ``batch_size`` pairs from the buffer, with
+      replacement (a bootstrapped data order); training starts with the first stored pair;
+    * ``'shared'`` — one minibatch of ``batch_size`` distinct pairs (drawn without replacement,
+      :func:`cdb.replay.sample_without_replacement`) for all members; no step is taken until the
+      buffer holds ``batch_size`` pairs (as in Oat).
+
+    ``rm_loss`` is the BT term of the last step, averaged over members and minibatch (without the
+    penalties), computed on the drawn minibatch also when the buffer is too small for the steps
+    to be kept.
+
+    **Oat's reward model** (Liu et al. 2024's code, ``oat/rm``) is ``minibatch='shared'``,
+    ``prior_scale=0``, ``anchor=0.5`` with the ``'data'`` schedule and ``anchor_reduction='mean'``,
+    ``weight_decay=5e-5`` and ``init_scale=0.5`` (``cdb.agents.alignment_presets.oat_ensemble``). Oat averages
+    its loss over members where ``L`` sums them: ``L`` is E times Oat's loss, and
+    ``weight_decay`` is applied as ``E · weight_decay`` to the gradient of ``L``, so that Adam,
+    which is invariant to the scale of its gradient (up to its ε), takes Oat's steps.
 
     Attributes:
       num_members: E, number of heads (Oat / SEA default 20).
@@ -138,10 +178,17 @@ class MLPEnsemble:
       prior_scale: weight of the randomized prior function; 0 disables it.
       anchor: λ of the anchoring penalty to the initial weights; 0 disables it.
       anchor_schedule: ``'data'`` (λ·B/N_t) or ``'fixed'`` (λ).
+      anchor_reduction: ``'sum'`` (‖ϕ_e − ϕ_e⁰‖²) or ``'mean'`` (its mean over the member's parameters).
+      weight_decay: wd ≥ 0, the L2 coefficient of Oat's (member-averaged) loss; see above.
+      init_scale: ``None`` for ``nnx.Linear``'s default weights (standard deviation 1/√fan_in), or
+        s > 0 for :func:`scaled_truncated_normal` weights ``(s/√fan_in) · N(0, 1)`` truncated at two
+        standard deviations (Oat: 0.5). Biases start at zero either way; the prior heads ψ_e are
+        drawn the same way.
+      minibatch: ``'per_member'`` or ``'shared'`` (see above).
       learning_rate: Adam step size.
       steps_per_update: gradient steps per :meth:`update` call.
-      batch_size: B, replay pairs per member per step.
-      buffer_capacity: slots of the replay buffer.
+      batch_size: B, replay pairs per minibatch.
+      buffer_capacity: slots of the replay buffer (at least ``batch_size`` with ``'shared'``).
     """
 
     num_members: int = 20
@@ -153,6 +200,10 @@ class MLPEnsemble:
     steps_per_update: int = 4
     batch_size: int = 64
     buffer_capacity: int = 4096
+    anchor_reduction: str = "sum"
+    weight_decay: float = 0.0
+    init_scale: float | None = None
+    minibatch: str = "per_member"
 
     def __post_init__(self):
         check_int(self, "num_members", self.num_members, low=1)
@@ -169,15 +220,26 @@ class MLPEnsemble:
         check_float(self, "prior_scale", self.prior_scale, low=0.0)
         check_float(self, "anchor", self.anchor, low=0.0)
         check_choice(self, "anchor_schedule", self.anchor_schedule, ("data", "fixed"))
+        check_choice(self, "anchor_reduction", self.anchor_reduction, ANCHOR_REDUCTIONS)
+        check_float(self, "weight_decay", self.weight_decay, low=0.0)
+        if self.init_scale is not None:
+            check_float(self, "init_scale", self.init_scale, low=0.0, low_inclusive=False)
+        check_choice(self, "minibatch", self.minibatch, MINIBATCHES)
         check_float(self, "learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
         check_int(self, "steps_per_update", self.steps_per_update, low=1)
         check_int(self, "batch_size", self.batch_size, low=1)
         check_int(self, "buffer_capacity", self.buffer_capacity, low=1)
+        if self.minibatch == "shared" and self.buffer_capacity < self.batch_size:
+            raise ValueError(
+                f"MLPEnsemble.buffer_capacity={self.buffer_capacity} is below batch_size={self.batch_size}; "
+                "minibatch='shared' draws batch_size distinct stored pairs, so expected buffer_capacity >= batch_size"
+            )
 
     # -- the heads ---------------------------------------------------------------------------
 
     def _head(self, feature_dim: int, key: PRNGKey) -> Head:
-        return Head(feature_dim, self.hidden_sizes, rngs=nnx.Rngs(key))
+        init = None if self.init_scale is None else scaled_truncated_normal(self.init_scale)
+        return Head(feature_dim, self.hidden_sizes, rngs=nnx.Rngs(key), kernel_init=init)
 
     def _graphdef(self, feature_dim: int):
         return _head_graphdef(int(feature_dim), self.hidden_sizes)
@@ -237,25 +299,34 @@ class MLPEnsemble:
         label: Array,
         weight: Array,
     ) -> tuple[Array, Array]:
-        """The training objective on per-member minibatches.
+        """The training objective on one minibatch.
 
         Args:
           params: head parameters ϕ (leading member axis).
           state: supplies the prior and anchor parameters and N_t.
-          first, second: ``[E, b, d]`` per-member minibatches; label, weight: ``[E, b]``.
+          first, second: ``[E, b, d]`` per-member minibatches, or ``[b, d]`` one minibatch shared
+            by every member; label, weight: ``[E, b]`` or ``[b]`` likewise.
 
         Returns:
-          ``(total, bt)``: ``total = Σ_e [mean_i w_i·BT_{e,i} + λ_t ‖ϕ_e − ϕ_e⁰‖²]`` and ``bt``,
+          ``(total, bt)``: ``total = Σ_e [mean_i w_i·BT_{e,i} + λ_t A(ϕ_e − ϕ_e⁰)]`` and ``bt``,
           the BT term averaged over members.
         """
-        s1 = self._member_scores(params, state.prior_params, first, shared=False)
-        s2 = self._member_scores(params, state.prior_params, second, shared=False)
+        shared = first.ndim == 2
+        s1 = self._member_scores(params, state.prior_params, first, shared=shared)
+        s2 = self._member_scores(params, state.prior_params, second, shared=shared)
         bt = jnp.mean(weight * bradley_terry_nll(s1, s2, label), axis=-1)  # [E]
         total = jnp.sum(bt)
         if self.anchor > 0:
             sq = jax.tree.map(lambda p, p0: jnp.sum(jnp.square(p - p0)), params, state.anchor_params)
-            total = total + self.anchor_coefficient(state.num_queries) * sum(jax.tree.leaves(sq))
+            penalty = sum(jax.tree.leaves(sq))
+            if self.anchor_reduction == "mean":
+                penalty = penalty / self.parameters_per_member(params)
+            total = total + self.anchor_coefficient(state.num_queries) * penalty
         return total, jnp.mean(bt)
+
+    def parameters_per_member(self, params) -> int:
+        """P, the number of trained parameters of one head (``params`` with a leading member axis)."""
+        return sum(leaf.size for leaf in jax.tree.leaves(params)) // self.num_members
 
     def update(
         self,
@@ -279,25 +350,34 @@ class MLPEnsemble:
         buffer = replay.add(state.buffer, first, second, label, mask)
         state = state.replace(buffer=buffer, num_queries=state.num_queries + jnp.sum(mask, dtype=jnp.int32))
         optimizer = self._optimizer()
-        draw = jax.vmap(lambda k: replay.sample(k, buffer, self.batch_size))
+        if self.minibatch == "shared":
+            draw = functools.partial(replay.sample_without_replacement, buffer=buffer, batch_size=self.batch_size)
+            trained = buffer.size >= self.batch_size
+        else:
+            per_member = jax.vmap(lambda k: replay.sample(k, buffer, self.batch_size))
+            draw = lambda k: per_member(jax.random.split(k, self.num_members))  # each [E, b, ...]
+            trained = buffer.size > 0
 
         def step(carry, step_key):
             params, opt_state = carry
-            batch = draw(jax.random.split(step_key, self.num_members))  # each [E, b, ...]
-            grads, bt = jax.grad(self.loss, has_aux=True)(params, state, *batch)
+            grads, bt = jax.grad(self.loss, has_aux=True)(params, state, *draw(step_key))
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), bt
 
         keys = jax.random.split(key, self.steps_per_update)
         (params, opt_state), bts = jax.lax.scan(step, (state.params, state.opt_state), keys)
-        trained = buffer.size > 0
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(trained, a, b), new, old)
         state = state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state))
         info = {"rm_loss": bts[-1].astype(jnp.float32), "rm_correct": correct}
         return state, info
 
     def _optimizer(self) -> optax.GradientTransformation:
-        return optax.adam(self.learning_rate)
+        adam = optax.adam(self.learning_rate)
+        if self.weight_decay == 0:
+            return adam
+        # torch.optim.Adam's weight_decay: wd·ϕ added to the gradient before Adam; E·wd because L
+        # sums the members where Oat's loss averages them (the class docstring)
+        return optax.chain(optax.add_decayed_weights(self.weight_decay * self.num_members), adam)
 
 
 # --------------------------------------------------------------------------------------------

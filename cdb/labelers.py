@@ -88,25 +88,52 @@ class QueryBudget:
         return _oracle_only(pairs, position <= self.budget)
 
 
+MIXING_DRAWS = ("bernoulli", "fixed_count")
+
+
 @dataclasses.dataclass(frozen=True)
 class MixedLabeler:
-    """SEA's mixed preference learning (Liu et al. 2024, §4.3): oracle with probability γ.
+    """SEA's mixed preference learning (Liu et al. 2024, §4.3): a fraction γ of the pairs goes to the oracle.
 
-    Per prompt, with probability ``gamma`` the selected pair is labelled by the oracle (a query);
-    otherwise a random ensemble member ``e`` labels a pair that is *not* sent to the oracle:
+    Which prompts go to the oracle (``draw``):
+
+    * ``'bernoulli'`` — each prompt independently with probability ``gamma``;
+    * ``'fixed_count'`` — as the authors run it (Oat 0.2.4, ``ModelBasedExplorer._random_select``):
+      exactly ``⌊(1 − γ)·B⌋`` of the B prompts of every batch are model-labelled (Oat's
+      ``int(B · max_model_data_ratio)``, a floor), a uniformly random subset drawn with the key
+      (Oat shuffles the batch), and the others go to the oracle.
+
+    For the first ``burn_in`` rounds every pair goes to the oracle (Oat's ``burn_in_period``, which
+    counts the explorer's calls, one per batch). The labeler sees the oracle queries so far, not the
+    round: since every pair of a burn-in round is queried, round ``t < burn_in`` is exactly
+    ``queries_so_far < burn_in · B``, so the burn-in is read from ``queries_so_far``.
+
+    A model-labelled pair is *not* sent to the oracle and not counted as a query: a random
+    ensemble member ``e`` (one per prompt) labels
 
     * ``model_pair='best_worst'`` — the pair ``(argmax_j r_e(j), argmin_j r_e(j))`` over the M
-      candidates, labelled ``first ≻ second`` (the most informative self-labelled pair);
+      candidates, labelled ``first ≻ second`` (the pair of largest ``|r_e(i) − r_e(j)|``, as in Oat);
     * ``model_pair='selected'`` — the selector's pair, labelled ``1[r_e(a₁) > r_e(a₂)]``
       (``label_mode='argmax'``) or ``z ~ Bernoulli(σ(r_e(a₁) − r_e(a₂)))`` (``label_mode='sample'``,
       the model's own Bradley–Terry preference, as SAIL-PP labels with the implicit reward).
 
-    With ``gamma=1`` every pair is an oracle pair.
+    Oat sends its model pairs to the oracle as well (without counting them) and trains on the
+    oracle's labels; here they keep the model's label and never reach the oracle. With
+    ``gamma=1`` every pair is an oracle pair.
+
+    Attributes:
+      gamma: γ ∈ [0, 1], the oracle's share of the pairs.
+      model_pair: ``'best_worst'`` or ``'selected'``.
+      label_mode: ``'argmax'`` or ``'sample'`` (with ``'selected'`` only).
+      draw: ``'bernoulli'`` or ``'fixed_count'``.
+      burn_in: rounds at the start in which every pair goes to the oracle (``>= 0``).
     """
 
     gamma: float = 0.5
     model_pair: str = "best_worst"
     label_mode: str = "argmax"
+    draw: str = "bernoulli"
+    burn_in: int = 0
     uses_model_labels: ClassVar[bool] = True
     needs_policy_logprob: ClassVar[bool] = False
 
@@ -114,13 +141,37 @@ class MixedLabeler:
         check_float(self, "gamma", self.gamma, low=0.0, high=1.0)
         check_choice(self, "model_pair", self.model_pair, ("best_worst", "selected"))
         check_choice(self, "label_mode", self.label_mode, ("argmax", "sample"))
+        check_choice(self, "draw", self.draw, MIXING_DRAWS)
+        check_int(self, "burn_in", self.burn_in, low=0)
         if self.label_mode == "sample" and self.model_pair != "selected":
             raise ValueError(f"MixedLabeler.label_mode={self.label_mode!r} needs model_pair='selected'")
+
+    def model_labelled_count(self, batch: int) -> int:
+        """``⌊(1 − γ)·B⌋``, the model-labelled prompts of a batch after the burn-in (``'fixed_count'``).
+
+        Computed on the decimal value of γ: in floating point (1 − 0.7)·10 would be 2.9999999999999996.
+        """
+        return math.floor((1 - fractions.Fraction(str(self.gamma))) * batch)
+
+    def _model_labelled(self, key, batch: int, queries_so_far) -> Array:
+        """``[B]`` bool: the prompts whose pair the model labels this round."""
+        if self.draw == "bernoulli":
+            model = jax.random.uniform(key, (batch,)) >= self.gamma
+        else:
+            rank = jnp.argsort(jnp.argsort(jax.random.uniform(key, (batch,))))  # a uniformly random order
+            model = rank < self.model_labelled_count(batch)
+        if self.burn_in == 0:
+            return model
+        if queries_so_far is None:
+            raise ValueError(
+                f"MixedLabeler(burn_in={self.burn_in}) needs queries_so_far (the oracle queries before this round)"
+            )
+        return model & (jnp.asarray(queries_so_far) >= self.burn_in * batch)
 
     def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
         batch, members, _ = scores.shape
         k_query, k_member, k_label = jax.random.split(key, 3)
-        query = jax.random.uniform(k_query, (batch,)) < self.gamma
+        query = ~self._model_labelled(k_query, batch, queries_so_far)
         member = jax.random.randint(k_member, (batch,), 0, members)
         member_scores = jnp.take_along_axis(scores, member[:, None, None], axis=1)[:, 0]  # [B, M]
         if self.model_pair == "best_worst":

@@ -7,7 +7,8 @@ DAP family (DESIGN §5, one code path after GPO, Tang et al., 2024):
 
 * :class:`DAPLoss` — frozen config; ``loss, info = DAPLoss(kind, beta, ...)(pc, pr, rc, rr)``
   for DPO / cDPO, IPO, SLiC, exponential, truncated quadratic, savage, SimPO, and mDPO / mIPO
-  (``[N, k]`` inputs), with an optional SFT term and per-prompt weights;
+  (``[N, k]`` inputs), with optional length normalisation (IPO's default), an optional SFT
+  term and per-prompt weights;
 * :func:`dap_objective` — the elementwise convex function ``f`` of each kind;
 * :func:`implicit_reward`, :func:`multi_response_logratio`, :func:`weighted_mean`;
 * :func:`xpo_term` — XPO's exploration term ``α · mean log π_θ(ỹ)``, ỹ ~ π_ref.
@@ -40,6 +41,7 @@ def bradley_terry_nll(score_first: Array, score_second: Array, label: Array) -> 
 
 DAP_KINDS = ("dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage", "simpo")
 _SMOOTHABLE = ("dpo", "simpo")
+_LENGTH_NORMALISED = ("ipo", "simpo")  # DAPLoss.length_normalization=None
 
 
 def implicit_reward(policy_logp: Array, ref_logp: Array, beta: float | Array) -> Array:
@@ -128,9 +130,20 @@ class DAPLoss:
 
         Δ = [log π_θ(y_w|x) − log π_ref(y_w|x)] − [log π_θ(y_l|x) − log π_ref(y_l|x)]
 
-    * ``'simpo'`` uses no reference: ``Δ = log π_θ(y_w)/|y_w| − log π_θ(y_l)/|y_l|`` with the
-      lengths ``chosen_length`` / ``rejected_length`` (required; pass ones when the log-probs
-      are already per-token means), and loss ``−log σ(βΔ − γ)``, γ = ``simpo_margin``.
+    * **Length normalisation** (``length_normalization=True``): each response's log-ratio is
+      divided by its length in tokens, ``|y_w|`` = ``chosen_length``, ``|y_l|`` = ``rejected_length``
+      (then required; pass ones when the log-probs are already per-token means)::
+
+          Δ = [log π_θ(y_w|x) − log π_ref(y_w|x)] / |y_w| − [log π_θ(y_l|x) − log π_ref(y_l|x)] / |y_l|
+
+      ``None`` (the default) normalises for ``'ipo'`` and ``'simpo'`` only. IPO's default is the
+      convention of TRL (1.16, ``DPOTrainer``, ``loss_type='ipo'``, which reports that the IPO
+      authors' published results use it) and of Oat (0.2.4, average log-probs for IPO): with
+      sequence sums, ``1/(2β)`` would be a margin per sequence rather than per token, and the
+      squared loss would grow with the response length. ``length_normalization=False`` gives
+      IPO on sequence sums (Azar et al. 2023's formula as written).
+    * ``'simpo'`` uses no reference: ``Δ = log π_θ(y_w)/|y_w| − log π_θ(y_l)/|y_l|`` (always
+      length-normalised), and loss ``−log σ(βΔ − γ)``, γ = ``simpo_margin``.
     * **mDPO / mIPO** (Wang et al., 2024, multi-sample comparisons): give the log-probs as
       ``[N, k]`` (k chosen and k' rejected responses per prompt) with ``kind='dpo'`` or
       ``'ipo'``. Each side's log-ratio is averaged over its trailing axis
@@ -152,7 +165,7 @@ class DAPLoss:
     ``weight`` is ``[N]`` (a 0/1 mask or soft weights). With all weights 0 the loss is 0.
     The reference log-probs are constants: no gradient flows into them (``stop_gradient``).
     ``info`` holds scalars: ``dap_loss`` (the f term), ``sft_loss`` (the nll, unscaled),
-    ``chosen_reward`` / ``rejected_reward`` (β × each side's log-ratio),
+    ``chosen_reward`` / ``rejected_reward`` (β × each side's log-ratio, per token when normalised),
     ``implicit_reward_margin`` (βΔ) and ``preference_accuracy`` (fraction with Δ > 0), all
     weighted means. The dataclass is frozen and hashable, so it may be a static jit argument.
     """
@@ -162,6 +175,7 @@ class DAPLoss:
     label_smoothing: float = 0.0
     simpo_margin: float = 0.0
     sft_weight: float = 0.0
+    length_normalization: bool | None = None
 
     def __post_init__(self):
         check_choice(self, "kind", self.kind, DAP_KINDS)
@@ -174,6 +188,24 @@ class DAPLoss:
             )
         check_float(self, "simpo_margin", self.simpo_margin)
         check_float(self, "sft_weight", self.sft_weight, low=0.0)
+        if self.length_normalization not in (None, True, False):
+            raise ValueError(
+                f"DAPLoss.length_normalization={self.length_normalization!r} is not allowed; "
+                "expected None (the kind's default), True or False"
+            )
+        if self.kind == "simpo" and self.length_normalization is False:
+            raise ValueError(
+                "DAPLoss.length_normalization=False is not allowed for kind='simpo' (SimPO is defined on "
+                "length-normalised log-probs); expected None or True"
+            )
+
+    @property
+    def normalizes_length(self) -> bool:
+        """Whether each log-ratio is divided by its response length (``length_normalization``, or
+        the kind's default: ``'ipo'`` and ``'simpo'``)."""
+        if self.length_normalization is None:
+            return self.kind in _LENGTH_NORMALISED
+        return bool(self.length_normalization)
 
     def __call__(
         self,
@@ -188,23 +220,25 @@ class DAPLoss:
     ) -> tuple[Array, dict[str, Array]]:
         policy_chosen = _logps(policy_chosen, "policy_chosen")
         policy_rejected = _logps(policy_rejected, "policy_rejected")
+        if self.normalizes_length and (chosen_length is None or rejected_length is None):
+            hint = "" if self.kind == "simpo" else ", or length_normalization=False for sequence sums"
+            raise ValueError(
+                f"DAPLoss(kind={self.kind!r}) divides each log-ratio by its response length and needs "
+                f"chosen_length and rejected_length (lengths in tokens; ones for per-token-mean log-probs{hint})"
+            )
         if self.kind == "simpo":
-            if chosen_length is None or rejected_length is None:
-                raise ValueError(
-                    "DAPLoss(kind='simpo') needs chosen_length and rejected_length "
-                    "(response lengths in tokens; pass ones for per-token-mean log-probs)"
-                )
-            chosen_score = policy_chosen / jnp.asarray(chosen_length, policy_chosen.dtype)
-            rejected_score = policy_rejected / jnp.asarray(rejected_length, policy_rejected.dtype)
-            chosen_ratio = multi_response_logratio(chosen_score)
-            rejected_ratio = multi_response_logratio(rejected_score)
+            chosen_ratio, rejected_ratio = policy_chosen, policy_rejected
         else:
             if ref_chosen is None or ref_rejected is None:
                 raise ValueError(f"DAPLoss(kind={self.kind!r}) needs ref_chosen and ref_rejected; got None")
             ref_chosen = jax.lax.stop_gradient(_logps(ref_chosen, "ref_chosen"))
             ref_rejected = jax.lax.stop_gradient(_logps(ref_rejected, "ref_rejected"))
-            chosen_ratio = multi_response_logratio(policy_chosen, ref_chosen)
-            rejected_ratio = multi_response_logratio(policy_rejected, ref_rejected)
+            chosen_ratio, rejected_ratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+        if self.normalizes_length:
+            chosen_ratio = chosen_ratio / jnp.asarray(chosen_length, chosen_ratio.dtype)
+            rejected_ratio = rejected_ratio / jnp.asarray(rejected_length, rejected_ratio.dtype)
+        chosen_ratio = multi_response_logratio(chosen_ratio)
+        rejected_ratio = multi_response_logratio(rejected_ratio)
         delta = chosen_ratio - rejected_ratio
         per_prompt = dap_objective(
             self.kind, delta, self.beta, label_smoothing=self.label_smoothing, simpo_margin=self.simpo_margin

@@ -6,6 +6,7 @@ round with ``mask = feedback.queried`` and every unqueried row is dropped::
     buffer = init_buffer(capacity=4096, feature_dim=d)
     buffer = add(buffer, first, second, label, mask)            # [B, d], [B, d], [B], [B]
     first, second, label, weight = sample(key, buffer, 64)      # [64, d], [64, d], [64], [64]
+    first, second, label, weight = sample_without_replacement(key, buffer, 64)   # 64 distinct pairs
 
 Shapes never depend on how many rows were masked, so ``add`` and ``sample`` compile once.
 """
@@ -102,4 +103,29 @@ def sample(key: Array, buffer: ReplayBuffer, batch_size: int) -> tuple[Array, Ar
     """
     idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
     weight = jnp.full((batch_size,), (buffer.size > 0).astype(jnp.float32))
+    return buffer.first[idx], buffer.second[idx], buffer.label[idx], weight
+
+
+def sample_without_replacement(key: Array, buffer: ReplayBuffer, batch_size: int) -> tuple[Array, Array, Array, Array]:
+    """Draws ``batch_size`` distinct pairs, a uniformly random subset of the ``size`` valid entries.
+
+    Every subset of ``batch_size`` valid slots is equally likely (the ``batch_size`` smallest of
+    i.i.d. uniform keys, one per valid slot, via ``lax.top_k``), as a minibatch drawn without
+    replacement from the stored pairs. ``batch_size`` must not exceed the capacity.
+
+    Returns:
+      ``(first [b, d], second [b, d], label [b], weight [b])`` in a random order. When fewer than
+      ``batch_size`` entries are valid, every valid entry is drawn once and the remaining rows are
+      empty slots with ``weight`` 0.0 (1.0 for the valid rows).
+    """
+    if not 1 <= batch_size <= buffer.capacity:
+        raise ValueError(
+            f"sample_without_replacement batch_size={batch_size!r} is out of range; "
+            f"expected an integer in [1, {buffer.capacity}] (the buffer's capacity)"
+        )
+    valid = jnp.arange(buffer.capacity) < buffer.size
+    # invalid slots get a priority below every valid one, so they are drawn only to fill the batch
+    priority = jnp.where(valid, jax.random.uniform(key, (buffer.capacity,)), -1.0)
+    _, idx = jax.lax.top_k(priority, batch_size)
+    weight = valid[idx].astype(jnp.float32)
     return buffer.first[idx], buffer.second[idx], buffer.label[idx], weight

@@ -28,11 +28,12 @@ import cdb
 from cdb.agents import alignment
 from cdb.ensemble import MLPEnsemble
 from cdb.environments.sequence_duel import SequenceDuel
-from cdb.labelers import EntropyQueries, MixedLabeler, QueryBudget
+from cdb.labelers import EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss
 from cdb.proposers import GeometricMixtureSamples, PolicySamples
 from cdb.recommenders import BestOfN, DeRa, Greedy
 from cdb.scorers import EnsembleScores, ImplicitReward
+from cdb.selection import BAITS, EETS
 from cdb.sequences import greedy_responses
 from cdb.types import EnvSpec, Observation
 
@@ -289,6 +290,69 @@ def test_unknown_rules_are_rejected(reference):
         alignment.sea(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
     with pytest.raises(ValueError, match=r"ee4llm\.rule"):
         alignment.ee4llm(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
+
+
+# --------------------------------------------------------------------------------------------
+# SEA's defaults are its authors' recipe; the older keywords keep working
+# --------------------------------------------------------------------------------------------
+
+
+def test_sea_defaults_are_the_authors_recipe(reference):
+    agent = alignment.sea(reference)
+    assert agent.selector == BAITS() and agent.selector.variance == "probability"
+    assert agent.labeler == MixedLabeler(0.7, "best_worst", draw="fixed_count", burn_in=5)
+    assert agent.labeler.model_labelled_count(16) == 4  # Oat: int(0.3 · 16)
+    rm = agent.reward_model
+    assert rm == alignment.oat_ensemble()
+    assert (rm.num_members, rm.hidden_sizes, rm.learning_rate, rm.steps_per_update, rm.batch_size) == (
+        20,
+        (128, 128),
+        1e-3,
+        5,
+        128,
+    )
+    assert (rm.minibatch, rm.prior_scale, rm.anchor, rm.anchor_schedule, rm.anchor_reduction) == (
+        "shared",
+        0.0,
+        0.5,
+        "data",
+        "mean",
+    )
+    assert (rm.weight_decay, rm.init_scale) == (5e-5, 0.5)
+    assert agent.policy_loss == DAPLoss("dpo", beta=0.1) and agent.proposer == PolicySamples(8)
+    assert agent.name == "sea_bai_ts_gamma0.7"
+
+
+def test_sea_keywords_select_the_other_configurations(reference):
+    old = alignment.sea(reference, rule="ee_ts", gamma=1.0, reward_model=alignment.default_ensemble())
+    assert isinstance(old.selector, EETS) and isinstance(old.labeler, OracleLabeler) and old.name == "sea_ee_ts"
+    assert alignment.sea(reference, variance="logit").selector == BAITS(variance="logit")
+    mixed = alignment.sea(reference, rule="ee_ts", gamma=0.5, mixing="bernoulli", burn_in=0).labeler
+    assert mixed == MixedLabeler(0.5, "best_worst")
+    with pytest.raises(ValueError, match=r"variance='logit' is not allowed with rule='ee_ts'"):
+        alignment.sea(reference, rule="ee_ts", variance="logit")
+    with pytest.raises(ValueError, match=r"sea\.variance"):
+        alignment.sea(reference, variance="entropy")
+    with pytest.raises(ValueError, match=r"sea\.mixing"):
+        alignment.sea(reference, mixing="poisson")
+    with pytest.raises(ValueError, match=r"sea\.burn_in"):
+        alignment.sea(reference, burn_in=-1)
+
+
+def test_ipo_presets_normalise_by_length(reference):
+    for agent in (alignment.online_ipo(reference), alignment.nash_md(reference)):
+        assert agent.policy_loss.kind == "ipo" and agent.policy_loss.normalizes_length
+    assert not alignment.online_dpo(reference).policy_loss.normalizes_length
+
+
+def test_sea_default_mixing_in_a_run(tiny_env):  # noqa: F811
+    """The default recipe with a small ensemble, on B = 4: every pair goes to the oracle for the
+    5 burn-in rounds, then exactly ⌊0.3 · 4⌋ = 1 prompt a round is model-labelled and not queried."""
+    agent = alignment.sea(tiny_env.reference, num_candidates=seq.NUM_CANDIDATES, reward_model=seq.TINY_ENSEMBLE)
+    results = cdb.run(agent, tiny_env, rounds=8, seeds=seq.SEEDS, eval_every=8, progress=False)
+    m = results.metrics
+    np.testing.assert_array_equal(m["queries"], np.broadcast_to([4] * 5 + [3] * 3, (seq.SEEDS, 8)))
+    np.testing.assert_array_equal(m["model_labelled"], np.broadcast_to([0] * 5 + [1] * 3, (seq.SEEDS, 8)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,10 +76,17 @@ def presets(ref) -> dict[str, AlignmentAgent]:
         "online_simpo": agents.online_dap(ref, loss=DAPLoss("simpo", beta=2.0)),
         # the ensemble on a frozen sentence encoder of the decoded text
         "sea_ee_ts": agents.sea(
-            ref, num_candidates=3, reward_model=ENSEMBLE, features=FrozenEncoderFeatures(BagOfBytes(), ref.tokenizer)
+            ref,
+            num_candidates=3,
+            rule="ee_ts",
+            gamma=1.0,
+            reward_model=ENSEMBLE,
+            features=FrozenEncoderFeatures(BagOfBytes(), ref.tokenizer),
         ),
-        # the ensemble on π_ref's last hidden state, with model labels
-        "sea_bai_ts_mixed": agents.sea(ref, num_candidates=3, rule="bai_ts", gamma=0.5, reward_model=ENSEMBLE),
+        # the ensemble on π_ref's last hidden state, with model labels from the first round
+        "sea_bai_ts_mixed": agents.sea(
+            ref, num_candidates=3, rule="bai_ts", gamma=0.5, burn_in=0, reward_model=ENSEMBLE
+        ),
         "apl": agents.apl(ref, num_candidates=3),
         "xpo": agents.xpo(ref),
         "ee4llm": agents.ee4llm(ref, num_candidates=3, reward_model=ENSEMBLE, best_of_n=2),

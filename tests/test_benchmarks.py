@@ -120,18 +120,20 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
 def test_sample_efficiency_tiny_table_is_its_stores_numbers(tmp_path):
     import cdb
     from benchmarks import sample_efficiency
+    from cdb import metrics
     from cdb.store import Store
 
     out, store_dir = tmp_path / "out", tmp_path / "store"
-    argv = "--tiny --rounds 8 --seeds 2 --eval-every 4 --agents online_dpo sea_ee_ts --no-progress".split()
+    argv = "--tiny --rounds 8 --seeds 2 --eval-every 4 --agents online_dpo sea --no-progress".split()
     argv += ["--out", str(out), "--store", str(store_dir), "--online-target", "0.5", "--gap-target", "0.1"]
     sample_efficiency.main(argv)
-    table = (out / "queries_to_target.md").read_text()
+    text = (out / "queries_to_target.md").read_text()
     assert (out / "sample_efficiency.png").stat().st_size > 0
     store = Store(store_dir)
     by_agent = {r["agent"]: store.load_results(cid) for cid, r in store.index().items()}
-    assert sorted(by_agent) == ["online_dpo", "sea_ee_ts"]
+    assert sorted(by_agent) == ["online_dpo", "sea"]
     assert all(r["status"] == "done" for r in store.index().values())
+    table, paired = text.split("\n\n")[:2]
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
     for name, res in by_agent.items():
         assert res.num_seeds == 2 and res.num_rounds == 8
@@ -143,12 +145,76 @@ def test_sample_efficiency_tiny_table_is_its_stores_numbers(tmp_path):
         win = res.eval_metrics["win_rate"][:, -1]
         assert f"| {win.mean():.3f} ± {win.std(ddof=1) / np.sqrt(2):.3f} |" in rows[name]
         assert str(cdb.queries_to_target(res, "gap_closed", 0.1, "above")) in rows[name]
+    # the paired rows, recomputed from the store: SEA − online DPO on the common query budget
+    sea, dpo = by_agent["sea"], by_agent["online_dpo"]
+    budget = metrics.common_query_budget(sea, dpo)
+    assert budget == min(sea.metrics["queries"].sum(axis=1).min(), dpo.metrics["queries"].sum(axis=1).min())
+    assert budget < 2 * 8 * 4  # SEA's model-labelled pairs after the burn-in are not queries
+    paired_rows = paired.splitlines()[2:]
+    assert len(paired_rows) == 3 and all(line.startswith("| sea | ") for line in paired_rows)
+    expected = [
+        (metrics.capped_queries_to_target(r, "online_win_rate_smoothed", 0.5, "above", budget)[0] for r in (sea, dpo)),
+        (metrics.capped_queries_to_target(r, "gap_closed", 0.1, "above", budget)[0] for r in (sea, dpo)),
+        (metrics.auc_against_queries(r, "win_rate", budget) for r in (sea, dpo)),
+    ]
+    for line, (a, b), better in zip(paired_rows, expected, ("lower", "lower", "higher"), strict=True):
+        diff = metrics.paired_bootstrap(a, b, resamples=sample_efficiency.RESAMPLES, seed=0)
+        assert f"Q = {budget:.0f} | {a.mean():.4g} | {b.mean():.4g} | {diff} | {diff.verdict(better)} |" in line
+    sentence = text.split("\n\n")[2].split(" (wins:")[0]
+    verdicts = [line.split(" | ")[5] for line in paired_rows]
+    assert sentence.startswith("**sea** against online DPO, 2 paired seeds")
+    assert [part.split(" on the ")[0].split(": ")[-1] for part in sentence.split("; ")] == verdicts
     frame = __import__("pandas").read_csv(out / "sample_efficiency.csv")
-    assert sorted(set(frame["agent"])) == ["online_dpo", "sea_ee_ts"]
+    assert sorted(set(frame["agent"])) == ["online_dpo", "sea"]
     # from the store alone, without running: the same table
     (out / "queries_to_target.md").unlink()
     sample_efficiency.main(argv + ["--from-saved"])
-    assert (out / "queries_to_target.md").read_text() == table
+    assert (out / "queries_to_target.md").read_text() == text
+
+
+@pytest.mark.slow
+def test_seed_s_of_every_agent_sees_the_same_prompts(tmp_path):
+    """The comparison is paired: with the same key, seed s of any two agents is handed the same
+    prompts every round (and other seeds other prompts). The environment records a code of each
+    round's prompts as a metric; two different agents must record the same codes."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    import cdb
+    from benchmarks import sample_efficiency
+    from cdb.environments import SequenceDuel
+    from cdb.environments.reference_policy import ReferenceConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class PromptRecorder(SequenceDuel):
+        def step(self, key, state, duel, params):
+            code = jnp.sum(state.prompts * self.vocab_size ** jnp.arange(self.prompt_length), axis=-1)
+            state, obs, feedback, info = super().step(key, state, duel, params)
+            return state, obs, feedback, {**info, "prompt_code": code.astype(jnp.float32)}
+
+    env = PromptRecorder(
+        vocab_size=6,
+        prompt_length=2,
+        response_length=3,
+        batch_size=4,
+        eval_batch_size=4,
+        eval_reference_samples=2,
+        reference_config=ReferenceConfig(
+            num_layers=1, d_model=16, num_heads=2, d_ff=32, train_steps=60, train_batch_size=32, eval_size=64
+        ),
+        cache_dir=str(tmp_path),
+    )
+    ref = env.build_reference()
+    factories = sample_efficiency.make_agents(ref, env, rounds=6, tiny=True)
+    codes = {
+        name: cdb.run(factories[name](), env, rounds=6, seeds=3, key=7, eval_every=6, progress=False).metrics[
+            "prompt_code"
+        ]
+        for name in ("online_dpo", "sea")
+    }
+    np.testing.assert_array_equal(codes["online_dpo"], codes["sea"])
+    assert len({tuple(row) for row in codes["sea"]}) == 3  # the seeds' prompts differ
 
 
 def test_llm_throughput_floor_is_the_same_step_in_xla_and_numpy():

@@ -551,7 +551,9 @@ DESCRIBE = textwrap.dedent(
 
     env = build_tiny_env(sys.argv[1])  # reads the reference policy the test session trained
     reference = env.build_reference()
-    agent = alignment.sea(reference, num_candidates=NUM_CANDIDATES, rule="ee_ts", reward_model=LEARNING_ENSEMBLE)
+    agent = alignment.sea(
+        reference, num_candidates=NUM_CANDIDATES, rule="ee_ts", gamma=1.0, reward_model=LEARNING_ENSEMBLE
+    )
     print(json.dumps(describe(agent)))
     """
 )

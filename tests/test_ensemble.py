@@ -1,10 +1,12 @@
 """Reward ensembles: MLPEnsemble (heads, priors, anchoring, training), LinearEnsemble (exact RLS)."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from cdb.ensemble import LinearEnsemble, MLPEnsemble, RewardModel
@@ -143,9 +145,10 @@ def test_masked_rows_are_ignored(mlp):
     np.testing.assert_array_equal(np.asarray(new.buffer.first[:2]), np.asarray(first[jnp.array([1, 4])]))
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("schedule", ["fixed", "data"])
-def test_anchor_penalty_matches_hand_computation(mlp, schedule):
-    anchored = dataclasses.replace(MODEL, anchor=0.5, anchor_schedule=schedule)
+def test_anchor_penalty_matches_hand_computation(mlp, schedule, reduction):
+    anchored = dataclasses.replace(MODEL, anchor=0.5, anchor_schedule=schedule, anchor_reduction=reduction)
     free = dataclasses.replace(MODEL, anchor=0.0)
     state = mlp["state"].replace(num_queries=jnp.asarray(10, jnp.int32))
     shift = 0.1
@@ -153,7 +156,9 @@ def test_anchor_penalty_matches_hand_computation(mlp, schedule):
     n_params = 4 * ((D * 16 + 16) + (16 * 16 + 16) + (16 + 1))
     lam = 0.5 if schedule == "fixed" else 0.5 * 16 / 10
     np.testing.assert_allclose(float(anchored.anchor_coefficient(10)), lam, rtol=1e-6)
-    penalty = lam * n_params * shift**2
+    # 'sum': λ Σ_e ‖ϕ_e − ϕ_e⁰‖² over all 4 members' parameters; 'mean': λ Σ_e mean_p (shift²) = λ · 4 · shift²
+    penalty = lam * (n_params if reduction == "sum" else 4) * shift**2
+    assert anchored.parameters_per_member(params) == n_params // 4
 
     first, second, label = _pairs(jax.random.key(12), 6)
     batch = (jnp.stack([first] * 4), jnp.stack([second] * 4), jnp.stack([label] * 4), jnp.ones((4, 6)))
@@ -227,6 +232,12 @@ def test_mlp_vmaps_over_seeds():
         ({"steps_per_update": 0}, "steps_per_update"),
         ({"batch_size": 0}, "batch_size"),
         ({"buffer_capacity": 0}, "buffer_capacity"),
+        ({"anchor_reduction": "max"}, "anchor_reduction"),
+        ({"weight_decay": -1e-5}, "weight_decay"),
+        ({"init_scale": 0.0}, "init_scale"),
+        ({"init_scale": -0.5}, "init_scale"),
+        ({"minibatch": "bootstrap"}, "minibatch"),
+        ({"minibatch": "shared", "batch_size": 64, "buffer_capacity": 32}, "buffer_capacity"),
     ],
 )
 def test_mlp_rejects_bad_hyperparameters(kwargs, field):
@@ -238,6 +249,101 @@ def test_mlp_hidden_sizes_list_is_normalised():
     model = MLPEnsemble(hidden_sizes=[8, 4])
     assert model.hidden_sizes == (8, 4)
     hash(model)  # usable as a static argument
+
+
+# ------------------------------------------------------------------------------ Oat's choices
+
+# Oat's reward model (shared minibatch without replacement, mean anchoring with the data schedule,
+# weight decay, 0.5/√fan_in truncated-normal weights) at toy size. Capacity = batch = B, so once
+# the buffer is full every step's minibatch is the whole buffer and the steps can be recomputed.
+OAT_LIKE = MLPEnsemble(
+    num_members=4,
+    hidden_sizes=(16, 16),
+    anchor=0.5,
+    anchor_schedule="data",
+    anchor_reduction="mean",
+    weight_decay=5e-3,
+    init_scale=0.5,
+    minibatch="shared",
+    learning_rate=1e-2,
+    steps_per_update=3,
+    batch_size=B,
+    buffer_capacity=B,
+)
+
+
+@pytest.fixture(scope="module")
+def oat():
+    return {"state": OAT_LIKE.init(jax.random.key(30), D), "update": jax.jit(OAT_LIKE.update)}
+
+
+def _truncated_normal_std(bound: float = 2.0) -> float:
+    """Standard deviation of N(0, 1) truncated to [−bound, bound], in closed form."""
+    density = math.exp(-(bound**2) / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(bound / math.sqrt(2))
+    return math.sqrt(1 - 2 * bound * density / mass)
+
+
+def test_init_scale_draws_truncated_normal_kernels_and_zero_biases():
+    fan_in = 256
+    oat_like = MLPEnsemble(num_members=8, hidden_sizes=(64,), init_scale=0.5).init(jax.random.key(31), fan_in).params
+    default = MLPEnsemble(num_members=8, hidden_sizes=(64,)).init(jax.random.key(31), fan_in).params
+    kernel = np.asarray(oat_like["hidden"][0]["kernel"])  # [8, 256, 64]: 131072 draws
+    sigma = 0.5 / math.sqrt(fan_in)
+    assert np.abs(kernel).max() <= 2 * sigma * (1 + 1e-6)  # truncated at two standard deviations
+    np.testing.assert_allclose(kernel.std(), _truncated_normal_std() * sigma, rtol=0.02)
+    out = np.asarray(oat_like["out"]["kernel"])  # [8, 64, 1]
+    assert np.abs(out).max() <= 2 * 0.5 / math.sqrt(64) * (1 + 1e-6)
+    for layer in (oat_like["hidden"][0], oat_like["out"]):
+        np.testing.assert_array_equal(np.asarray(layer["bias"]), 0.0)
+    # nnx.Linear's default (LeCun normal) has standard deviation 1/√fan_in: 2/0.88 ≈ 2.3 times wider
+    np.testing.assert_allclose(np.asarray(default["hidden"][0]["kernel"]).std(), 1 / math.sqrt(fan_in), rtol=0.02)
+
+
+def test_shared_minibatch_waits_until_the_buffer_holds_a_batch(oat):
+    state = oat["state"]
+    first, second, label = _pairs(jax.random.key(32), B)
+    partial, _ = oat["update"](jax.random.key(33), state, first, second, label, jnp.arange(B) < B - 1)
+    assert int(partial.buffer.size) == B - 1
+    assert _leaves_equal(partial.params, state.params) and _leaves_equal(partial.opt_state, state.opt_state)
+    full, _ = oat["update"](jax.random.key(34), partial, first, second, label, jnp.arange(B) == B - 1)
+    assert int(full.buffer.size) == B
+    assert not _leaves_equal(full.params, partial.params)
+
+
+def test_oat_configuration_takes_adams_steps_on_oats_member_averaged_objective(oat):
+    """Recomputed from Oat's objective, written out independently: the members' *mean* BT loss
+    on one shared minibatch, plus λ·B/N_t times the mean squared distance of *all* parameters to
+    their initial values, with wd·ϕ added to the gradient (torch's Adam weight_decay), then Adam.
+    The ensemble sums its members' losses instead: its gradient must be E times Oat's, which Adam
+    turns into Oat's steps up to its ε. The reference feeds Adam E times Oat's gradient, because ε
+    does matter here: gradients of 1e-6 move by ~1% of a step, and after a few steps a ReLU
+    switching on one side only makes the trajectories part."""
+    state = oat["state"]
+    first, second, label = _pairs(jax.random.key(35), B)
+    new, _ = oat["update"](jax.random.key(36), state, first, second, label, jnp.ones(B, bool))
+
+    init = state.params
+    flat0 = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(init)])
+    lam = 0.5 * B / B  # enn_lambda · train_bs / total_num_queries
+
+    def oat_loss(params):
+        scores = lambda x: OAT_LIKE.scores(state.replace(params=params), x)  # noqa: E731
+        bt = jnp.mean(bradley_terry_nll(scores(first), scores(second), label))  # mean over members and pairs
+        flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(params)])
+        return bt + lam * jnp.mean(jnp.square(flat - flat0))
+
+    adam = optax.adam(1e-2)
+    params, opt = init, adam.init(init)
+    for _ in range(3):
+        grads = jax.tree.map(lambda g, p: 4 * (g + 5e-3 * p), jax.grad(oat_loss)(params), params)
+        updates, opt = adam.update(grads, opt, params)
+        params = optax.apply_updates(params, updates)
+    moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(*map(jax.tree.leaves, (params, init)), strict=True)]
+    # every leaf but the output bias moved (it cancels in r(first) − r(second), and starts at 0)
+    assert sorted(m > 1e-3 for m in moved) == [False] + [True] * 5
+    for got, want in zip(jax.tree.leaves(new.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ LinearEnsemble

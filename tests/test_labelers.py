@@ -173,6 +173,75 @@ def test_mixed_labeler_is_deterministic_in_its_key():
     assert not np.array_equal(a["query"], c["query"])
 
 
+# --- MixedLabeler as the authors run it: a fixed count after a burn-in --------------------------
+
+
+@pytest.mark.parametrize("gamma, batch, k", [(0.7, 16, 4), (0.7, 10, 3), (0.5, 4, 2), (0.0, 5, 5), (1.0, 8, 0)])
+def test_fixed_count_model_labels_the_floor_of_one_minus_gamma_times_b(gamma, batch, k):
+    """⌊(1 − γ)·B⌋ exactly (Oat's int(B · ratio)); 4.8 → 4 and, on decimals, (1 − 0.7)·10 → 3."""
+    labeler = MixedLabeler(gamma, draw="fixed_count")
+    assert labeler.model_labelled_count(batch) == k
+    scores, selected = _tiled(MEMBER_SCORES, batch), _pairs(batch, (3, 2))
+    for seed in range(5):
+        out = _np(labeler(jax.random.key(seed), selected, scores))
+        assert int((~out["query"]).sum()) == k
+        np.testing.assert_array_equal(out["model_trained"], ~out["query"])  # every member is informative here
+        np.testing.assert_array_equal(out["pairs"][out["query"]], selected[out["query"]])
+        assert {tuple(p) for p in out["pairs"][~out["query"]]} <= BEST_WORST
+
+
+def test_fixed_count_draws_a_uniformly_random_subset_of_the_prompts():
+    """B = 4, 2 model-labelled: each of the C(4, 2) = 6 subsets with probability 1/6."""
+    batch, draws = 4, 3000
+    labeler = jax.jit(MixedLabeler(0.5, draw="fixed_count").__call__)
+    scores, selected = _tiled(MEMBER_SCORES, batch), _pairs(batch, (3, 2))
+    subsets = [
+        tuple(np.flatnonzero(~np.asarray(labeler(k, selected, scores).query)))
+        for k in jax.random.split(jax.random.key(3), draws)
+    ]
+    assert {len(s) for s in subsets} == {2}
+    counts = np.array([subsets.count(s) for s in sorted(set(subsets))])
+    assert len(counts) == 6
+    np.testing.assert_allclose(counts / draws, 1 / 6, atol=0.025)  # s.d. of each frequency ≈ 0.007
+
+
+@pytest.mark.parametrize("draw", ["fixed_count", "bernoulli"])
+def test_burn_in_rounds_send_every_pair_to_the_oracle(draw):
+    """Rounds played in order with the queries accumulated as an agent does: the first `burn_in`
+    rounds are all oracle pairs, then the mixing starts (exactly B − ⌊(1 − γ)B⌋ queries a round for
+    'fixed_count')."""
+    batch, burn_in, rounds = 16, 5, 12
+    labeler = MixedLabeler(0.7, draw=draw, burn_in=burn_in)
+    step = jax.jit(labeler.__call__)
+    scores, selected = _tiled(MEMBER_SCORES, batch), _pairs(batch, (3, 2))
+    so_far, per_round = jnp.zeros((), jnp.int32), []
+    for t in range(rounds):
+        out = step(jax.random.key(t), selected, scores, None, so_far)
+        per_round.append(int(out.query.sum()))
+        if t < burn_in:
+            np.testing.assert_array_equal(np.asarray(out.pairs), np.asarray(selected))
+            np.testing.assert_array_equal(np.asarray(out.model_trained), False)
+        so_far = so_far + out.query.sum()
+    assert per_round[:burn_in] == [batch] * burn_in
+    if draw == "fixed_count":
+        assert per_round[burn_in:] == [batch - 4] * (rounds - burn_in)
+    else:
+        assert sum(per_round[burn_in:]) < batch * (rounds - burn_in)  # 7 rounds of Bernoulli(0.7) draws
+
+
+def test_burn_in_needs_the_query_count():
+    with pytest.raises(ValueError, match="queries_so_far"):
+        MixedLabeler(0.7, burn_in=2)(KEY, _pairs(4), _tiled(MEMBER_SCORES, 4))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field", [({"draw": "poisson"}, "draw"), ({"burn_in": -1}, "burn_in"), ({"burn_in": 1.5}, "burn_in")]
+)
+def test_mixed_labeler_rejects_bad_mixing(kwargs, field):
+    with pytest.raises(ValueError, match=f"MixedLabeler.{field}="):
+        MixedLabeler(0.7, **kwargs)
+
+
 # --- EntropyQueries ----------------------------------------------------------------------------
 
 # Ĥ = −mean_m log π(y_m|x) per prompt: [1, 4, 2, 0.5, 3.5] → order of entropy: 1, 4, 2, 0, 3.

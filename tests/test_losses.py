@@ -120,7 +120,7 @@ def test_dap_objective_unknown_kind():
 @pytest.mark.parametrize("kind", REF_KINDS)
 def test_loss_is_the_mean_of_the_closed_form(kind, jit):
     for beta in BETAS:
-        loss_fn = _maybe_jit(DAPLoss(kind, beta=beta).__call__, jit)
+        loss_fn = _maybe_jit(DAPLoss(kind, beta=beta, length_normalization=False).__call__, jit)
         loss, info = loss_fn(*_batch())
         want = sum(_closed_form(kind, d, beta) for d in DELTAS) / 4
         assert loss.shape == ()
@@ -215,7 +215,7 @@ def test_multi_response_logratio_is_the_mean_log_ratio():
 @JIT
 def test_mdpo_and_mipo(jit):
     mdpo, _ = _maybe_jit(DAPLoss("dpo", beta=1.0).__call__, jit)(*_multi_batch())
-    mipo, info = _maybe_jit(DAPLoss("ipo", beta=0.5).__call__, jit)(*_multi_batch())
+    mipo, info = _maybe_jit(DAPLoss("ipo", beta=0.5, length_normalization=False).__call__, jit)(*_multi_batch())
     assert float(mdpo) == pytest.approx((math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-2.0))) / 2, rel=1e-5)
     assert float(mipo) == pytest.approx(((0.5 - 1.0) ** 2 + (2.0 - 1.0) ** 2) / 2, rel=1e-5)  # 1/(2β) = 1
     assert float(info["implicit_reward_margin"]) == pytest.approx(0.5 * sum(M_DELTAS) / 2, rel=1e-5)
@@ -227,6 +227,76 @@ def test_mdpo_with_k_equal_one_is_dpo():
     a, _ = DAPLoss("dpo", beta=0.7)(pc, pr, rc, rr)
     b, _ = DAPLoss("dpo", beta=0.7)(pc[:, None], pr[:, None], rc[:, None], rr[:, None])
     assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ length normalisation
+
+# The hand-made batch with response lengths: per-token log-ratios
+#   chosen   (0.5/1, 0.5/2, 0.5/5, 1.5/3) = (0.5, 0.25, 0.1, 0.5)
+#   rejected (2.5/5, 0.5/1, 0/2, −1.5/3)  = (0.5, 0.5, 0, −0.5)
+CHOSEN_LEN = [1.0, 2.0, 5.0, 3.0]
+REJECTED_LEN = [5.0, 1.0, 2.0, 3.0]
+NORMALISED_DELTAS = [0.0, -0.25, 0.1, 1.0]
+
+
+def _lengths():
+    return dict(chosen_length=jnp.array(CHOSEN_LEN), rejected_length=jnp.array(REJECTED_LEN))
+
+
+def test_normalised_batch_has_the_intended_margins():
+    got = np.divide(CHOSEN_RATIO, CHOSEN_LEN) - np.divide(REJECTED_RATIO, REJECTED_LEN)
+    np.testing.assert_allclose(got, NORMALISED_DELTAS, atol=1e-12)
+
+
+@JIT
+def test_ipo_divides_each_log_ratio_by_its_length_by_default(jit):
+    """IPO's default is TRL's / Oat's: ((r_w/|y_w| − r_l/|y_l|) − 1/(2β))², here at β = 0.5 (target 1)."""
+    beta = 0.5
+    loss_fn = _maybe_jit(lambda *a, **k: DAPLoss("ipo", beta=beta)(*a, **k), jit)
+    loss, info = loss_fn(*_batch(), **_lengths())
+    # (0 − 1)², (−0.25 − 1)², (0.1 − 1)², (1 − 1)²
+    want = (1.0 + 1.5625 + 0.81 + 0.0) / 4
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(info["implicit_reward_margin"]) == pytest.approx(beta * sum(NORMALISED_DELTAS) / 4, rel=1e-5)
+    assert float(info["chosen_reward"]) == pytest.approx(beta * (0.5 + 0.25 + 0.1 + 0.5) / 4, rel=1e-5)
+    assert float(info["preference_accuracy"]) == pytest.approx(0.5)  # Δ = 0.1 and 1 are > 0
+    assert DAPLoss("ipo").normalizes_length and DAPLoss("simpo").normalizes_length
+    # the sequence-sum form is an explicit option, and differs: Δ = (−2, 0, 0.5, 3)
+    summed, _ = DAPLoss("ipo", beta=beta, length_normalization=False)(*_batch(), **_lengths())
+    assert float(summed) == pytest.approx((9.0 + 1.0 + 0.25 + 4.0) / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dpo", "slic"])
+def test_normalisation_is_an_option_of_every_kind(kind):
+    beta = 1.0
+    assert not DAPLoss(kind).normalizes_length  # the DPO family's default: sequence sums
+    plain, _ = DAPLoss(kind, beta=beta)(*_batch(), **_lengths())
+    assert float(plain) == pytest.approx(sum(_closed_form(kind, d, beta) for d in DELTAS) / 4, rel=1e-5)
+    normed, _ = DAPLoss(kind, beta=beta, length_normalization=True)(*_batch(), **_lengths())
+    want = sum(_closed_form(kind, d, beta) for d in NORMALISED_DELTAS) / 4
+    assert float(normed) == pytest.approx(want, rel=1e-5)
+
+
+def test_normalised_multi_response_divides_each_response_by_its_own_length():
+    pc, pr, rc, rr = _multi_batch()
+    lc = jnp.array([[1.0, 1.0, 3.0], [2.0, 1.0, 4.0]])
+    lr = jnp.array([[1.0, 2.0, 3.0], [3.0, 1.0, 1.0]])
+    loss, info = DAPLoss("ipo", beta=0.5)(pc, pr, rc, rr, chosen_length=lc, rejected_length=lr)
+    chosen = [(0.5 - 0.5 - 0.5) / 3, (0.5 + 0.0 + 0.5) / 3]  # (0.5/1, −0.5/1, −1.5/3), (1/2, 0/1, 2/4)
+    rejected = [(1.0 - 0.5 - 1.0) / 3, (-1.0 + 0.0 + 0.0) / 3]  # (1/1, −1/2, −3/3), (−3/3, 0/1, 0/1)
+    deltas = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    assert float(loss) == pytest.approx(sum((d - 1.0) ** 2 for d in deltas) / 2, rel=1e-5)
+
+
+def test_normalisation_needs_lengths():
+    with pytest.raises(ValueError, match="length_normalization=False"):
+        DAPLoss("ipo")(*_batch())
+    with pytest.raises(ValueError, match="chosen_length"):
+        DAPLoss("dpo", length_normalization=True)(*_batch(), chosen_length=jnp.ones(4))
+    with pytest.raises(ValueError, match="DAPLoss.length_normalization=False"):
+        DAPLoss("simpo", length_normalization=False)
+    with pytest.raises(ValueError, match="DAPLoss.length_normalization='yes'"):
+        DAPLoss("dpo", length_normalization="yes")
 
 
 # ------------------------------------------------------------------------------ SFT term
@@ -263,7 +333,7 @@ def test_sft_term_pushes_chosen_likelihood_up():
 @pytest.mark.parametrize("kind", REF_KINDS)
 def test_weights_mask_and_average(kind, jit):
     beta = 1.0
-    loss_fn = _maybe_jit(DAPLoss(kind, beta=beta).__call__, jit)
+    loss_fn = _maybe_jit(DAPLoss(kind, beta=beta, length_normalization=False).__call__, jit)
     loss, info = loss_fn(*_batch(), weight=jnp.array([1.0, 0.0, 1.0, 0.0]))
     want = (_closed_form(kind, DELTAS[0], beta) + _closed_form(kind, DELTAS[2], beta)) / 2
     assert float(loss) == pytest.approx(want, rel=1e-5)
@@ -321,7 +391,7 @@ def test_dpo_gradient_closed_form_and_sign(jit):
 @pytest.mark.parametrize("kind", DAP_KINDS)
 def test_gradients_finite_and_push_chosen_up(kind):
     pc, pr, rc, rr = _batch()
-    kwargs = dict(chosen_length=jnp.full(4, 2.0), rejected_length=jnp.full(4, 2.0)) if kind == "simpo" else {}
+    kwargs = dict(chosen_length=jnp.full(4, 2.0), rejected_length=jnp.full(4, 2.0))
     loss_fn = DAPLoss(kind, beta=0.1)
     g_chosen, g_rejected = jax.grad(lambda a, b: loss_fn(a, b, rc, rr, **kwargs)[0], argnums=(0, 1))(pc, pr)
     assert np.all(np.isfinite(g_chosen)) and np.all(np.isfinite(g_rejected))

@@ -127,6 +127,61 @@ def test_sample_from_empty_buffer_has_zero_weight():
     np.testing.assert_array_equal(np.asarray(grad), np.zeros(D))
 
 
+distinct_jit = jax.jit(jax.vmap(replay.sample_without_replacement, in_axes=(0, None, None)), static_argnums=2)
+
+
+def _filled(valid, wrap=0):
+    """A buffer of ``CAP`` slots holding rows ``1..valid`` (``wrap`` more rows overwrite the oldest)."""
+    rng = np.random.default_rng(4)
+    n = valid + wrap
+    return replay.add(replay.init_buffer(CAP, D), *_rows(rng, n, 1), np.ones(n, bool))
+
+
+def test_sample_without_replacement_draws_every_subset_equally_often():
+    """4 valid slots, batches of 2: each of the C(4, 2) = 6 subsets has probability 1/6."""
+    buffer = _filled(4)
+    draws = 6000
+    first, second, label, weight = distinct_jit(jax.random.split(jax.random.key(5), draws), buffer, 2)
+    ids = np.asarray(first[..., 0])  # [draws, 2] row ids
+    assert np.all(ids[:, 0] != ids[:, 1])  # never the same pair twice in a minibatch
+    np.testing.assert_array_equal(np.asarray(weight), 1.0)
+    np.testing.assert_array_equal(np.asarray(second), -np.asarray(first))
+    subsets = [tuple(sorted(row)) for row in ids.tolist()]
+    expected = {(float(a), float(b)) for a in range(1, 5) for b in range(a + 1, 5)}
+    assert set(subsets) == expected
+    freq = np.array([subsets.count(s) for s in sorted(expected)]) / draws
+    # binomial s.d. of each frequency: sqrt(1/6 · 5/6 / 6000) ≈ 0.005
+    np.testing.assert_allclose(freq, 1 / 6, atol=0.025)
+    # the order within a minibatch is random too: each stored row comes first in 1/4 of the draws
+    np.testing.assert_allclose([np.mean(ids[:, 0] == v) for v in range(1, 5)], 0.25, atol=0.03)
+    stored = dict(zip(np.asarray(buffer.first[:4, 0]).tolist(), np.asarray(buffer.label[:4]).tolist(), strict=True))
+    assert all(stored[i] == z for i, z in zip(ids.ravel().tolist(), np.asarray(label).ravel().tolist(), strict=True))
+
+
+def test_sample_without_replacement_from_a_full_wrapped_buffer_uses_every_slot():
+    buffer = _filled(CAP, wrap=2)  # rows 1..7 written; slots hold rows 6, 7, 3, 4, 5
+    first, *_, weight = distinct_jit(jax.random.split(jax.random.key(6), 200), buffer, CAP)
+    np.testing.assert_array_equal(np.asarray(weight), 1.0)
+    for row in np.asarray(first[..., 0]):
+        assert sorted(row.tolist()) == [3.0, 4.0, 5.0, 6.0, 7.0]  # the whole buffer, each slot once
+
+
+def test_sample_without_replacement_short_buffer_fills_with_zero_weight_rows():
+    buffer = _filled(2)
+    first, _, _, weight = distinct_jit(jax.random.split(jax.random.key(7), 50), buffer, 4)
+    ids, weight = np.asarray(first[..., 0]), np.asarray(weight)
+    np.testing.assert_array_equal(weight.sum(axis=1), 2.0)  # both valid rows, once each
+    for row, w in zip(ids, weight, strict=True):
+        assert sorted(row[w == 1].tolist()) == [1.0, 2.0]
+        np.testing.assert_array_equal(row[w == 0], 0.0)  # empty slots
+
+
+@pytest.mark.parametrize("batch_size", [0, CAP + 1])
+def test_sample_without_replacement_rejects_batches_outside_the_capacity(batch_size):
+    with pytest.raises(ValueError, match=f"batch_size={batch_size}"):
+        replay.sample_without_replacement(jax.random.key(0), replay.init_buffer(CAP, D), batch_size)
+
+
 def test_vmapped_over_seeds():
     buffers = jax.vmap(lambda _: replay.init_buffer(CAP, D))(jnp.arange(2))
     first = jnp.ones((2, 3, D))
