@@ -307,9 +307,7 @@ def test_lora_equals_the_base_at_initialisation(lora):
     assert np.any(layer["mlp"]["gate_proj"]["lora"]["lora_a"][...])
     assert "lora" not in layer["self_attn"]["k_proj"]  # not a target
     # the base arrays are shared with the reference, not copied
-    assert (
-        layer["self_attn"]["q_proj"]["kernel"][...] is model.params["layers"]["self_attn"]["q_proj"]["kernel"][...]
-    )
+    assert layer["self_attn"]["q_proj"]["kernel"][...] is model.params["layers"]["self_attn"]["q_proj"]["kernel"][...]
     assert jax.tree.structure(base_params(params)) == jax.tree.structure(model.params)
 
 
