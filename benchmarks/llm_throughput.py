@@ -165,11 +165,9 @@ def memory_bandwidth() -> dict:
 
 def _llama_layers(params) -> list[dict]:
     """Per layer, the kernels ``[n_in, n_out]`` of a Llama block by name (``q_proj`` ... ``down_proj``)."""
-    stacked = params["layers"]  # every leaf [num_layers, ...]
-    layers = stacked["input_layernorm"]["scale"][...].shape[0]
     return [  # [...] gives the array of an nnx.Param and of a plain array alike
-        {name: part[name]["kernel"][...][i] for part in (stacked["self_attn"], stacked["mlp"]) for name in part}
-        for i in range(layers)
+        {name: part[name]["kernel"][...] for part in (layer["self_attn"], layer["mlp"]) for name in part}
+        for layer in (params["layers"][i] for i in sorted(params["layers"]))
     ]
 
 

@@ -14,9 +14,10 @@ Two functions do all the work, so that the whole library samples and scores one 
   :func:`cdb.models.generate`, the one decode loop);
 * :func:`score_candidates` — every teacher-forced pass (log-probs for the losses and the
   implicit reward, π_ref's hidden state for the reward-model features), masks respected:
-  left padding changes nothing, tokens after EOS contribute nothing. Each prompt runs through
-  the model **once**, into a KV cache that its ``K`` responses then read, so scoring ``K``
-  responses costs ``Lp + K·L`` tokens rather than ``K·(Lp + L)`` (with or without a gradient).
+  left padding changes nothing, tokens after EOS contribute nothing. Each prompt and its ``K``
+  responses are packed into one row that runs through the model once, the responses reading the
+  prompt but not each other, so scoring ``K`` responses costs ``Lp + K·L`` tokens rather than
+  ``K·(Lp + L)`` (with or without a gradient).
 """
 
 from __future__ import annotations
@@ -77,13 +78,15 @@ def score_candidates(
     Shapes: prompts ``[B, Lp]``, responses ``[B, K, L]`` (masks alike, ``None``: all real) ->
     :class:`ResponseScores` with leading axes ``[B, K]``.
 
-    The prompts go through the model into a KV cache of ``Lp + L`` slots (``B`` rows); its rows
-    are repeated ``K`` times and the responses are fed against it, all ``L`` tokens at once. The
-    logits predicting ``y_0`` are the prompt's last position's, those predicting ``y_t`` the
-    response's position ``t − 1``'s, so ``log π(y|x)`` equals one full pass over ``[x; y]``.
-    Padded prompt positions are neither attended to nor counted in the positions (the same prompt
-    with more left padding scores the same), and response tokens outside ``response_mask`` get
-    log-prob 0 and are never attended to by real ones. Differentiable in ``params``.
+    One forward pass over packed rows ``[x; y_1; …; y_K]`` (``Lp + K·L`` tokens): each response
+    token attends to the prompt's real tokens and to its own response only
+    (:meth:`cdb.models.Policy.hidden`'s ``segments``), and the positions of every response start
+    where the prompt's real tokens end, so response ``k`` sees exactly ``[x; y_k]``. The logits
+    predicting ``y_0`` are the prompt's last position's, those predicting ``y_t`` the response's
+    position ``t − 1``'s, so ``log π(y|x)`` equals one full pass over ``[x; y]``. Padded prompt
+    positions are neither attended to nor counted in the positions (the same prompt with more left
+    padding scores the same), and response tokens outside ``response_mask`` get log-prob 0 and are
+    never attended to by real ones. Differentiable in ``params``.
     """
     prompts = jnp.asarray(prompts, jnp.int32)
     responses = jnp.asarray(responses, jnp.int32)
@@ -94,31 +97,37 @@ def score_candidates(
         )
     b, lp = prompts.shape
     k, length = responses.shape[1:]
+    if lp + length > policy.config.max_len:
+        raise ValueError(
+            f"score_candidates: prompt length {lp} + response length {length} exceeds the model's context "
+            f"TransformerConfig.max_len={policy.config.max_len}"
+        )
     prompt_mask = jnp.ones(prompts.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
     rmask = jnp.ones(responses.shape, bool) if response_mask is None else jnp.asarray(response_mask, bool)
 
-    cache = policy.init_cache(b, lp + length)
-    _, prompt_hidden, cache = policy.apply_cached(
-        params, prompts, prompt_mask, positions_from_mask(prompt_mask), cache, with_logits=False
+    tokens = jnp.concatenate([prompts, responses.reshape(b, k * length)], axis=1)
+    mask = jnp.concatenate([prompt_mask, rmask.reshape(b, k * length)], axis=1)
+    start = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # each row's real prompt tokens
+    response_positions = jnp.broadcast_to(start[:, None, None] + jnp.arange(length, dtype=jnp.int32), responses.shape)
+    positions = jnp.concatenate([positions_from_mask(prompt_mask), response_positions.reshape(b, k * length)], axis=1)
+    segments = jnp.concatenate(
+        [jnp.zeros((b, lp), jnp.int32), jnp.broadcast_to(jnp.repeat(jnp.arange(1, k + 1), length), (b, k * length))],
+        axis=1,
     )
-    shared = cache.repeat_rows(k)
-    flat, flat_mask = responses.reshape(b * k, length), rmask.reshape(b * k, length)
-    start = jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), k)  # each row's real prompt tokens
-    positions = start[:, None] + jnp.arange(length, dtype=jnp.int32)
-    _, hidden, _ = policy.apply_cached(params, flat, flat_mask, positions, shared, with_logits=False)
+    hidden = policy.hidden(params, tokens, mask, positions, segments=segments)  # [B, Lp + K·L, D]
 
-    last_prompt = jnp.repeat(prompt_hidden[:, -1], k, axis=0)  # [B·K, D], a real token (left padding)
-    predicting = jnp.concatenate([last_prompt[:, None], hidden[:, : length - 1]], axis=1)  # [B·K, L, D]
-    logits = policy.logits_from_hidden(params, predicting)
-    token_logprob = token_logprobs(logits, flat, flat_mask)
-    real = jnp.sum(flat_mask, axis=-1)
-    at_last = jnp.take_along_axis(hidden, jnp.maximum(real - 1, 0)[:, None, None], axis=1)[:, 0]
-    last_hidden = jnp.where((real > 0)[:, None], at_last, last_prompt)
+    last_prompt = jnp.broadcast_to(hidden[:, lp - 1][:, None, None], (b, k, 1, hidden.shape[-1]))  # a real token
+    response_hidden = hidden[:, lp:].reshape(b, k, length, -1)
+    predicting = jnp.concatenate([last_prompt, response_hidden[:, :, : length - 1]], axis=2)  # [B, K, L, D]
+    token_logprob = token_logprobs(policy.logits_from_hidden(params, predicting), responses, rmask)
+    real = jnp.sum(rmask, axis=-1)  # [B, K]
+    at_last = jnp.take_along_axis(response_hidden, jnp.maximum(real - 1, 0)[:, :, None, None], axis=2)[:, :, 0]
+    last_hidden = jnp.where((real > 0)[..., None], at_last, last_prompt[:, :, 0])
     return ResponseScores(
-        jnp.sum(token_logprob, axis=-1).reshape(b, k),
-        token_logprob.reshape(b, k, length),
-        last_hidden.astype(jnp.float32).reshape(b, k, -1),
-        real.astype(jnp.float32).reshape(b, k),
+        jnp.sum(token_logprob, axis=-1),
+        token_logprob,
+        last_hidden.astype(jnp.float32),
+        real.astype(jnp.float32),
     )
 
 

@@ -49,8 +49,7 @@ from cdb.validation import check_float, check_int
 Array = jax.Array
 logger = logging.getLogger(__name__)
 
-RECIPE_VERSION = 2  # bump when the training recipe or the parameter layout changes: old cache entries are then ignored
-# (2: the layers are stacked, cdb.models.Transformer)
+RECIPE_VERSION = 1  # bump when the training recipe changes: old cache entries are then ignored
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "cdb", "reference_policies")
 
 

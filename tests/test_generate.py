@@ -186,17 +186,17 @@ def test_decode_donates_the_cache_without_changing_the_output(model, prompts):
     tokens, mask = prompts
     key, kw = jax.random.key(3), dict(temperature=1.0, eos_id=model.eos_id, pad_id=model.pad_id)
     state, logits = prefill_shared(model.policy, model.params, tokens, mask, L, 3)  # the first test's shapes
-    donated_leaf = state.cache.keys
+    donated_leaf = state.cache.keys[0]
     out, final, none = decode(key, model.policy, model.params, state, logits, L, **kw)
     assert none is None  # no mixture, no second state
     assert donated_leaf.is_deleted()  # the decode program took over the prefilled cache
-    assert final.cache.keys.shape == donated_leaf.shape
+    assert final.cache.keys[0].shape == donated_leaf.shape
     state2, logits2 = prefill_shared(model.policy, model.params, tokens, mask, L, 3)
     plain = jax.jit(_decode, static_argnums=(1, 5, 8, 9))  # the same loop without donation
     ref, _, _ = plain(
         key, model.policy, model.params, state2, logits2, L, 1.0, 1.0, model.eos_id, model.pad_id, None, None
     )
-    assert not state2.cache.keys.is_deleted()
+    assert not state2.cache.keys[0].is_deleted()
     for field in ("tokens", "logprobs", "mask", "steps"):
         np.testing.assert_array_equal(getattr(out, field), getattr(ref, field))
     # the final cache holds the fed tokens: one more decoder step from it continues the greedy path

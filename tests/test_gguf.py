@@ -189,23 +189,18 @@ def policy_params(config: dict, tensors: dict[str, np.ndarray]):
         )
     )
 
-    def one(name, kind):
-        return {
+    def leaf(path, value):
+        keys = [str(k.key) for k in path if hasattr(k, "key")]
+        *module, kind = keys
+        prefix = "" if module[0] == "lm_head" else "model."
+        name = prefix + ".".join(module)
+        array = {
             "embedding": lambda: tensors[name + ".weight"],
             "kernel": lambda: tensors[name + ".weight"].T,
             "scale": lambda: tensors[name + ".weight"],
             "bias": lambda: tensors[name + ".bias"],
         }[kind]()
-
-    def leaf(path, value):
-        keys = [str(k.key) for k in path if hasattr(k, "key")]
-        *module, kind = keys
-        if module[0] == "layers":  # the policy stacks HF's model.layers.<i> along a leading axis
-            rest = ".".join(module[1:])
-            array = np.stack([one(f"model.layers.{i}.{rest}", kind) for i in range(value.shape[0])])
-        else:
-            array = one(("" if module[0] == "lm_head" else "model.") + ".".join(module), kind)
-        assert array.shape == value.shape, (keys, array.shape, value.shape)
+        assert array.shape == value.shape, (name, array.shape, value.shape)
         return jnp.asarray(array)
 
     return policy, jax.tree_util.tree_map_with_path(leaf, policy.abstract_params())

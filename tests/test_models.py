@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -98,7 +99,7 @@ def test_gpt2_needs_no_rotary_pairs():
     assert not config.uses_rope
     tree = nnx.to_pure_dict(Policy(config).abstract_params())
     assert tree["embed_positions"]["embedding"].shape == (16, 12)  # learned positions [max_len, D]
-    assert "gate_proj" not in tree["layers"]["mlp"]  # the stacked layers' MLP
+    assert "gate_proj" not in tree["layers"][0]["mlp"]
 
 
 def test_config_is_hashable_and_policy_is_static():
@@ -112,14 +113,13 @@ def test_config_is_hashable_and_policy_is_static():
 
 def test_parameter_names_follow_the_llama_tree(params):
     tree = nnx.to_pure_dict(params)
-    attn = tree["layers"]["self_attn"]  # the layers stacked along a leading axis of 2
-    assert attn["q_proj"]["kernel"].shape == (2, 16, 16)
-    assert attn["k_proj"]["kernel"].shape == (2, 16, 8)  # 2 kv heads of size 4
-    assert attn["v_proj"]["kernel"].shape == (2, 16, 8)
-    assert attn["o_proj"]["kernel"].shape == (2, 16, 16)
-    mlp = tree["layers"]["mlp"]
-    assert mlp["gate_proj"]["kernel"].shape == (2, 16, 32) and mlp["down_proj"]["kernel"].shape == (2, 32, 16)
-    assert tree["layers"]["input_layernorm"]["scale"].shape == (2, 16)
+    attn = tree["layers"][1]["self_attn"]
+    assert attn["q_proj"]["kernel"].shape == (16, 16)
+    assert attn["k_proj"]["kernel"].shape == (16, 8)  # 2 kv heads of size 4
+    assert attn["v_proj"]["kernel"].shape == (16, 8)
+    assert attn["o_proj"]["kernel"].shape == (16, 16)
+    mlp = tree["layers"][0]["mlp"]
+    assert mlp["gate_proj"]["kernel"].shape == (16, 32) and mlp["down_proj"]["kernel"].shape == (32, 16)
     assert tree["embed_tokens"]["embedding"].shape == (VOCAB, 16)
     assert set(tree) == {"embed_tokens", "layers", "norm"}  # tied: no lm_head module
     assert "bias" not in attn["q_proj"]
@@ -130,8 +130,8 @@ def test_parameter_names_follow_the_llama_tree(params):
 def test_untied_config_has_lm_head_and_qkv_bias():
     tree = nnx.to_pure_dict(Policy(UNTIED).abstract_params())
     assert tree["lm_head"]["kernel"].shape == (16, VOCAB)
-    assert tree["layers"]["self_attn"]["q_proj"]["bias"].shape == (1, 16)
-    assert "bias" not in tree["layers"]["self_attn"]["o_proj"]
+    assert tree["layers"][0]["self_attn"]["q_proj"]["bias"].shape == (16,)
+    assert "bias" not in tree["layers"][0]["self_attn"]["o_proj"]
 
 
 def test_output_shapes(params, prompts):
@@ -174,7 +174,7 @@ def _reference_forward(config: TransformerConfig, params, tokens, mask):
         pos = np.arange(t, dtype=np.float64)
         h = p["embed_tokens"]["embedding"][real]
         for i in range(config.num_layers):
-            lyr = jax.tree.map(lambda leaf, i=i: leaf[i], p["layers"])  # layer i of the stack
+            lyr = p["layers"][i]
             x = rms(h, lyr["input_layernorm"]["scale"])
             q = rope(linear(x, lyr["self_attn"]["q_proj"]).reshape(t, h_q, hd), pos)
             k = rope(linear(x, lyr["self_attn"]["k_proj"]).reshape(t, h_kv, hd), pos)
@@ -199,7 +199,7 @@ def test_matches_numpy_reference(config, prompts):
     params = policy.init(jax.random.key(5))
     if config.qkv_bias:  # zero-initialised biases would not test anything
         module = policy.module(params)
-        for i, proj in enumerate((module.layers.self_attn.q_proj, module.layers.self_attn.k_proj)):  # stacked
+        for i, proj in enumerate((module.layers[0].self_attn.q_proj, module.layers[0].self_attn.k_proj)):
             proj.bias[...] = jax.random.normal(jax.random.key(10 + i), proj.bias.shape)
         params = nnx.state(module)
     tokens, mask = prompts
@@ -416,3 +416,20 @@ def test_mixture_sampler_logprobs_match_teacher_forced_mixture(params, ref_param
     np.testing.assert_allclose(out.logprobs, expected, atol=1e-5)
     # the mixture differs from either policy alone
     assert np.abs(np.asarray(expected) - np.asarray(token_logprobs(la, out.tokens))).max() > 1e-3
+
+
+def test_remat_recomputes_the_same_gradient(params, prompts):
+    """``remat`` trades memory for compute only: the same loss and gradient."""
+    tokens, mask = prompts
+    responses = jnp.array([[1, 2, 3, 4, 5, 6]] * 3, jnp.int32)
+    remat = Policy(dataclasses.replace(CONFIG, remat=True))
+
+    def grad(policy):
+        return jax.jit(jax.value_and_grad(lambda p: sequence_logprob(policy, p, tokens, mask, responses).sum()))(params)
+
+    (value, grads), (value_r, grads_r) = grad(POLICY), grad(remat)
+    np.testing.assert_allclose(value_r, value, rtol=1e-6)
+    for g, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r), strict=True):
+        np.testing.assert_allclose(g_r, g, rtol=1e-4, atol=1e-5)  # the recomputed forward may round differently
+    with pytest.raises(ValueError, match="remat"):
+        TransformerConfig(**BASE, remat="yes")

@@ -300,14 +300,16 @@ def test_lora_equals_the_base_at_initialisation(lora):
     a = _apply(policy, params, ref["tokens"], ref["mask"])
     b = _apply(model.policy, model.params, ref["tokens"], ref["mask"])
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    layer = params["layers"]  # stacked: a leading axis of 2 layers
-    assert layer["self_attn"]["q_proj"]["lora"]["lora_a"][...].shape == (2, 32, 2)
-    assert layer["mlp"]["down_proj"]["lora"]["lora_b"][...].shape == (2, 2, 32)
+    layer = params["layers"][0]
+    assert layer["self_attn"]["q_proj"]["lora"]["lora_a"][...].shape == (32, 2)
+    assert layer["mlp"]["down_proj"]["lora"]["lora_b"][...].shape == (2, 32)
     assert not np.any(layer["mlp"]["gate_proj"]["lora"]["lora_b"][...])  # B = 0
     assert np.any(layer["mlp"]["gate_proj"]["lora"]["lora_a"][...])
     assert "lora" not in layer["self_attn"]["k_proj"]  # not a target
     # the base arrays are shared with the reference, not copied
-    assert layer["self_attn"]["q_proj"]["kernel"][...] is model.params["layers"]["self_attn"]["q_proj"]["kernel"][...]
+    assert (
+        layer["self_attn"]["q_proj"]["kernel"][...] is model.params["layers"][0]["self_attn"]["q_proj"]["kernel"][...]
+    )
     assert jax.tree.structure(base_params(params)) == jax.tree.structure(model.params)
 
 
@@ -316,8 +318,7 @@ def test_lora_training_changes_only_adapters_and_the_output(lora):
     ref = _reference("llama")
     mask = lora_trainable(params)
     flags = jax.tree.leaves(mask)
-    # A and B of 4 targets, each leaf stacked over the layers
-    assert sum(flags) == 4 * 2 and len(flags) == len(jax.tree.leaves(model.params)) + 8
+    assert sum(flags) == 2 * 4 * 2 and len(flags) == len(jax.tree.leaves(model.params)) + 16
 
     @jax.jit
     def loss(p):

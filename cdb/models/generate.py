@@ -89,7 +89,7 @@ from cdb.models.sampling import (
     sample_token,
     token_logprobs,
 )
-from cdb.models.transformer import Params, Policy
+from cdb.models.transformer import KVCache, Params, Policy
 from cdb.validation import check_float, check_int
 
 Array = jax.Array
@@ -222,8 +222,10 @@ def prefill_shared(
     """
     TRACE_COUNTS["prefill_shared"] += 1
     state, logits = prefill(policy, params, prompts, prompt_mask, length)
+    cache = state.cache
     rep = functools.partial(_repeat_rows, num_samples=num_samples)
-    return DecodeState(state.cache.repeat_rows(num_samples), rep(state.positions)), rep(logits)
+    cache = KVCache(tuple(map(rep, cache.keys)), tuple(map(rep, cache.values)), rep(cache.mask), cache.index)
+    return DecodeState(cache, rep(state.positions)), rep(logits)
 
 
 def _draw(key: PRNGKey, logits: Array, temperature: Array, top_p: Array) -> Array:

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from cdb.models.transformer import Params, Policy, TransformerConfig
@@ -328,39 +327,10 @@ def params_from_hf(config: TransformerConfig, tensors: Mapping[str, Any]) -> Par
     return _fill(config, tree)
 
 
-def _stack_layers(tree: dict[str, Any], num_layers: int) -> dict[str, Any]:
-    """``tree["layers"][i][...]`` (one dict per checkpoint layer) stacked into ``tree["layers"][...]``
-    with a leading layer axis, as :class:`~cdb.models.Transformer` holds its scanned layers.
-
-    Each leaf is stacked and its per-layer sources dropped before the next, so loading holds at
-    most one leaf's worth of copies beyond the checkpoint."""
-    per_layer = tree.get("layers")
-    if not isinstance(per_layer, dict) or sorted(per_layer) != list(range(num_layers)):
-        return tree
-    layers = [per_layer[i] for i in range(num_layers)]
-
-    def stack(nodes: list[Any], path: str) -> Any:
-        if isinstance(nodes[0], dict):
-            keys = set(nodes[0])
-            for i, node in enumerate(nodes[1:], start=1):
-                if set(node) != keys:
-                    raise ValueError(
-                        f"the checkpoint's layers differ under {path or 'layers'!r}: layer 0 has {sorted(keys)}, "
-                        f"layer {i} has {sorted(node)}; expected every layer to hold the same tensors"
-                    )
-            return {k: stack([n.pop(k) for n in nodes], f"{path}/{k}") for k in sorted(keys)}
-        return np.stack([np.asarray(n) for n in nodes])
-
-    return {**tree, "layers": stack(layers, "layers")}
-
-
 def _fill(config: TransformerConfig, tree: dict[str, Any]) -> Params:
-    """Checks ``tree`` against the parameter tree of ``config`` (names, shapes) and casts to param_dtype.
-
-    ``tree`` holds the checkpoint's layers one by one (``tree["layers"][i]``); they are stacked here."""
+    """Checks ``tree`` against the parameter tree of ``config`` (names, shapes) and casts to param_dtype."""
     abstract = Policy(config).abstract_params()
     expected = nnx.to_flat_state(abstract)
-    tree = _stack_layers(tree, config.num_layers)
     flat: dict[tuple, Any] = {}
 
     def walk(node: Any, path: tuple) -> None:

@@ -150,7 +150,7 @@ class Pretrained:
 KNOWN_NAMES = ("smollm2-135m-instruct",)
 
 
-def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32, remat: bool = True) -> Pretrained:
+def load_pretrained(source: str | os.PathLike, *, dtype: Any = jnp.float32, remat: bool = False) -> Pretrained:
     """Loads a causal LM into a :class:`Pretrained` (NNX :class:`Policy`, parameters, ``transformers`` tokenizer).
 
     ``source`` is one of

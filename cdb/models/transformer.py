@@ -9,18 +9,12 @@ Architecture ``"llama"`` (Llama / Qwen2 / SmolLM2, Touvron et al. 2023), the def
     hidden = norm(h)                                       # [B, T, D]
     logits = hidden @ embed_tokens.embedding.T  if tie_embeddings else  lm_head(hidden)   # [B, T, V]
 
-Parameter names follow the Hugging Face module tree (``embed_tokens``, ``layers/self_attn/
-{q,k,v,o}_proj``, ``layers/mlp/{gate,up,down}_proj``, ``layers/input_layernorm``,
-``layers/post_attention_layernorm``, ``norm``, ``lm_head``) with Flax leaf names (``kernel``
-``[in, out]``, i.e. the transpose of a torch ``weight``; ``bias``; ``embedding``; ``scale``), so
-weight loaders are a rename, a transpose and a stack. The module tree is a tree: a tied LM head
-reads the embedding matrix through ``embed_tokens.attend`` rather than sharing a module.
-
-**Layers are stacked and scanned.** Every leaf under ``layers`` has a leading axis of
-``num_layers`` (layer ``i`` of HF's ``model.layers.<i>`` is index ``i``), and the forward pass is
-one ``lax.scan`` over it: a program traces and compiles one layer instead of ``num_layers``
-copies (for SmolLM2's 30 layers, seconds instead of tens of seconds per program), and with
-``remat`` each layer is recomputed in the backward pass instead of storing its intermediates.
+Parameter names follow the Hugging Face module tree (``embed_tokens``, ``layers/<i>/self_attn/
+{q,k,v,o}_proj``, ``layers/<i>/mlp/{gate,up,down}_proj``, ``input_layernorm``,
+``post_attention_layernorm``, ``norm``, ``lm_head``) with Flax leaf names (``kernel`` ``[in, out]``,
+i.e. the transpose of a torch ``weight``; ``bias``; ``embedding``; ``scale``), so weight
+loaders are a rename plus a transpose. The module tree is a tree: a tied LM head reads the
+embedding matrix through ``embed_tokens.attend`` rather than sharing a module.
 
 The two other families reuse the same tree and names (weight loaders split their fused QKV
 matrices into ``q_proj`` / ``k_proj`` / ``v_proj``, see :mod:`cdb.models.hf`):
@@ -47,11 +41,10 @@ so each row's first real token has position 0. Keys that are padding are never a
 so a row's real tokens get the same logits whatever its padding. Queries at padding positions
 produce finite but meaningless outputs.
 
-**KV cache.** :class:`KVCache` is an explicit pytree preallocated to ``S`` slots for every layer
-(``[num_layers, B, kv_heads, S, d_h]``); a call with a cache writes the new keys / values at slots
-``[index, index + T)`` and attends over all ``S`` slots (masked by which slots hold real tokens
-and by causality), so prefill and one-token decoding are the same code and the shapes never
-change under ``jax.jit``.
+**KV cache.** :class:`KVCache` is an explicit pytree preallocated to ``S`` slots; a call with a
+cache writes the new keys / values at slots ``[index, index + T)`` and attends over all ``S``
+slots (masked by which slots hold real tokens and by causality), so prefill and one-token
+decoding are the same code and the shapes never change under ``jax.jit``.
 
 **Functional design.** :class:`Policy` is a frozen dataclass holding only the
 :class:`TransformerConfig` (it is hashable, hence a valid static argument of ``jax.jit``). The
@@ -132,9 +125,8 @@ class TransformerConfig:
       lora_alpha: LoRA scale numerator α (the update is ``(α / r) · A B``).
       lora_targets: names of the projections that carry adapters (a subset of ``LORA_TARGETS``).
       remat: recompute each layer's activations in the backward pass (``jax.checkpoint`` around
-        the scanned layer) instead of keeping them: a gradient then holds one ``[B, T, D]`` input
-        per layer rather than every intermediate (for SmolLM2-135M on 428 tokens, 0.03 GB instead
-        of 0.5 GB) for one more forward pass. Passes without a gradient are unaffected.
+        every layer) instead of keeping them, for one more forward pass; passes without a
+        gradient are unaffected.
     """
 
     vocab_size: int
@@ -319,14 +311,14 @@ class KVCache:
     order on every decode step, a cost that grows with the cache.
 
     Attributes:
-      keys: ``[num_layers, B, num_kv_heads, S, d_h]`` (rotary embedding already applied).
-      values: ``[num_layers, B, num_kv_heads, S, d_h]``.
+      keys: per layer ``[B, num_kv_heads, S, d_h]`` (rotary embedding already applied).
+      values: per layer ``[B, num_kv_heads, S, d_h]``.
       mask: ``[B, S]`` bool, which slots hold real (non-padding) tokens.
       index: int32 scalar, the next slot to write (shared by all rows: padding is on the left).
     """
 
-    keys: Array
-    values: Array
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
     mask: Array
     index: Array
 
@@ -334,25 +326,14 @@ class KVCache:
     def size(self) -> int:
         return self.mask.shape[1]
 
-    def repeat_rows(self, times: int) -> KVCache:
-        """Each row ``times`` times in a row (``[B] -> [B·times]``, as ``jnp.repeat``): one prefix, many
-        continuations."""
-        if times == 1:
-            return self
-        return KVCache(
-            jnp.repeat(self.keys, times, axis=1),
-            jnp.repeat(self.values, times, axis=1),
-            jnp.repeat(self.mask, times, axis=0),
-            self.index,
-        )
-
 
 def init_cache(config: TransformerConfig, batch_size: int, size: int) -> KVCache:
     """An empty :class:`KVCache` of ``size`` slots for ``batch_size`` rows."""
-    shape = (config.num_layers, batch_size, config.num_kv_heads, size, config.head_dim)
+    shape = (batch_size, config.num_kv_heads, size, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
     return KVCache(
-        keys=jnp.zeros(shape, config.dtype),
-        values=jnp.zeros(shape, config.dtype),
+        keys=zeros,
+        values=tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers)),
         mask=jnp.zeros((batch_size, size), bool),
         index=jnp.zeros((), jnp.int32),
     )
@@ -434,7 +415,8 @@ class Attention(nnx.Module):
         offset: Array | int,
         cache: tuple[Array, Array] | None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
-        """``x`` ``[B, T, D]``; ``key_mask`` ``[B, S]`` over the key slots; ``offset`` = slot of query 0.
+        """``x`` ``[B, T, D]``; ``key_mask`` ``[B, S]`` over the key slots (or ``[B, T, S]``, per query);
+        ``offset`` = slot of query 0.
 
         Without a cache the keys are the T new tokens (S = T, offset 0); with a cache
         ``(k, v)`` of S slots the new keys are written at ``[offset, offset + T)`` first.
@@ -459,7 +441,9 @@ class Attention(nnx.Module):
         q = q.reshape(b, t, hkv, groups, hd)
         scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         query_slot = offset + jnp.arange(t)[:, None]
-        allowed = (jnp.arange(s)[None, :] <= query_slot)[None] & key_mask[:, None, :]  # [B, T, S]
+        # key_mask [B, S] says which slots are real; a [B, T, S] mask also says which query reads which
+        pairs = key_mask[:, None, :] if key_mask.ndim == 2 else key_mask
+        allowed = (jnp.arange(s)[None, :] <= query_slot)[None] & pairs  # [B, T, S]
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bksd->btkgd", weights, v).reshape(b, t, cfg.num_heads * hd)
@@ -528,11 +512,7 @@ class Transformer(nnx.Module):
         self.embed_tokens = embed(config.vocab_size, config.d_model)
         if not config.uses_rope:
             self.embed_positions = embed(config.max_len, config.d_model)
-        # built one after another from the same stream (the draws of an unstacked model), then stacked
-        layers = [DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)]
-        graphdef = nnx.split(layers[0])[0]
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.split(layer)[1] for layer in layers])
-        self.layers = nnx.merge(graphdef, stacked)
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
         self.norm = _norm(config, rngs)
         if not config.tie_embeddings:
             self.lm_head = _linear(config, config.d_model, config.vocab_size, rngs)
@@ -543,19 +523,22 @@ class Transformer(nnx.Module):
         positions: Array | None = None,
         attention_mask: Array | None = None,
         cache: KVCache | None = None,
+        segments: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
         """Final-normed hidden states ``[B, T, D]`` (the LM head's input) and the updated cache.
 
         ``attention_mask`` ``[B, T]`` (1 = real token; default all ones) marks the new tokens;
         ``positions`` ``[B, T]`` default to :func:`positions_from_mask` of it, which is right only
         when there is no cache (with a cache, continue each row's count of real tokens).
-        A sequence longer than ``config.max_len`` (the model's context) is an error.
+        A sequence longer than ``config.max_len`` (the model's context) is an error; packed rows
+        (``segments``) may be longer, since each packed sequence's positions restart, and their
+        caller keeps every sequence within the context.
         """
         cfg = self.config
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, time]; got shape {tokens.shape}")
-        if cache is None and tokens.shape[1] > cfg.max_len:
+        if cache is None and segments is None and tokens.shape[1] > cfg.max_len:
             raise ValueError(
                 f"tokens have {tokens.shape[1]} positions, more than the model's context "
                 f"TransformerConfig.max_len={cfg.max_len}; shorten the prompt (or truncate it, e.g. keep its "
@@ -569,7 +552,14 @@ class Transformer(nnx.Module):
         positions = jnp.asarray(positions)
         if cache is None:
             offset, key_mask = 0, mask
+            if segments is not None:
+                # packed sequences: a token reads segment 0 (the shared prefix) and its own segment
+                segments = jnp.asarray(segments)
+                same = (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None])
+                key_mask = mask[:, None, :] & same  # [B, T, T]
         else:
+            if segments is not None:
+                raise ValueError("hidden_states: segments are for a pass without a cache (packed sequences)")
             offset = cache.index
             key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, offset))
         h = self.embed_tokens(tokens)
@@ -578,19 +568,20 @@ class Transformer(nnx.Module):
         else:
             cos = sin = None
             h = h + self.embed_positions(positions)
-        graphdef, stacked = nnx.split(self.layers)
-
-        def layer(h, xs):
-            params, layer_cache = xs
-            return nnx.merge(graphdef, params)(h, cos, sin, key_mask, offset, layer_cache)
-
-        if cfg.remat:
-            layer = jax.checkpoint(layer)
-        layer_caches = None if cache is None else (cache.keys, cache.values)
-        h, layer_caches = jax.lax.scan(layer, h, (stacked, layer_caches))
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            if cfg.remat:
+                run = jax.checkpoint(lambda h, c, layer=layer: layer(h, cos, sin, key_mask, offset, c))
+                h, layer_cache = run(h, layer_cache)
+            else:
+                h, layer_cache = layer(h, cos, sin, key_mask, offset, layer_cache)
+            if cache is not None:
+                keys.append(layer_cache[0])
+                values.append(layer_cache[1])
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(layer_caches[0], layer_caches[1], key_mask, cache.index + tokens.shape[1])
+            new_cache = KVCache(tuple(keys), tuple(values), key_mask, cache.index + tokens.shape[1])
         return self.norm(h), new_cache
 
     def logits(self, hidden: Array) -> Array:
@@ -669,9 +660,15 @@ class Policy:
         tokens: Array,
         attention_mask: Array | None = None,
         positions: Array | None = None,
+        segments: Array | None = None,
     ) -> Array:
-        """Final-normed hidden states ``[B, T, D]`` without the LM head."""
-        return self.module(params).hidden_states(tokens, positions, attention_mask)[0]
+        """Final-normed hidden states ``[B, T, D]`` without the LM head.
+
+        ``segments`` ``[B, T]`` int packs several sequences that share a prefix into one row: a
+        token attends only to earlier real tokens of segment 0 (the prefix) and of its own segment
+        (``positions`` then restart each segment after the prefix).
+        """
+        return self.module(params).hidden_states(tokens, positions, attention_mask, segments=segments)[0]
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
         """LM head alone: ``[..., D] -> [..., V]`` float32."""
