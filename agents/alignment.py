@@ -655,7 +655,13 @@ class AlignmentAgent:
             updates, o = optimizer.update(grads, o, p)
             return (optax.apply_updates(p, updates), o), (loss, info)
 
-        (params, opt_state), (_, infos) = jax.lax.scan(step, (params, opt_state), None, length=self.policy_steps)
+        if self.policy_steps == 1:
+            # a loop of one step would make XLA carry π_θ and its optimiser state through a while
+            # loop, which stops it from updating them in place (measured: twice the step's time)
+            (params, opt_state), (_, infos) = step((params, opt_state), None)
+            infos = jax.tree.map(lambda x: x[None], infos)
+        else:
+            (params, opt_state), (_, infos) = jax.lax.scan(step, (params, opt_state), None, length=self.policy_steps)
         # the DAP loss proper (XPO / SAIL add terms whose values are surrogates, not losses)
         out = {"policy_loss": infos["dap_loss"][-1]}
         out.update({k: v[-1] for k, v in infos.items() if k in ("implicit_reward_margin", "preference_accuracy")})

@@ -358,27 +358,24 @@ def generate(
     _check_length(policy, prompts.shape[1], length)
     if mixture is not None and not isinstance(mixture, Mixture):
         raise ValueError(f"generate: mixture={mixture!r:.80} is not allowed; expected None or a cdb.models.Mixture")
-    state, logits = prefill_shared(policy, params, prompts, prompt_mask, length, num_samples)
+    # Inside another trace (an agent's step) the two programs are inlined into the caller's; their
+    # own jit wrappers would only trace them twice (once alone, once batched or inlined).
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((key, params, prompts, prompt_mask, mixture)))
+    prefill_fn = prefill_shared.__wrapped__ if traced else prefill_shared
+    state, logits = prefill_fn(policy, params, prompts, prompt_mask, length, num_samples)
     mixed_state = None
     if mixture is not None:
         second = mixture.second_policy(policy)
         _check_length(second, prompts.shape[1], length)
-        mixed_state, logits_b = prefill_shared(second, mixture.params, prompts, prompt_mask, length, num_samples)
+        mixed_state, logits_b = prefill_fn(second, mixture.params, prompts, prompt_mask, length, num_samples)
         logits = mixture_logits(mixture.kind, logits, logits_b, mixture.weight)
-    out, _, _ = decode(
-        key,
-        policy,
-        params,
-        state,
-        logits,
-        length,
-        temperature=temperature,
-        top_p=top_p,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        mixture=mixture,
-        mixed_state=mixed_state,
-    )
+    options = dict(temperature=temperature, top_p=top_p, eos_id=eos_id, pad_id=pad_id, mixture=mixture)
+    if traced:
+        out, _, _ = _decode(
+            key, policy, params, state, logits, length, temperature, top_p, eos_id, pad_id, mixture, mixed_state
+        )
+        return out
+    out, _, _ = decode(key, policy, params, state, logits, length, mixed_state=mixed_state, **options)
     return out
 
 

@@ -40,11 +40,30 @@ def _jitted_agent(agent: _Same, impl: str) -> dict:
     ``select``, ``update``, ``recommend`` and ``init``. ``update`` donates the agent state it is
     given, so the new state (π_θ and its optimiser's moments, 1.6 GB for SmolLM2-135M in float32)
     is written over the old one instead of beside it.
+
+    The functions are vmapped over the seed axis only when a run has more than one seed: a tier-3
+    run usually holds one seed (each vmapped seed holds its own π_θ and optimiser state), and
+    then the seed axis is dropped and put back around the unbatched function, which traces
+    faster and runs as written (a batched ``while_loop`` or sampler would otherwise be batched
+    for nothing).
     """
     arrays, rebuild = split_arrays(agent.obj)
 
-    def method(name):
-        return lambda held, *args: getattr(rebuild(held), name)(*args)
+    def method(name, in_axes):
+        def run(held, *args):
+            fn = functools.partial(getattr(rebuild(held), name))
+            seeds = {
+                jnp.shape(leaf)[0]
+                for a, ax in zip(args, in_axes, strict=True)
+                if ax == 0
+                for leaf in jax.tree.leaves(a)
+            }
+            if seeds == {1}:
+                drop = [jax.tree.map(lambda x: x[0], a) if ax == 0 else a for a, ax in zip(args, in_axes, strict=True)]
+                return jax.tree.map(lambda x: x[None], fn(*drop))
+            return jax.vmap(fn, in_axes=in_axes)(*args)
+
+        return run
 
     def stage_keys(seed_keys, stage, index, parts):
         return jax.vmap(lambda k: jax.random.split(_stage_key(k, stage, index, impl), parts))(seed_keys)
@@ -52,12 +71,11 @@ def _jitted_agent(agent: _Same, impl: str) -> dict:
     def bind(fn):
         return functools.partial(fn, arrays)
 
-    per_seed = (None, 0, 0, 0)
     return {
-        "select": bind(jax.jit(jax.vmap(method("select"), in_axes=per_seed))),
-        "update": bind(jax.jit(jax.vmap(method("update"), in_axes=(None, 0, 0, 0, 0, 0)), donate_argnums=2)),
-        "recommend": bind(jax.jit(jax.vmap(method("recommend"), in_axes=per_seed))),
-        "init": bind(jax.jit(jax.vmap(method("init"), in_axes=(None, 0, None)), static_argnums=2)),
+        "select": bind(jax.jit(method("select", (0, 0, 0)))),
+        "update": bind(jax.jit(method("update", (0, 0, 0, 0, 0)), donate_argnums=2)),
+        "recommend": bind(jax.jit(method("recommend", (0, 0, 0)))),
+        "init": bind(jax.jit(method("init", (0, None)), static_argnums=2)),
         "finite": jax.jit(jax.vmap(_state_is_finite)),
         "stage_keys": jax.jit(stage_keys, static_argnums=(1, 3)),
     }
