@@ -27,6 +27,7 @@ from cdb.agents import passive
 from cdb.ensemble import LinearEnsemble
 from cdb.environments import LinearDuel
 from cdb.store import Store
+from cdb.sweep.__main__ import main
 
 ENV = LinearDuel(num_arms=4, feature_dim=3, batch_size=2, eval_batch_size=4)
 AGENT = passive(reward_model=LinearEnsemble(num_members=2))
@@ -103,6 +104,10 @@ def test_cells_are_named_deterministically_and_split_the_seeds():
     assert [c.id for c in make_sweep().cells()] == [c.id for c in cells]
     other = make_sweep(agents={"passive": passive(reward_model=LinearEnsemble(num_members=3))}).cells()
     assert not {c.id for c in other} & {c.id for c in cells}
+    fields = {f.name: getattr(cells[0], f.name) for f in dataclasses.fields(S.Cell)}
+    assert S.Cell(**fields) == cells[0]
+    with pytest.raises(TypeError):  # sixteen fields: by keyword only
+        S.Cell(*fields.values())
 
 
 def test_grid_makes_the_product_of_the_parameters_each_factory_names():
@@ -202,7 +207,7 @@ def test_a_sweep_writes_results_records_and_a_manifest(full, reference):
     assert [c["id"] for c in manifest["cells"]] == sorted(index, key=lambda c: index[c]["name"])
     # the two one-seed cells are exactly the two seeds of one cdb.run
     parts = cell_results(store)
-    merged = S.merge_seeds([parts["K4/passive/seeds=0:1"], parts["K4/passive/seeds=1:2"]])
+    merged = cdb.Results.merge_seeds([parts["K4/passive/seeds=0:1"], parts["K4/passive/seeds=1:2"]])
     assert_same_results(merged, reference)
     assert merged.config["seed_range"] == [0, SEEDS]
 
@@ -318,20 +323,39 @@ def test_command_line_runs_and_summarizes(full, tmp_path, capsys):
     config = tmp_path / "tiny_sweep.py"
     config.write_text(textwrap.dedent(CONFIG))
     store = tmp_path / "cli_store"
-    assert S.main(["run", str(config), "--store", str(store), "--shard", "1/2", "--no-progress"]) == 0
+    assert main(["run", str(config), "--store", str(store), "--shard", "1/2", "--no-progress"]) == 0
     assert "1 cells ran" in capsys.readouterr().out
-    assert S.main(["summary", str(store)]) == 0
+    assert main(["summary", str(store)]) == 0
     out = capsys.readouterr().out
     assert "partial" in out and "1 experiments without complete results: K4/passive" in out
-    assert S.main(["run", str(config), "--store", str(store), "--shard", "0/2", "--no-progress"]) == 0
+    assert main(["run", str(config), "--store", str(store), "--shard", "0/2", "--no-progress"]) == 0
     capsys.readouterr()
-    assert S.main(["summary", str(config), "--store", str(store), "--target", "bai_regret<=0.5"]) == 0
+    assert main(["summary", str(config), "--store", str(store), "--target", "bai_regret<=0.5"]) == 0
     out = capsys.readouterr().out
     expected = S.summarize(full[0]).rows()[0]["cumulative_regret"]
     assert expected in out and "queries to bai_regret <= 0.5" in out
     for ext in ("md", "csv", "png"):
         assert (store / f"summary.{ext}").stat().st_size > 0
     assert (store / "summary.md").read_text().strip() == S.summarize(store, targets=["bai_regret<=0.5"]).markdown()
+
+
+def test_python_dash_m_cdb_sweep_runs_a_sweep_file(full, tmp_path):
+    """The real entry point: the sweep file's ``cdb.sweep.Sweep`` is the class the command line checks
+    for, the package is imported once, and the cells equal those of the in-process sweep."""
+    config = tmp_path / "tiny_sweep.py"
+    config.write_text(textwrap.dedent(CONFIG))
+    store = tmp_path / "cli_store"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    root = str(Path(cdb.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "cdb.sweep", "run", str(config)]
+    done = subprocess.run(
+        [*command, "--store", str(store), "--no-progress"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "2 cells ran, 0 skipped (done), 0 failed" in done.stdout
+    for name, res in cell_results(Store(store)).items():
+        assert_same_results(res, cell_results(full[0])[name])
 
 
 @pytest.mark.parametrize(
@@ -398,14 +422,23 @@ def test_bad_config_files_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="defines SWEEP=dict"):
         S.load_sweep(wrong)
     with pytest.raises(SystemExit):
-        S.main(["run", str(empty), "--shard", "0/2", "--coordinator", "127.0.0.1:1"])
+        main(["run", str(empty), "--shard", "0/2", "--coordinator", "127.0.0.1:1"])
 
 
 def test_merge_seeds_rejects_ranges_that_do_not_follow_each_other(full):
     parts = cell_results(full[0])
     a, b = parts["K4/passive/seeds=0:1"], parts["K4/passive/seeds=1:2"]
     with pytest.raises(ValueError, match="not consecutive"):
-        S.merge_seeds([b, a])
+        cdb.Results.merge_seeds([b, a])
+    without_eval = dataclasses.replace(b, eval_metrics={})
+    with pytest.raises(ValueError, match=r"different metrics .*\['bai_regret'\] against .*\[\]"):
+        cdb.Results.merge_seeds([a, without_eval])
+    with pytest.raises(ValueError, match="different evaluation rounds"):
+        cdb.Results.merge_seeds([a, b.truncated(EVAL_EVERY)])
+    with pytest.raises(ValueError, match=r"parts=\[\] is not allowed"):
+        cdb.Results.merge_seeds([])
+    with pytest.warns(DeprecationWarning, match="cdb.Results.merge_seeds"):
+        assert_same_results(S.merge_seeds([a, b]), cdb.Results.merge_seeds([a, b]))
 
 
 _DISTRIBUTED = """
