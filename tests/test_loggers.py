@@ -15,6 +15,7 @@ import struct
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -466,3 +467,50 @@ def read_wandb_history(path) -> list[tuple[int, dict]]:
                 }
                 rows.append((int(items.pop("_step")), {k: v for k, v in items.items() if not k.startswith("_")}))
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# a logger per sweep cell
+
+
+def tiny_sweep():
+    from cdb.sweep import Sweep
+
+    return Sweep(
+        agents={"passive": AGENT}, envs={"K4": ENV}, seed_splits=2, **{k: RUN[k] for k in RUN if k != "progress"}
+    )
+
+
+def test_wandb_per_cell_gives_each_cell_a_run_named_after_it_that_a_resume_continues(tmp_path, monkeypatch):
+    from cdb.sweep import run_sweep, wandb_per_cell
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run_sweep(tiny_sweep(), tmp_path / "store", progress=False, logger_factory=wandb_per_cell("cdb", group="tiny"))
+    cells = tiny_sweep().cells()
+    assert [r.init["name"] for r in fake.runs] == [c.name for c in cells]
+    assert [r.init["id"] for r in fake.runs] == [
+        f"cell-{c.id.rsplit('-', 1)[1]}" for c in cells
+    ]  # the store folder's end
+    assert all(r.init["resume"] == "allow" and r.init["group"] == "tiny" and r.exit_code == 0 for r in fake.runs)
+    assert fake.runs[1].init["config"]["cell"] == "K4/passive/seeds=1:2"
+    assert fake.runs[1].init["config"]["seed_range"] == [1, 2] and fake.runs[1].init["config"]["params"] == {}
+    assert [step for step, _ in fake.runs[0].logged] == [0, *range(1, 6), 5, *range(6, 11), 10]
+    # with two jax.distributed processes each process logs its own seeds to a run of its own
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    (logger,) = wandb_per_cell("cdb")(cells[0].name, cells[0].description)
+    assert (logger.id, logger.name) == (f"{fake.runs[0].init['id']}-p1", f"{cells[0].name}-p1")
+
+
+def test_tensorboard_per_cell_writes_one_run_per_cell(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from cdb.store import Store
+    from cdb.sweep import run_sweep, tensorboard_per_cell
+
+    store = Store(tmp_path / "store")
+    run_sweep(tiny_sweep(), store, progress=False, logger_factory=tensorboard_per_cell(tmp_path / "tb"))
+    for cell in tiny_sweep().cells():
+        results = store.load_results(cell.id)
+        logdir = tmp_path / "tb" / "K4" / "passive" / f"seeds={cell.seed_range[0]}_{cell.seed_range[1]}"
+        assert read_events(logdir) == expected_scalars(results)

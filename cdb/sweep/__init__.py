@@ -32,23 +32,25 @@ The package holds one job per module:
   can be described neither by its name nor by its code runs, but is never taken as done or
   resumed (name it with :func:`cdb.config.named`).
 * :mod:`cdb.sweep.execute` — :func:`run_sweep`: each cell a ``cdb.run`` into the store
-  (:class:`cdb.store.Store`: results, orbax checkpoints while running, a record),
+  (:class:`cdb.store.Store`: results, orbax checkpoints while running, a record, a JSONL log),
   done cells skipped, interrupted ones resumed with the same results as an uninterrupted run,
   failed ones recorded; :class:`Shard` (``--shard i/n``) deals the cells to the jobs of a
   scheduler's job array; with ``jax.distributed``, every process runs a slice of every cell's
-  seeds.
+  seeds. Each cell's rounds are logged to its folder as they run (``log.jsonl``), and to the
+  loggers a ``logger_factory`` builds for it (:func:`tensorboard_per_cell`, :func:`wandb_per_cell`).
 * :mod:`cdb.sweep.summary` — :func:`summarize`: one row per experiment (seed ranges merged by
   :meth:`cdb.Results.merge_seeds`), final values as mean ± s.e., queries to each :class:`Target`,
   and the curves.
 * :mod:`cdb.sweep.__main__` — the command line.
 """
 
-from cdb.sweep.execute import Shard, SweepReport, run_sweep
+from cdb.sweep.execute import LoggerFactory, Shard, SweepReport, run_sweep, tensorboard_per_cell, wandb_per_cell
 from cdb.sweep.grid import Cell, Sweep, load_sweep
 from cdb.sweep.summary import Summary, Target, summarize
 
 __all__ = [
     "Cell",
+    "LoggerFactory",
     "Shard",
     "Summary",
     "Sweep",
@@ -58,6 +60,8 @@ __all__ = [
     "merge_seeds",
     "run_sweep",
     "summarize",
+    "tensorboard_per_cell",
+    "wandb_per_cell",
 ]
 
 

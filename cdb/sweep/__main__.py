@@ -1,12 +1,14 @@
 """The command line of :mod:`cdb.sweep`::
 
     python -m cdb.sweep run CONFIG [--store DIR] [--shard i/n] [--keep-checkpoints] [--no-progress]
+                                   [--tensorboard DIR] [--wandb PROJECT]
     python -m cdb.sweep summary (DIR | CONFIG [--store DIR]) [--metric M] [--target 'bai_regret<=0.01'] [--out DIR]
 
 ``run`` takes a Python file defining ``SWEEP = cdb.sweep.Sweep(...)``; ``--coordinator``,
 ``--num-processes`` and ``--process-id`` (or ``--distributed``, for a scheduler JAX detects)
-initialise ``jax.distributed`` first. ``summary`` prints the table and writes
-``summary.{md,csv,png}`` to ``--out`` (default: the store).
+initialise ``jax.distributed`` first; every cell's rounds go to ``log.jsonl`` in its store folder,
+and with ``--tensorboard`` / ``--wandb`` to TensorBoard (one run per cell) and W&B too.
+``summary`` prints the table and writes ``summary.{md,csv,png}`` to ``--out`` (default: the store).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cdb.store import Store
-from cdb.sweep.execute import run_sweep
+from cdb.sweep.execute import LoggerFactory, run_sweep, tensorboard_per_cell, wandb_per_cell
 from cdb.sweep.grid import load_sweep
 from cdb.sweep.summary import summarize
 
@@ -40,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--shard", default=None, help="i/n: run only the cells j with j mod n == i")
     run_p.add_argument("--keep-checkpoints", action="store_true", help="keep a done cell's checkpoints")
     run_p.add_argument("--no-progress", action="store_true")
+    run_p.add_argument("--tensorboard", metavar="DIR", help="also log each cell to TensorBoard in DIR/<cell name>")
+    run_p.add_argument("--wandb", metavar="PROJECT", help="also log each cell to a W&B run in PROJECT")
     run_p.add_argument("--coordinator", help="jax.distributed coordinator HOST:PORT (with the next two)")
     run_p.add_argument("--num-processes", type=int)
     run_p.add_argument("--process-id", type=int)
@@ -65,6 +69,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     elif args.distributed:
         jax.distributed.initialize()
+    factories = []
+    if args.tensorboard:
+        factories.append(tensorboard_per_cell(args.tensorboard))
+    if args.wandb:
+        factories.append(wandb_per_cell(args.wandb))
     sweep = load_sweep(args.config)
     store = Store(args.store or default_store(args.config))
     report = run_sweep(
@@ -73,10 +82,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         shard=args.shard,
         progress=not args.no_progress,
         keep_checkpoints=args.keep_checkpoints,
+        logger_factory=_chain(factories) if factories else None,
     )
     print(report)
     print(f"store: {store.root}")
     return 1 if report.failed else 0
+
+
+def _chain(factories: list[LoggerFactory]) -> LoggerFactory:
+    """One ``logger_factory`` giving each cell the loggers of every factory in ``factories``."""
+    return lambda name, description: [logger for make in factories for logger in make(name, description)]
 
 
 def _summary(args: argparse.Namespace) -> int:

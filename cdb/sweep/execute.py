@@ -5,7 +5,9 @@ Each cell runs ``cdb.run(..., checkpoint_dir=<cell>/checkpoints, resume=True)`` 
 record (:mod:`cdb.store`): ``running`` while it runs, then ``done`` with its results or
 ``failed`` with the error. Running a sweep again skips ``done`` cells and resumes the others from
 their last checkpoint, which gives the same results as an uninterrupted run. A failed cell does
-not stop the sweep; it is recorded and reported at the end.
+not stop the sweep; it is recorded and reported at the end. While a cell runs, its rounds are
+logged to ``<cell>/log.jsonl`` (:class:`cdb.loggers.JSONLLogger`) and to the loggers the
+caller's ``logger_factory`` builds for it.
 
 ``--shard i/n`` runs the cells ``j`` with ``j mod n == i`` of the cell list sorted by name, so
 ``n`` jobs of a scheduler's job array run disjoint parts into one store. With ``jax.distributed``
@@ -25,17 +27,58 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from cdb.config import describe, unidentified_callables, unidentified_error
+from cdb.config import describe, digest, unidentified_callables, unidentified_error
+from cdb.loggers import JSONLLogger, Logger, TensorBoardLogger, WandbLogger, check_loggers, require
 from cdb.results import Results
 from cdb.store import Store, checkpointed_rounds
-from cdb.sweep.grid import Cell, Sweep
+from cdb.sweep.grid import Cell, Sweep, slug
 from cdb.xla_options import release_compiled_programs
+
+#: ``logger_factory(cell_name, cell_description) -> [Logger, ...]``: a cell's own loggers.
+LoggerFactory = Callable[[str, dict[str, Any]], Sequence[Logger]]
+
+
+def tensorboard_per_cell(root: str | os.PathLike) -> LoggerFactory:
+    """A ``logger_factory`` giving each cell a :class:`cdb.loggers.TensorBoardLogger` in
+    ``root/<cell name>`` (each part of the name a folder), so ``tensorboard --logdir root`` shows
+    one run per cell, named after it (with several ``jax.distributed`` processes, one run per
+    process in ``<cell name>/process_<p>``, each of that process's seeds)."""
+    require("tensorboardX", "tensorboard", "tensorboard_per_cell")
+    root = Path(root)
+
+    def build(name: str, description: dict[str, Any]) -> list[Logger]:
+        logdir = root.joinpath(*(slug(part) for part in name.split("/")))
+        if jax.process_count() > 1:
+            logdir = logdir / f"process_{jax.process_index()}"
+        return [TensorBoardLogger(logdir)]
+
+    return build
+
+
+def wandb_per_cell(project: str | None = None, **init_kwargs: Any) -> LoggerFactory:
+    """A ``logger_factory`` giving each cell a :class:`cdb.loggers.WandbLogger` run in ``project``,
+    named after the cell, with its environment, agent and hyper-parameters in the run's config, and
+    the id ``cell-<the digest of the cell's description>`` (the end of its store folder's name), so
+    that a resumed cell goes on in its W&B run (with several ``jax.distributed`` processes, one
+    run per process, ``-p<p>`` added to its id and name, each of that process's seeds).
+    ``init_kwargs`` go to ``wandb.init``."""
+    require("wandb", "wandb", "wandb_per_cell")
+
+    def build(name: str, description: dict[str, Any]) -> list[Logger]:
+        config = {"cell": name, **{k: description[k] for k in ("env_name", "agent_name", "params")}}
+        run_id = f"cell-{digest(description)[:12]}"
+        if jax.process_count() > 1:
+            run_id, name = f"{run_id}-p{jax.process_index()}", f"{name}-p{jax.process_index()}"
+        return [WandbLogger(project, name=name, id=run_id, config=config, **init_kwargs)]
+
+    return build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +139,8 @@ class _Options:
     checkpoints: bool
     keep_checkpoints: bool
     on_block: Callable[[Cell, int, Results], None] | None
+    logger_factory: LoggerFactory | None
+    jsonl: bool
     multi: bool
     leader: bool
 
@@ -108,6 +153,8 @@ def run_sweep(
     progress: bool = True,
     keep_checkpoints: bool = False,
     on_block: Callable[[Cell, int, Results], None] | None = None,
+    logger_factory: LoggerFactory | None = None,
+    jsonl: bool = True,
 ) -> SweepReport:
     """Runs this shard's cells of ``sweep`` into ``store``, skipping done cells, resuming the others.
 
@@ -120,15 +167,31 @@ def run_sweep(
     :func:`cdb.config.unidentified_callables`) is a ``ValueError`` naming it, raised before any
     cell runs; such a cell with checkpoints fails the same way in ``cdb.run``.
 
+    Logging: with ``jsonl`` each cell's rounds and evaluations go to ``<cell>/log.jsonl``
+    (:meth:`cdb.store.Store.log_path`; a resumed cell appends to it without repeating a round),
+    and ``logger_factory(cell.name, cell.description)`` (e.g. a W&B run per cell, named after the
+    cell, with its description as the run's config) gives each cell further
+    :class:`cdb.loggers.Logger` s. A cell's loggers are built when it starts and closed when it
+    ends, failed or not; a factory that raises, or returns something that is not a list of
+    loggers, fails that cell before it compiles anything. :func:`tensorboard_per_cell` and
+    :func:`wandb_per_cell` build such factories. With several ``jax.distributed`` processes the
+    factory is called in each, and each process's loggers get that process's seeds.
+
     With ``jax.distributed`` initialised over several processes, every process must call this
     with the same arguments: each cell's seeds are split across the processes
-    (:func:`cdb.distributed.run`), and process 0 alone writes the store. Which cells are done is process 0's view,
+    (:func:`cdb.distributed.run`), and process 0 alone writes the store (each process logs its
+    own seeds, to ``log.process_<p>.jsonl``). Which cells are done is process 0's view,
     broadcast to the others. A cell that fails in only some processes leaves the others waiting
     in the gather (a collective has no timeout of its own); the scheduler's time limit ends
     them, and the next run resumes from the checkpoints.
     """
     store = store if isinstance(store, Store) else Store(store)
     shard = Shard.parse(shard)
+    if logger_factory is not None and not callable(logger_factory):
+        raise ValueError(
+            f"run_sweep: logger_factory={logger_factory!r} is not allowed; expected a callable "
+            "(cell_name, cell_description) -> list of loggers, or None"
+        )
     cells = sweep.cells()
     mine = shard.select(cells)
     multi = jax.process_count() > 1
@@ -153,7 +216,9 @@ def run_sweep(
                 unidentified,
                 "Its results may come from other functions of the same names, so it is neither skipped nor run again.",
             )
-    options = _Options(store, shard, progress, sweep.checkpoints, keep_checkpoints, on_block, multi, leader)
+    options = _Options(
+        store, shard, progress, sweep.checkpoints, keep_checkpoints, on_block, logger_factory, jsonl, multi, leader
+    )
     report = SweepReport([], [], {})
     bar = tqdm(total=len(mine), disable=not progress, desc=f"sweep {shard}", unit="cell")
     try:
@@ -190,6 +255,18 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _cell_loggers(cell: Cell, options: _Options) -> list[Logger]:
+    """The cell's loggers: its JSONL log in the store, then the factory's."""
+    loggers: list[Logger] = []
+    if options.jsonl:
+        process = jax.process_index() if options.multi else None
+        loggers.append(JSONLLogger(options.store.log_path(cell.id, process=process)))
+    if options.logger_factory is not None:
+        made = options.logger_factory(cell.name, cell.description)
+        loggers += check_loggers(made, where=f"run_sweep: logger_factory({cell.name!r}, ...)")
+    return loggers
+
+
 def _run_cell(cell: Cell, options: _Options) -> str | None:
     store, leader = options.store, options.leader
     previous = store.record(cell.id) if leader else None
@@ -224,6 +301,7 @@ def _run_cell(cell: Cell, options: _Options) -> str | None:
             checkpoint_dir=checkpoint_dir if options.checkpoints else None,
             progress=options.progress,
             on_block=callback,
+            loggers=_cell_loggers(cell, options),
             runner=runner,
         )
         if cell.postprocess is not None:

@@ -49,6 +49,7 @@ MANAGED_RUN_ARGS = (
     "resume",
     "on_block",
     "seed_range",
+    "loggers",
 )
 
 
@@ -82,7 +83,7 @@ class Cell:
     id: str
     postprocess: Callable[[Results], Results] | None = None
 
-    def run(self, *, checkpoint_dir=None, progress: bool = False, on_block=None, runner=None) -> Results:
+    def run(self, *, checkpoint_dir=None, progress: bool = False, on_block=None, loggers=(), runner=None) -> Results:
         """``cdb.run`` of this cell (``runner``: a function with ``cdb.run``'s signature)."""
         if runner is None:
             from cdb.run import run as runner
@@ -98,6 +99,7 @@ class Cell:
             checkpoint_dir=checkpoint_dir,
             resume=checkpoint_dir is not None,
             on_block=on_block,
+            loggers=loggers,
             seed_range=None if full else self.seed_range,
             **self.run_options,
         )
