@@ -16,6 +16,7 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -210,6 +211,38 @@ def test_keyboard_interrupt_closes_every_logger_with_it(tmp_path):
         ("eval", 5),
         ("close", "KeyboardInterrupt"),
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTurnsNaN:
+    """``AGENT``'s duels and updates, reporting a ``loss`` that is NaN from round ``bad_round`` on."""
+
+    bad_round: int = 7
+
+    def init(self, key, spec):
+        return AGENT.init(key, spec), jnp.zeros((), jnp.int32)
+
+    def select(self, key, state, obs):
+        return AGENT.select(key, state[0], obs)
+
+    def update(self, key, state, obs, duel, feedback):
+        inner, info = AGENT.update(key, state[0], obs, duel, feedback)
+        loss = jnp.where(state[1] + 1 >= self.bad_round, jnp.nan, 1.0)
+        return (inner, state[1] + 1), {**info, "loss": loss}
+
+    def recommend(self, key, state, obs):
+        return AGENT.recommend(key, state[0], obs)
+
+
+def test_the_block_where_the_nan_guard_stops_a_run_is_logged_with_null_for_nan(tmp_path):
+    path, recorder = tmp_path / "run.jsonl", Recorder()
+    with pytest.raises(cdb.NonFiniteLossError, match="loss is not finite at round 7") as err:
+        cdb.run(LossTurnsNaN(), ENV, loggers=[JSONLLogger(path), recorder], **RUN)
+    lines = read_jsonl(path)[1:]
+    assert [line["round"] for line in lines if "eval" in line] == [0, 5]  # the stopped block has none
+    losses = [line["metrics"]["loss"] for line in lines if "metrics" in line]
+    assert losses == [1.0] * 6 + [None] * 4  # every round the block played
+    assert recorder.calls[-1] == ("close", err.value)
 
 
 def crash_after_logging_round_10(tmp_path, logger) -> None:
