@@ -65,7 +65,6 @@ from cdb.environments import LLMDuel, PromptSet, RewardOracle  # noqa: E402
 from cdb.features import FrozenEncoderFeatures, reference_hidden_features  # noqa: E402
 from cdb.metrics import queries_to_target  # noqa: E402
 from cdb.report import header, markdown_table, output_dir  # noqa: E402
-from cdb.sweep import merge_seeds  # noqa: E402
 
 AGENTS = ("sea", "online_dpo", "frozen_sampler_dpo")
 LABELS = {
@@ -217,7 +216,7 @@ def run_in_parts(agent, env, sizes: Sizes, key: int, seeds_at_once: int):
         stop = min(start + seeds_at_once, sizes.seeds)
         kwargs = dict(rounds=sizes.rounds, seeds=sizes.seeds, key=key, eval_every=sizes.eval_every)
         parts.append(cdb.run(agent, env, seed_range=(start, stop), **kwargs))
-    return merge_seeds(parts)
+    return cdb.Results.merge_seeds(parts)
 
 
 def main(argv=None) -> None:

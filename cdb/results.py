@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,50 @@ class Results:
         from cdb.plotting import plot_curve
 
         return plot_curve(self, metric, x=x, ax=ax, label=label)
+
+    @classmethod
+    def merge_seeds(cls, parts: Sequence[Results]) -> Results:
+        """Concatenates ``Results`` of consecutive seed ranges of one experiment along the seed axis.
+
+        ``parts`` are runs of one experiment with ``cdb.run(seed_range=)`` ranges that follow each
+        other (``[0, 2)``, ``[2, 5)``, ...); the config is the first part's with ``seed_range``
+        covering all parts, so the parts of a ``seeds``-seed run give exactly the ``Results`` of
+        the whole run. A ``ValueError`` when the parts have different metrics or evaluation rounds,
+        or ranges that do not follow each other.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("Results.merge_seeds: parts=[] is not allowed; expected at least one Results")
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        for p in parts[1:]:
+            if sorted(p.metrics) != sorted(first.metrics) or sorted(p.eval_metrics) != sorted(first.eval_metrics):
+                raise ValueError(
+                    f"Results.merge_seeds: the parts have different metrics ({sorted(first.metrics)} and "
+                    f"{sorted(first.eval_metrics)} against {sorted(p.metrics)} and {sorted(p.eval_metrics)})"
+                )
+            if not np.array_equal(p.eval_rounds, first.eval_rounds):
+                raise ValueError(
+                    f"Results.merge_seeds: the parts have different evaluation rounds ({np.asarray(first.eval_rounds)} "
+                    f"and {np.asarray(p.eval_rounds)})"
+                )
+        config = dict(first.config)
+        ranges = [p.config.get("seed_range") for p in parts]
+        if all(r is not None for r in ranges):
+            for (_, stop), (start, _) in itertools.pairwise(ranges):
+                if stop != start:
+                    raise ValueError(
+                        f"Results.merge_seeds: seed ranges {ranges} are not consecutive; expected each part to "
+                        "start where the one before it stops"
+                    )
+            config["seed_range"] = [ranges[0][0], ranges[-1][1]]
+        return cls(
+            {k: np.concatenate([p.metrics[k] for p in parts]) for k in first.metrics},
+            np.asarray(first.eval_rounds),
+            {k: np.concatenate([p.eval_metrics[k] for p in parts]) for k in first.eval_metrics},
+            config,
+        )
 
     def truncated(self, rounds: int) -> Results:
         """The first ``rounds`` rounds (and the evaluations taken by then)."""

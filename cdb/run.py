@@ -4,7 +4,8 @@ For a pure-JAX environment the experiment is compiled: one round is a pure funct
 of ``eval_every`` rounds is a ``lax.scan``, and seeds are a ``vmap``; the compiled block (and
 the compiled evaluation) is reused for every block, so a thousand seeds cost about one
 compilation. Between blocks the host records metrics, checks every floating metric and the
-agent state for NaN/inf, updates the progress bar and writes checkpoints.
+agent state for NaN/inf, updates the progress bar, hands the block to the run's loggers
+(:mod:`cdb.loggers`) and writes checkpoints.
 Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7). On a
 CPU, each device runs its seeds in chunks (``seed_chunk``): all rounds of a block for one chunk,
 then the next, so a round's working set stays in cache; the evaluation runs in the same chunks
@@ -13,8 +14,8 @@ the seeds past one chunk (``benchmarks/memory.py``).
 
 Otherwise (``env.pure_jax`` is False, e.g. an oracle on the host) a host loop calls the jitted
 agent functions and the environment round by round, with the same checkpoints, a progress bar
-that moves every round, and per-round wall seconds of the agent's select and update and of the
-environment's step.
+that moves every round, loggers that get every round as it ends, and per-round wall seconds of
+the agent's select and update and of the environment's step.
 
 Randomness: seed ``s`` gets ``k_s = split(key, seeds)[s]``; round ``t`` uses
 ``fold_in(k_s, t)``, so results do not depend on how the run is cut into blocks or resumed.
@@ -28,9 +29,10 @@ other modules imported from here (``CPU_SEED_CHUNK``, ``resolve_compiler_options
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cdb.config import describe
+from cdb.loggers import Logger, check_loggers
 from cdb.results import Results
 from cdb.runners.common import Carry
 from cdb.runners.compiled import CompiledRunner, compiled_runner
@@ -157,6 +160,7 @@ def run(
     resume: bool = False,
     on_block: Callable[[int, Results], None] | None = None,
     seed_range: tuple[int, int] | None = None,
+    loggers: Sequence[Logger] = (),
 ) -> Results:
     """Runs ``agent`` on ``env`` for ``rounds`` rounds and ``seeds`` independent seeds.
 
@@ -209,6 +213,14 @@ def run(
         experiment, each with exactly the key it has in the full run, so runs of consecutive
         ranges concatenated along the seed axis equal the full run (to split a sweep across
         processes or machines). ``None``: all seeds. The config records it.
+      loggers: :class:`cdb.loggers.Logger` s (``JSONLLogger``, ``TensorBoardLogger``,
+        ``WandbLogger``, or any object with their four methods) that get the per-round metrics and
+        the evaluations while the run goes: every round from the host loop, every block from the
+        compiled runner, each before the block's checkpoint is saved. They are opened with the
+        configuration and the round the run starts from (a resumed run's loggers append after the
+        resumed round, without repeating one), and closed however the run ends (success, error,
+        ``KeyboardInterrupt``). A run resumed with all its rounds done plays none and leaves
+        them unopened.
 
     Returns:
       :class:`~cdb.results.Results` with ``[seeds, rounds]`` metrics (``[stop - start, rounds]``
@@ -231,6 +243,7 @@ def run(
     if rounds % eval_every:
         raise ValueError(f"eval_every={eval_every} must divide rounds={rounds}")
     start, stop = _check_seed_range(seed_range, seeds)
+    loggers = check_loggers(loggers)
     root_key = _as_key(key)
     if env_params is None:
         params = env.default_params
@@ -269,7 +282,7 @@ def run(
         )
     else:
         runner = HostRunner(agent, env, params, impl, stop - start)
-    return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block)
+    return _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block, loggers)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -292,18 +305,50 @@ def _check_seed_range(seed_range: Any, seeds: int) -> tuple[int, int]:
     return int(seed_range[0]), int(seed_range[1])
 
 
-def _drive(runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block) -> Results:
+def _drive(
+    runner, seed_keys, rounds, eval_every, config, progress, checkpoint_dir, resume, on_block, loggers
+) -> Results:
     from cdb import checkpoint as ckpt
 
     manager = ckpt.RunCheckpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
+    opened: list[Logger] = []
+    error = None
     try:
-        return _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress, resume, on_block)
+        return _drive_with(
+            manager, runner, seed_keys, rounds, eval_every, config, progress, resume, on_block, loggers, opened
+        )
+    except BaseException as err:
+        error = err
+        raise
     finally:
-        if manager is not None:
-            manager.close()  # an open manager keeps a thread that blocks the process's exit
+        try:
+            _close_loggers(opened, error)
+        finally:
+            if manager is not None:
+                manager.close()  # an open manager keeps a thread that blocks the process's exit
 
 
-def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress, resume, on_block) -> Results:
+def _close_loggers(opened: list[Logger], error: BaseException | None) -> None:
+    """Closes every opened logger. A logger that fails to close does not keep the others open; its
+    error is raised after the others closed, or noted on ``error`` when the run already failed."""
+    failures = []
+    for logger in opened:
+        try:
+            logger.close(error)
+        except Exception as err:  # noqa: BLE001 - every logger is closed before one error is reported
+            failures.append((logger, err))
+    if not failures:
+        return
+    if error is not None:
+        for logger, err in failures:
+            error.add_note(f"cdb.run: closing the logger {logger!r:.80} failed too ({type(err).__name__}: {err})")
+        return
+    raise failures[0][1]
+
+
+def _drive_with(
+    manager, runner, seed_keys, rounds, eval_every, config, progress, resume, on_block, loggers, opened
+) -> Results:
     blocks: list[dict[str, np.ndarray]] = []
     evals: list[dict[str, np.ndarray]] = []
     carry = runner.start(seed_keys)
@@ -328,37 +373,63 @@ def _drive_with(manager, runner, seed_keys, rounds, eval_every, config, progress
                 stacklevel=4,
             )
         return _assemble(blocks, evals, eval_every, config).truncated(rounds)
+    plain_config = json.loads(json.dumps(config, default=str))
+    for logger in loggers:
+        logger.open(plain_config, done)
+        opened.append(logger)
     if not evals:
         evals.append(_to_numpy(runner.run_eval(carry, 0)))
+        _log_eval(opened, 0, evals[-1])
     bar = tqdm(total=rounds, initial=done, disable=not progress, desc="cdb.run", unit="round", leave=False)
     tick = bar.update if runner.ticks_per_round else None
+    # the host loop hands over every round as it ends; the compiled runner's rounds come with the block
+    streams = bool(opened) and getattr(runner, "streams_rounds", False)
+    stream = {"on_round": functools.partial(_log_round, opened)} if streams else {}
     try:
         while done < rounds:
             try:
                 carry, metrics, finite, evaluation = runner.run_block(
-                    carry, done, eval_every, done // eval_every + 1, tick
+                    carry, done, eval_every, done // eval_every + 1, tick, **stream
                 )
+                metrics = _to_numpy(metrics)
+                if opened and not streams:
+                    _log_rounds(opened, np.arange(done + 1, done + eval_every + 1), metrics)
             except BaseException as err:
                 _keep_completed_rounds(err, manager, blocks, evals, eval_every, config)
                 raise
-            metrics = _to_numpy(metrics)
             _check_finite(metrics, np.asarray(finite), blocks, evals, done, eval_every, config)
             blocks.append(metrics)
             evals.append(_to_numpy(evaluation))
             done += eval_every
             if tick is None:
                 bar.update(eval_every)
-            if manager is not None:
-                try:
+            try:
+                _log_eval(opened, done, evals[-1])  # before the checkpoint: a log holds every checkpointed round
+                if manager is not None:
                     manager.save(done, carry, blocks, evals)
-                except BaseException as err:
-                    _keep_completed_rounds(err, manager, blocks, evals, eval_every, config)
-                    raise
+            except BaseException as err:
+                _keep_completed_rounds(err, manager, blocks, evals, eval_every, config)
+                raise
             if on_block is not None:
                 on_block(done, _assemble(blocks, evals, eval_every, config))
     finally:
         bar.close()
     return _assemble(blocks, evals, eval_every, config)
+
+
+def _log_rounds(loggers: list[Logger], rounds: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
+    for logger in loggers:
+        logger.log_rounds(rounds, metrics)
+
+
+def _log_round(loggers: list[Logger], round_: int, metrics: dict[str, Any]) -> None:
+    """One round of the host loop (``metrics[name]`` ``[seeds]``) to every logger."""
+    _log_rounds(loggers, np.asarray([round_]), {k: np.asarray(v)[:, None] for k, v in metrics.items()})
+
+
+def _log_eval(loggers: list[Logger], round_: int, evaluation: dict[str, np.ndarray]) -> None:
+    for logger in loggers:
+        logger.log_eval(round_, evaluation)
 
 
 def _keep_completed_rounds(err: BaseException, manager, blocks, evals, eval_every, config) -> None:

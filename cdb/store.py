@@ -6,6 +6,7 @@ Layout of a store directory::
     DIR/cells/<cell id>/record.json     # the cell's index entry (below), replaced atomically
     DIR/cells/<cell id>/results.npz     # its ``cdb.Results`` (``Results.save``) once it is done
     DIR/cells/<cell id>/checkpoints/    # orbax checkpoints while it runs (``cdb.run(checkpoint_dir=)``)
+    DIR/cells/<cell id>/log.jsonl       # its rounds and evaluations as they ran (``cdb.loggers.JSONLLogger``)
 
 A record is a JSON object: ``id``, ``name``, ``experiment`` (the name without the seed range),
 ``agent``, ``env``, ``params`` (the cell's hyper-parameters), ``seeds``, ``seed_range``,
@@ -74,6 +75,10 @@ class Store:
 
     def checkpoint_dir(self, cell_id: str) -> Path:
         return self.cell_dir(cell_id) / "checkpoints"
+
+    def log_path(self, cell_id: str, *, process: int | None = None) -> Path:
+        """The cell's JSONL log; ``process``: that ``jax.distributed`` process's log of its own seeds."""
+        return self.cell_dir(cell_id) / ("log.jsonl" if process is None else f"log.process_{process}.jsonl")
 
     def record(self, cell_id: str) -> dict[str, Any] | None:
         """The cell's record, or ``None`` if the cell never started."""

@@ -9,6 +9,7 @@ resumed run reuses one compiled program.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from cdb.agents import passive
 from cdb.ensemble import LinearEnsemble
 from cdb.environments import LinearDuel
 from cdb.store import Store
+from cdb.sweep.__main__ import main
 
 ENV = LinearDuel(num_arms=4, feature_dim=3, batch_size=2, eval_batch_size=4)
 AGENT = passive(reward_model=LinearEnsemble(num_members=2))
@@ -103,6 +105,10 @@ def test_cells_are_named_deterministically_and_split_the_seeds():
     assert [c.id for c in make_sweep().cells()] == [c.id for c in cells]
     other = make_sweep(agents={"passive": passive(reward_model=LinearEnsemble(num_members=3))}).cells()
     assert not {c.id for c in other} & {c.id for c in cells}
+    fields = {f.name: getattr(cells[0], f.name) for f in dataclasses.fields(S.Cell)}
+    assert S.Cell(**fields) == cells[0]
+    with pytest.raises(TypeError):  # sixteen fields: by keyword only
+        S.Cell(*fields.values())
 
 
 def test_grid_makes_the_product_of_the_parameters_each_factory_names():
@@ -202,9 +208,20 @@ def test_a_sweep_writes_results_records_and_a_manifest(full, reference):
     assert [c["id"] for c in manifest["cells"]] == sorted(index, key=lambda c: index[c]["name"])
     # the two one-seed cells are exactly the two seeds of one cdb.run
     parts = cell_results(store)
-    merged = S.merge_seeds([parts["K4/passive/seeds=0:1"], parts["K4/passive/seeds=1:2"]])
+    merged = cdb.Results.merge_seeds([parts["K4/passive/seeds=0:1"], parts["K4/passive/seeds=1:2"]])
     assert_same_results(merged, reference)
     assert merged.config["seed_range"] == [0, SEEDS]
+    # each cell's log: its run's configuration, then each round's metrics and each evaluation, once
+    for cid in index:
+        res = store.load_results(cid)
+        lines = [json.loads(line) for line in store.log_path(cid).read_text().splitlines()]
+        assert lines[0] == {"config": res.config}
+        rounds = [line for line in lines[1:] if "metrics" in line]
+        assert [line["round"] for line in rounds] == list(range(1, ROUNDS + 1))
+        regret = [line["metrics"]["regret"] for line in rounds]
+        np.testing.assert_array_equal(regret, res.metrics["regret"].astype(np.float64).mean(axis=0))
+        evals = [line for line in lines[1:] if "eval" in line]
+        assert [line["round"] for line in evals] == list(res.eval_rounds)
 
 
 def test_a_second_run_skips_done_cells_and_touches_nothing(full):
@@ -243,6 +260,8 @@ def test_an_interrupted_cell_fails_then_resumes_from_its_checkpoint(full, tmp_pa
     uninterrupted = cell_results(full[0])
     for name, res in cell_results(store).items():
         assert_same_results(res, uninterrupted[name])
+    for cid in store.index():  # the resumed cell's log went on after round 5, without repeating one
+        assert store.log_path(cid).read_text() == full[0].log_path(cid).read_text()
 
 
 def test_without_checkpoints_an_interrupted_cell_starts_over(full, tmp_path):
@@ -261,6 +280,54 @@ def test_without_checkpoints_an_interrupted_cell_starts_over(full, tmp_path):
     uninterrupted = cell_results(full[0])
     for name, res in cell_results(store).items():
         assert_same_results(res, uninterrupted[name])
+
+
+class CellLogger:
+    """A logger built per cell by a factory: records the cell it was built for and its calls."""
+
+    def __init__(self, name, description, calls):
+        self.name, self.description, self.calls = name, description, calls
+
+    def open(self, config, start_round):
+        self.calls.append((self.name, "open", start_round))
+
+    def log_rounds(self, rounds, metrics):
+        self.calls.append((self.name, "rounds", int(rounds[-1])))
+
+    def log_eval(self, round, metrics):
+        pass
+
+    def close(self, error=None):
+        self.calls.append((self.name, "close", error))
+
+
+def test_each_cell_gets_its_own_loggers_built_with_its_name_and_description(tmp_path):
+    calls, built = [], {}
+
+    def factory(name, description):
+        if name.endswith("seeds=1:2"):
+            raise RuntimeError("no W&B project for this cell")
+        built[name] = description
+        return [CellLogger(name, description, calls)]
+
+    store = Store(tmp_path / "store")
+    report = S.run_sweep(make_sweep(), store, progress=False, logger_factory=factory, jsonl=False)
+    first, second = (c for c in make_sweep().cells())
+    assert store.is_done(first.id) and not store.log_path(first.id).exists()  # jsonl=False: no log of its own
+    assert built == {first.name: first.description}
+    assert calls == [
+        (first.name, "open", 0),
+        (first.name, "rounds", EVAL_EVERY),
+        (first.name, "rounds", ROUNDS),
+        (first.name, "close", None),
+    ]
+    assert report.ran == [first.name] and report.failed == {second.name: "RuntimeError: no W&B project for this cell"}
+    report = S.run_sweep(make_sweep(), Store(tmp_path / "other"), progress=False, logger_factory=lambda n, d: [print])
+    assert report.failed[first.name].startswith(
+        "ValueError: run_sweep: logger_factory('K4/passive/seeds=0:1', ...): loggers[0]=<built-in function print> "
+        "is not a logger"
+    )
+    assert len(report.failed) == 2 and not report.ran
 
 
 def test_shards_are_disjoint_and_together_equal_the_whole_sweep(full, tmp_path):
@@ -318,20 +385,43 @@ def test_command_line_runs_and_summarizes(full, tmp_path, capsys):
     config = tmp_path / "tiny_sweep.py"
     config.write_text(textwrap.dedent(CONFIG))
     store = tmp_path / "cli_store"
-    assert S.main(["run", str(config), "--store", str(store), "--shard", "1/2", "--no-progress"]) == 0
+    tensorboard = ["--tensorboard", str(tmp_path / "tb")] if importlib.util.find_spec("tensorboardX") else []
+    assert main(["run", str(config), "--store", str(store), "--shard", "1/2", "--no-progress", *tensorboard]) == 0
     assert "1 cells ran" in capsys.readouterr().out
-    assert S.main(["summary", str(store)]) == 0
+    if tensorboard:  # one TensorBoard run for the one cell that ran, in a folder named after it
+        (events,) = (tmp_path / "tb").rglob("events.*")
+        assert events.parent == tmp_path / "tb" / "K4" / "passive" / "seeds=1_2" and events.stat().st_size > 0
+    assert main(["summary", str(store)]) == 0
     out = capsys.readouterr().out
     assert "partial" in out and "1 experiments without complete results: K4/passive" in out
-    assert S.main(["run", str(config), "--store", str(store), "--shard", "0/2", "--no-progress"]) == 0
+    assert main(["run", str(config), "--store", str(store), "--shard", "0/2", "--no-progress"]) == 0
     capsys.readouterr()
-    assert S.main(["summary", str(config), "--store", str(store), "--target", "bai_regret<=0.5"]) == 0
+    assert main(["summary", str(config), "--store", str(store), "--target", "bai_regret<=0.5"]) == 0
     out = capsys.readouterr().out
     expected = S.summarize(full[0]).rows()[0]["cumulative_regret"]
     assert expected in out and "queries to bai_regret <= 0.5" in out
     for ext in ("md", "csv", "png"):
         assert (store / f"summary.{ext}").stat().st_size > 0
     assert (store / "summary.md").read_text().strip() == S.summarize(store, targets=["bai_regret<=0.5"]).markdown()
+
+
+def test_python_dash_m_cdb_sweep_runs_a_sweep_file(full, tmp_path):
+    """The real entry point: the sweep file's ``cdb.sweep.Sweep`` is the class the command line checks
+    for, the package is imported once, and the cells equal those of the in-process sweep."""
+    config = tmp_path / "tiny_sweep.py"
+    config.write_text(textwrap.dedent(CONFIG))
+    store = tmp_path / "cli_store"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    root = str(Path(cdb.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "cdb.sweep", "run", str(config)]
+    done = subprocess.run(
+        [*command, "--store", str(store), "--no-progress"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "2 cells ran, 0 skipped (done), 0 failed" in done.stdout
+    for name, res in cell_results(Store(store)).items():
+        assert_same_results(res, cell_results(full[0])[name])
 
 
 @pytest.mark.parametrize(
@@ -398,14 +488,23 @@ def test_bad_config_files_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="defines SWEEP=dict"):
         S.load_sweep(wrong)
     with pytest.raises(SystemExit):
-        S.main(["run", str(empty), "--shard", "0/2", "--coordinator", "127.0.0.1:1"])
+        main(["run", str(empty), "--shard", "0/2", "--coordinator", "127.0.0.1:1"])
 
 
 def test_merge_seeds_rejects_ranges_that_do_not_follow_each_other(full):
     parts = cell_results(full[0])
     a, b = parts["K4/passive/seeds=0:1"], parts["K4/passive/seeds=1:2"]
     with pytest.raises(ValueError, match="not consecutive"):
-        S.merge_seeds([b, a])
+        cdb.Results.merge_seeds([b, a])
+    without_eval = dataclasses.replace(b, eval_metrics={})
+    with pytest.raises(ValueError, match=r"different metrics .*\['bai_regret'\] against .*\[\]"):
+        cdb.Results.merge_seeds([a, without_eval])
+    with pytest.raises(ValueError, match="different evaluation rounds"):
+        cdb.Results.merge_seeds([a, b.truncated(EVAL_EVERY)])
+    with pytest.raises(ValueError, match=r"parts=\[\] is not allowed"):
+        cdb.Results.merge_seeds([])
+    with pytest.warns(DeprecationWarning, match="cdb.Results.merge_seeds"):
+        assert_same_results(S.merge_seeds([a, b]), cdb.Results.merge_seeds([a, b]))
 
 
 _DISTRIBUTED = """

@@ -90,9 +90,12 @@ class HostRunner:
     Each round records its wall seconds in ``seconds_select`` (the agent's ``select`` for all
     seeds), ``seconds_env`` (``env.step`` for every seed) and ``seconds_update`` (``update``),
     the same value for every seed, each timed after ``jax.block_until_ready`` of its results.
+    ``run_block`` hands each round's metrics to ``on_round`` as soon as the round ends, so a
+    run's loggers follow a slow tier-3 run round by round.
     """
 
     ticks_per_round = True
+    streams_rounds = True
 
     def __init__(self, agent, env, params, impl, seeds):
         self.agent, self.env, self.params, self.impl = agent, env, params, impl
@@ -110,7 +113,10 @@ class HostRunner:
     def place(self, carry):
         return carry
 
-    def run_block(self, carry, start, length, eval_index, tick=None):
+    def run_block(self, carry, start, length, eval_index, tick=None, on_round=None):
+        """``(carry, metrics [seeds, length], state_finite [seeds], evaluation)`` of rounds
+        ``start + 1 .. start + length``; after each, ``tick(1)`` and ``on_round(round, metrics
+        {name: [seeds]})``."""
         rows = []
         seeds = carry.seed_key.shape[0]
         for t in range(start, start + length):
@@ -145,6 +151,8 @@ class HostRunner:
             carry = Carry(env_state, agent_state, next_obs, carry.seed_key)
             if tick is not None:
                 tick(1)
+            if on_round is not None:
+                on_round(t + 1, rows[-1])
         metrics = {k: np.stack([np.asarray(r[k]) for r in rows], axis=1) for k in rows[0]}
         return carry, metrics, self.finite(carry.agent_state), self.run_eval(carry, eval_index)
 
