@@ -25,7 +25,6 @@ import cdb
 from cdb.agents import passive
 from cdb.ensemble import LinearEnsemble
 from cdb.environments import LinearDuel
-from cdb.sweep import merge_seeds
 
 ENV = LinearDuel(num_arms=4, feature_dim=3, batch_size=2, eval_batch_size=8)
 AGENT = passive(reward_model=LinearEnsemble(num_members=2))
@@ -515,7 +514,7 @@ def test_host_loop_runs_of_one_agent_share_its_compiled_programs(host_whole):
     env = HostDuel(**HOST_ENV_FIELDS)
     parts = [cdb.run(counting, env, rounds=6, seed_range=(s, s + 1), **HOST_KW) for s in (0, 1)]
     assert counting.traces == [1]  # the second run (another seed) reused the first one's programs
-    merged = merge_seeds(parts)
+    merged = cdb.Results.merge_seeds(parts)
     for name in set(host_whole.metrics) - {"seconds_select", "seconds_env", "seconds_update"}:
         np.testing.assert_array_equal(merged.metrics[name], host_whole.metrics[name], err_msg=name)
 

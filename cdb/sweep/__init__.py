@@ -57,23 +57,8 @@ __all__ = [
     "SweepReport",
     "Target",
     "load_sweep",
-    "merge_seeds",
     "run_sweep",
     "summarize",
     "tensorboard_per_cell",
     "wandb_per_cell",
 ]
-
-
-def merge_seeds(parts):
-    """Deprecated alias of :meth:`cdb.Results.merge_seeds` (``cdb.sweep.merge_seeds`` until 0.1.0)."""
-    import warnings
-
-    from cdb.results import Results
-
-    warnings.warn(
-        "cdb.sweep.merge_seeds is deprecated and will be removed after 0.1; use cdb.Results.merge_seeds(parts)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return Results.merge_seeds(parts)
