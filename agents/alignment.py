@@ -1,13 +1,14 @@
 """Agents that align a policy from online preference feedback (tiers 2-3), assembled from parts.
 
 One class, :class:`AlignmentAgent`, runs every agent of the SEA paper's comparison (Liu et al.
-2024, "Sample-Efficient Alignment for LLMs"); they differ by configuration only (DESIGN §4):
+2024, "Sample-Efficient Alignment for LLMs"); they differ by configuration only:
 
 * offline DPO — π_ref, M=2 → random pair → the first N pairs to the oracle → DPO on that dataset;
 * frozen-sampler DPO — π_ref, M=2 → random pair → oracle → DPO online;
 * online DPO / IPO / SLiC — π_θ, M=2 → random pair → oracle → DAP online;
-* SEA — π_θ, M → ensemble scores → E&E-TS / BAI-TS → oracle with probability γ, else a random
-  member labels the pair → DAP on both + the reward model on oracle pairs;
+* SEA — π_θ, M → ensemble scores → BAI-TS / E&E-TS → the oracle, or (mixed preference learning,
+  after a burn-in) a fixed share of the prompts labelled by a random member and never sent to
+  the oracle → DAP on both + the reward model on oracle pairs;
 * APL — π_θ, M → implicit reward → max margin → the highest-entropy prompts → DPO online;
 * XPO — one π_θ and one π_ref sample → the pair → oracle → DPO + α·log π_θ(ỹ_ref);
 * EE4LLM — π_ref, M → ensemble → double TS / infomax → oracle → the reward model only
@@ -16,34 +17,41 @@ One class, :class:`AlignmentAgent`, runs every agent of the SEA paper's comparis
 * SAIL-PR / PP — π_θ, M=2 → random pair → oracle / the policy's own preference → DPO + self-improving term;
 * SAIL-DP — offline DPO's dataset → DPO + SAIL's preference term on the dataset pairs.
 
-Recommendations (``recommend``, the BAI evaluation) come from a :mod:`cdb.recommenders` part:
-greedy decoding of π_θ; greedy decoding of DeRa's logits ``λ·h_θ + (1−λ)·h_ref`` (Liu et al.
-2024); or EE4LLM's best of N π_ref samples.
+The presets (:func:`~cdb.agents.alignment_presets.sea`, ...) live in
+:mod:`cdb.agents.alignment_presets` and are exported by ``cdb.agents``.
 
-The presets (:func:`sea`, :func:`online_dap`, ...) live in :mod:`cdb.agents.alignment_presets`
-and are reachable from here (``alignment.sea(reference)``) and from ``cdb.agents``.
+Every part is called one way, with a key when it draws randomness and one input::
+
+    candidates = proposer(key, ProposerInputs(...))    # cdb.proposers: Candidates [B, M, L]
+    scores     = scorer(ScorerInputs(...))             # cdb.scorers: [B, E, M]
+    pairs      = select_pairs(selector, key, scores)   # cdb.selection: rule(key, scores [E, M]) per prompt
+    labels     = labeler(key, LabelerInputs(...))      # cdb.labelers: oracle queries vs model labels
+    arms       = recommender(key, RecommendInputs(...))  # cdb.recommenders: the BAI recommendation
 
 A round, for a batch of B prompts::
 
-    candidates [B, M, L] = proposer(π_θ, π_ref, prompts)
-    π_ref log-probs and features of every candidate (one teacher-forced pass of π_ref)
-    scores [B, E, M]     = scorer(candidates)          # ensemble members / implicit reward / zeros
-    pairs [B, 2]         = selector(scores)            # cdb.selection rules
-    labels               = labeler(pairs, scores)      # oracle queries vs model labels
+    candidates [B, M, L]  = proposer(π_θ, π_ref, prompts)   # with the sampler's own log-probs
+    features [B, M, D]    = features(candidates)            # π_ref's pass over every candidate only if read
+    scores [B, E, M]      = scorer(candidates)              # ensemble members / implicit reward / zeros
+    pairs [B, 2]          = selector(scores)
+    labels                = labeler(pairs, scores)
+    log π_ref of the pair (one teacher-forced pass, each prompt once)
     ... the environment answers the queried pairs ...
     reward model  ← Bradley–Terry on oracle pairs only
-    policy        ← DAP loss on oracle pairs (+ model-labelled pairs, + XPO / SAIL terms)
+    policy        ← Σ terms on a PairBatch (cdb.objectives: the DAP loss on oracle and
+                    model-labelled pairs, + XPO / SAIL terms)
 
-SAIL's term (:func:`cdb.losses.sail_term`) follows each pair's route: π_θ's samples labelled by
-the oracle get the ``'pr'`` term, those labelled by the policy's own sampled preference the
-``'pp'`` term, and the pairs of an offline dataset (fixed π_ref responses) the ``'dp'`` term.
+SAIL's term follows each pair's route (``PairBatch.routes``): π_θ's samples labelled by the oracle
+get the ``'pr'`` term, those labelled by the policy's own sampled preference the ``'pp'`` term,
+and the pairs of an offline labeler's dataset (fixed π_ref responses) the ``'dp'`` term.
 
 The reference policy is given the way an SFT checkpoint would be: ``reference`` holds the model
 definition and its params — ``SequenceDuel.reference`` (tier 2) or a :class:`cdb.models.Pretrained`
-(tier 3). π_θ starts as a copy of π_ref (or only some of its leaves train, ``trainable``: LoRA
-adapters over a frozen base). Lengths, ``eos_id`` and ``pad_id`` come from the environment's
-:class:`~cdb.types.EnvSpec`: tier-3 prompts arrive left-padded with ``obs.prompt_mask`` and
-responses end at EOS; every log-prob, loss and feature counts the real tokens only.
+(tier 3). π_θ starts as a float32 copy of π_ref (or only some of its leaves train, ``trainable``:
+LoRA adapters over a frozen base); its forward passes run in π_ref's dtype. Lengths, ``eos_id``
+and ``pad_id`` come from the environment's :class:`~cdb.types.EnvSpec`: tier-3 prompts arrive
+left-padded with ``obs.prompt_mask`` and responses end at EOS; every log-prob, loss and feature
+counts the real tokens only.
 
 Policy updates: ``policy_steps`` optimiser steps per round (an ``optax.GradientTransformation``,
 by default clipping at global norm 1 then Adam 1e-3), each on the gradient of the round's batch
@@ -68,9 +76,10 @@ from flax import struct
 from cdb import selection
 from cdb.ensemble import RewardModel
 from cdb.features import FeatureMap, reference_hidden_features
-from cdb.labelers import Labeler, Labels, OracleLabeler, QueryBudget
-from cdb.losses import DAPLoss, sail_term, xpo_term
-from cdb.proposers import PolicyAndReference, PolicySamples, Proposer
+from cdb.labelers import Labeler, LabelerInputs, Labels, OracleLabeler
+from cdb.losses import DAPLoss
+from cdb.objectives import DAPTerm, PairBatch, PairScores, PolicyTerm, objective, part_totals
+from cdb.proposers import PolicySamples, Proposer, ProposerInputs
 from cdb.recommenders import Greedy, Recommender, RecommendInputs
 from cdb.scorers import NoScores, Scorer, ScorerInputs
 from cdb.sequences import ResponseScores, repeat_prompts, response_mask, score_candidates
@@ -182,10 +191,11 @@ class AlignmentAgent:
       trainable: ``params -> pytree of bool`` (the structure of the params), the leaves that train
         (e.g. ``cdb.models.lora.lora_trainable``: adapters only, π_ref is the frozen base); ``None``:
         every leaf. Frozen leaves get no gradient and no optimiser state.
-      xpo_alpha: XPO's exploration coefficient α (Xie et al. 2024), with ``PolicyAndReference``.
-      sail_coefficient: weight of SAIL's self-improving term (Ding et al. 2024); 0 disables it.
-        The variant follows each pair's route (module docstring): ``'pr'`` / ``'pp'`` online,
-        ``'dp'`` on the pairs of an offline dataset (``QueryBudget`` labeler).
+      policy_terms: terms of the policy's objective besides the DAP loss (:mod:`cdb.objectives`):
+        :class:`~cdb.objectives.XPOTerm` (XPO, Xie et al. 2024; needs a proposer that provides a
+        π_ref sample, :class:`~cdb.proposers.PolicyAndReference`), :class:`~cdb.objectives.SAILTerm`
+        (SAIL, Ding et al. 2024; its variant follows each pair's route: ``'pr'`` / ``'pp'`` online,
+        ``'dp'`` on an offline labeler's dataset).
       recommender: a :class:`cdb.recommenders.Recommender` (``Greedy()``, ``DeRa(lam)``, ``BestOfN(n)``).
       name: a label for results.
     """
@@ -202,8 +212,7 @@ class AlignmentAgent:
     policy_steps: int = 1
     gradient_accumulation: int = 1
     trainable: Callable[[Any], Any] | None = None
-    xpo_alpha: float = 0.0
-    sail_coefficient: float = 0.0
+    policy_terms: tuple[PolicyTerm, ...] = ()
     recommender: Recommender = Greedy()
     name: str = "alignment_agent"
 
@@ -236,8 +245,11 @@ class AlignmentAgent:
             raise ValueError(f"{self.name}: trainable={self.trainable!r}; expected None or params -> pytree of bool")
         check_int(self, "policy_steps", self.policy_steps, low=1)
         check_int(self, "gradient_accumulation", self.gradient_accumulation, low=1)
-        check_float(self, "xpo_alpha", self.xpo_alpha, low=0.0)
-        check_float(self, "sail_coefficient", self.sail_coefficient, low=0.0)
+        if not isinstance(self.policy_terms, tuple) or not all(isinstance(t, PolicyTerm) for t in self.policy_terms):
+            raise ValueError(
+                f"{self.name}: policy_terms={self.policy_terms!r} is not allowed; expected a tuple of cdb.objectives "
+                "terms, e.g. (XPOTerm(0.01),)"
+            )
         if self.labeler.uses_model_labels and not self.scorer.provides_labels:
             raise ValueError(
                 f"{self.name}: labeler={type(self.labeler).__name__} labels pairs with the scorer's "
@@ -262,15 +274,10 @@ class AlignmentAgent:
                 f"{self.name}: scorer={self.scorer!r} scores with the trained policy; policy_loss=None "
                 "(a policy that never trains) is not allowed with it"
             )
-        if self.xpo_alpha > 0 and not isinstance(self.proposer, PolicyAndReference):
-            raise ValueError(f"{self.name}: xpo_alpha={self.xpo_alpha} needs proposer=PolicyAndReference()")
-        if self.sail_coefficient > 0 and not (self.proposer.from_policy or self._offline):
-            # SAIL-PR/PP's term is ℓ·∇log π_θ of the pair, which assumes π_θ sampled it
-            raise ValueError(
-                f"{self.name}: sail_coefficient={self.sail_coefficient} needs π_θ's own samples "
-                f"(a proposer with from_policy, e.g. PolicySamples: SAIL-PR/PP) or an offline dataset "
-                f"(labeler=QueryBudget: SAIL-DP); proposer={type(self.proposer).__name__} is not sampled from π_θ"
-            )
+        if self.policy_terms and self.policy_loss is None:
+            raise ValueError(f"{self.name}: policy_terms={self.policy_terms!r} need a trained policy; policy_loss=None")
+        for term in self.policy_terms:
+            term.check(self.name, self.proposer, self.labeler)
 
     # --- pieces --------------------------------------------------------------------------------
 
@@ -283,8 +290,13 @@ class AlignmentAgent:
         return self.policy_loss is not None
 
     @property
-    def _offline(self) -> bool:
-        return isinstance(self.labeler, QueryBudget)
+    def _terms(self) -> tuple:
+        """The policy's objective: the DAP loss, then ``policy_terms``."""
+        return (DAPTerm(self.policy_loss), *self.policy_terms)
+
+    @property
+    def _needs_reference_sample(self) -> bool:
+        return any(term.needs_reference_sample for term in self._terms)
 
     def _trainable_mask(self, params):
         return None if self.trainable is None else self.trainable(params)
@@ -329,7 +341,7 @@ class AlignmentAgent:
         if self.reward_model is not None:
             rm_state = self.reward_model.init(key, self._feature_dim(layout))
         dataset = None
-        if self._offline:
+        if self.labeler.offline:
             n, lp, length = self.labeler.budget, spec.prompt_length, spec.response_length
             dataset = PairDataset(
                 prompts=jnp.zeros((n, lp), jnp.int32),
@@ -418,17 +430,17 @@ class AlignmentAgent:
         length = layout.response_length
         k_propose, k_select, k_label = jax.random.split(key, 3)
         policy_params = self._policy_params(state)
-        proposed = self.proposer(
-            k_propose,
+        inputs = ProposerInputs(
             self.policy,
             policy_params,
             self.reference.params,
             prompts,
+            prompt_mask,
             length,
-            prompt_mask=prompt_mask,
-            eos_id=layout.eos_id,
-            pad_id=layout.pad_id,
+            layout.eos_id,
+            layout.pad_id,
         )
+        proposed = self.proposer(k_propose, inputs)
         candidates = proposed.tokens  # [B, M, L]
         m = candidates.shape[1]
         cmask = response_mask(candidates, layout.eos_id)
@@ -454,7 +466,7 @@ class AlignmentAgent:
         inputs = ScorerInputs(self.reward_model, state.reward_model, feats, policy_logprob, ref_logprob, candidates)
         scores = self.scorer(inputs)
         pairs = selection.select_pairs(self.selector, k_select, scores)
-        labels: Labels = self.labeler(k_label, pairs, scores, policy_logprob, state.queries)
+        labels: Labels = self.labeler(k_label, LabelerInputs(pairs, scores, policy_logprob, state.queries))
         arms = jnp.take_along_axis(candidates, labels.pairs[:, :, None], axis=1)  # [B, 2, L]
         info = {"model_labelled": jnp.sum(labels.model_trained).astype(jnp.int32)}
         # π_ref's log-probs of the played pair (the DAP loss's reference term) and, for the KL
@@ -480,7 +492,7 @@ class AlignmentAgent:
             "model_label": labels.model_label,
             "model_trained": labels.model_trained,
             "features": None if feats is None else jnp.take_along_axis(feats, labels.pairs[:, :, None], axis=1),
-            "reference_sample": candidates[:, 1] if isinstance(self.proposer, PolicyAndReference) else None,
+            "reference_sample": proposed.reference_sample if self._needs_reference_sample else None,
         }
         return Duel(arms=arms, query=labels.query, aux=aux), info
 
@@ -498,117 +510,78 @@ class AlignmentAgent:
         if not self._trains_policy:
             return state, info
         label = jnp.where(oracle, feedback.preference, aux["model_label"])
-        weight = (oracle | aux["model_trained"]).astype(jnp.float32)
         first_wins = label > 0.5
-        batch = {
-            "prompts": obs.prompts,
-            "prompt_mask": obs.prompt_mask,
-            "chosen": jnp.where(first_wins[:, None], duel.arms[:, 0], duel.arms[:, 1]),
-            "rejected": jnp.where(first_wins[:, None], duel.arms[:, 1], duel.arms[:, 0]),
-            "ref_chosen": jnp.where(first_wins, aux["ref_logprob"][:, 0], aux["ref_logprob"][:, 1]),
-            "ref_rejected": jnp.where(first_wins, aux["ref_logprob"][:, 1], aux["ref_logprob"][:, 0]),
-            "weight": weight,
-            # SAIL's variant by route: π_θ's samples with oracle labels / with the policy's own labels
-            "sail_rows": {
-                "pr": oracle.astype(jnp.float32),
-                "pp": (~oracle & aux["model_trained"]).astype(jnp.float32),
-            },
-            "reference_sample": aux["reference_sample"],
-        }
-        if self._offline:
+        batch = PairBatch(
+            prompts=obs.prompts,
+            prompt_mask=obs.prompt_mask,
+            chosen=jnp.where(first_wins[:, None], duel.arms[:, 0], duel.arms[:, 1]),
+            rejected=jnp.where(first_wins[:, None], duel.arms[:, 1], duel.arms[:, 0]),
+            ref_chosen=jnp.where(first_wins, aux["ref_logprob"][:, 0], aux["ref_logprob"][:, 1]),
+            ref_rejected=jnp.where(first_wins, aux["ref_logprob"][:, 1], aux["ref_logprob"][:, 0]),
+            weight=(oracle | aux["model_trained"]).astype(jnp.float32),
+            # each pair's route (SAIL's variant): π_θ's samples with oracle labels / with the policy's own labels
+            routes={"pr": oracle.astype(jnp.float32), "pp": (~oracle & aux["model_trained"]).astype(jnp.float32)},
+            reference_sample=aux["reference_sample"],
+        )
+        if self.labeler.offline:
             state, batch = self._offline_batch(key, state, batch, oracle)
         params, opt_state, loss_info = self._policy_steps(state.policy_params, state.opt_state, batch, state.layout)
         info.update(loss_info)
         return state.replace(policy_params=params, opt_state=opt_state), info
 
-    def _offline_batch(self, key, state: AlignmentState, batch: dict, oracle: Array):
+    def _offline_batch(self, key, state: AlignmentState, batch: PairBatch, oracle: Array):
         """Stores the queried pairs; once the dataset is full, trains on a uniform minibatch of it."""
         data = state.dataset
-        masked = batch["prompt_mask"] is not None
-        new = dict(batch)
-        if not masked:
-            new["prompt_mask"] = jnp.ones(batch["prompts"].shape, bool)
+        masked = batch.prompt_mask is not None
+        new = batch if masked else batch.replace(prompt_mask=jnp.ones(batch.prompts.shape, bool))
         slots = jnp.where(oracle, data.size + jnp.cumsum(oracle) - 1, data.prompts.shape[0])  # full: dropped
         data = data.replace(
-            **{k: getattr(data, k).at[slots].set(new[k], mode="drop") for k in _PAIR_FIELDS},
+            **{k: getattr(data, k).at[slots].set(getattr(new, k), mode="drop") for k in _PAIR_FIELDS},
             size=jnp.minimum(data.size + jnp.sum(oracle, dtype=jnp.int32), data.prompts.shape[0]),
         )
         full = data.size == data.prompts.shape[0]
-        index = jax.random.randint(key, (batch["prompts"].shape[0],), 0, data.prompts.shape[0])
-        train = {k: getattr(data, k)[index] for k in _PAIR_FIELDS}
+        index = jax.random.randint(key, (batch.prompts.shape[0],), 0, data.prompts.shape[0])
+        rows = {k: getattr(data, k)[index] for k in _PAIR_FIELDS}
         if not masked:
-            train["prompt_mask"] = None
-        train["weight"] = jnp.full(index.shape, full, jnp.float32)
+            rows["prompt_mask"] = None
+        weight = jnp.full(index.shape, full, jnp.float32)
         # SAIL-DP: fixed (offline) responses, so only the preference term
-        train["sail_rows"] = {"dp": train["weight"]}
-        train["reference_sample"] = None
-        return state.replace(dataset=data), train
+        return state.replace(dataset=data), PairBatch(**rows, weight=weight, routes={"dp": weight})
 
-    def policy_objective(self, params, batch: dict, layout: TokenLayout, totals: dict | None = None):
-        """The policy's minimised objective on a batch of pairs: the DAP loss (+ XPO / SAIL terms).
-
-        Each term is a weighted mean over the batch's rows. With ``totals`` (the full batch's weight
-        sum per term, :func:`_weight_totals`), ``batch`` is a micro-batch and each term is scaled by
-        its share of the full batch's weight, so that the micro-batches' objectives sum to the
-        full batch's. Returns ``(loss, info)``.
-        """
-
-        def scaled(term, rows, name):
-            # a micro-batch's term: its weighted mean times its share of the full batch's weight
-            if totals is None:
-                return term
-            total = totals[name]
-            return term * (jnp.sum(rows) / jnp.where(total > 0, total, 1.0))
-
-        eos = layout.eos_id
-        # chosen, rejected (and XPO's π_ref sample) of a prompt in one pass that runs the prompt once
-        responses = [batch["chosen"], batch["rejected"]]
-        if self.xpo_alpha > 0:
-            responses.append(batch["reference_sample"])
+    def policy_scores(self, params, batch: PairBatch, layout: TokenLayout) -> PairScores:
+        """π_θ's one teacher-forced pass over a batch: chosen, rejected (and the π_ref sample) of each prompt,
+        the prompt run once (:func:`cdb.sequences.score_candidates`)."""
+        responses = [batch.chosen, batch.rejected]
+        if self._needs_reference_sample:
+            responses.append(batch.reference_sample)
         responses = jnp.stack(responses, axis=1)  # [B, 2 or 3, L]
         scored = score_candidates(
             self.policy,
             self._compute(params),
-            batch["prompts"],
+            batch.prompts,
             responses,
-            batch["prompt_mask"],
-            response_mask(responses, eos),
+            batch.prompt_mask,
+            response_mask(responses, layout.eos_id),
         )
-        chosen, rejected = scored.logprob[:, 0], scored.logprob[:, 1]
-        chosen_length, rejected_length = scored.length[:, 0], scored.length[:, 1]
-        loss, info = self.policy_loss(
-            chosen,
-            rejected,
-            batch["ref_chosen"],
-            batch["ref_rejected"],
-            chosen_length=chosen_length,
-            rejected_length=rejected_length,
-            weight=batch["weight"],
+        return PairScores(
+            chosen=scored.logprob[:, 0],
+            rejected=scored.logprob[:, 1],
+            chosen_length=scored.length[:, 0],
+            rejected_length=scored.length[:, 1],
+            reference_sample=scored.logprob[:, 2] if self._needs_reference_sample else None,
         )
-        loss = scaled(loss, batch["weight"], "weight")
-        info = {k: scaled(v, batch["weight"], "weight") for k, v in info.items()}
-        if self.xpo_alpha > 0:
-            term = xpo_term(scored.logprob[:, 2], self.xpo_alpha, weight=batch["weight"])
-            loss = loss + scaled(term, batch["weight"], "weight")
-        if self.sail_coefficient > 0:
-            # each pair's SAIL variant follows its route (Ding et al. 2024): 'pr' / 'pp' for π_θ's
-            # samples labelled by the oracle / by the policy's own sampled preference, 'dp' for the
-            # pairs of an offline dataset
-            for variant, rows in batch["sail_rows"].items():
-                term = sail_term(
-                    chosen,
-                    rejected,
-                    batch["ref_chosen"],
-                    batch["ref_rejected"],
-                    beta=self.policy_loss.beta,
-                    coefficient=self.sail_coefficient,
-                    variant=variant,
-                    weight=rows,
-                )
-                loss = loss + scaled(term, rows, f"sail_{variant}")
-        return loss, info
 
-    def policy_gradient(self, params, batch: dict, layout: TokenLayout):
+    def policy_objective(self, params, batch: PairBatch, layout: TokenLayout, totals: dict | None = None):
+        """The policy's minimised objective on a batch of pairs: the sum of its terms
+        (:func:`cdb.objectives.objective`: the DAP loss, then ``policy_terms``). Returns ``(loss, info)``.
+
+        With ``totals`` (:func:`cdb.objectives.part_totals` of the full batch), ``batch`` is a
+        micro-batch and each term is scaled by its share of the full batch's weight, so that the
+        micro-batches' objectives sum to the full batch's.
+        """
+        return objective(self._terms, self.policy_scores(params, batch, layout), batch, totals)
+
+    def policy_gradient(self, params, batch: PairBatch, layout: TokenLayout):
         """``(loss, info, grads)`` of :meth:`policy_objective` on ``batch``, accumulated over
         ``gradient_accumulation`` micro-batches of its rows (equal to the full-batch gradient).
 
@@ -616,31 +589,30 @@ class AlignmentAgent:
         """
         mask = self._trainable_mask(params)
 
-        def objective(p, b, totals):
+        def value(p, b, totals):
             if mask is not None:
                 p = jax.tree.map(lambda x, t: x if t else jax.lax.stop_gradient(x), p, mask)
             return self.policy_objective(p, b, layout, totals)
 
         k = self.gradient_accumulation
         if k == 1:
-            (loss, info), grads = jax.value_and_grad(objective, has_aux=True)(params, batch, None)
+            (loss, info), grads = jax.value_and_grad(value, has_aux=True)(params, batch, None)
             return loss, info, grads
-        rows = batch["prompts"].shape[0]
+        rows = batch.prompts.shape[0]
         if rows % k:
             raise ValueError(
                 f"{self.name}: gradient_accumulation={k} does not divide the batch of {rows} pairs; "
                 f"expected a divisor of {rows}"
             )
-        totals = {"weight": jnp.sum(batch["weight"])}
-        totals.update({f"sail_{v}": jnp.sum(r) for v, r in batch["sail_rows"].items()})
+        totals = part_totals(self._terms, batch)
         micro = jax.tree.map(lambda x: x.reshape(k, rows // k, *x.shape[1:]), batch)
 
         def accumulate(carry, b):
-            (loss, info), grads = jax.value_and_grad(objective, has_aux=True)(params, b, totals)
+            (loss, info), grads = jax.value_and_grad(value, has_aux=True)(params, b, totals)
             return jax.tree.map(jnp.add, carry, (loss, info, grads)), None
 
         first = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(lambda: jax.value_and_grad(objective, has_aux=True)(params, first, totals))
+        shapes = jax.eval_shape(lambda: jax.value_and_grad(value, has_aux=True)(params, first, totals))
         (loss0, info0), grads0 = shapes
         init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss0, info0, grads0))
         (loss, info, grads), _ = jax.lax.scan(accumulate, init, micro)
@@ -688,21 +660,3 @@ class AlignmentAgent:
             reward=reward,
         )
         return self.recommender(key, inputs)
-
-
-def __getattr__(name: str):
-    """The presets (``alignment.sea(reference)``, ...), defined in :mod:`cdb.agents.alignment_presets`.
-
-    Imported on first use: the presets module builds on this one.
-    """
-    from cdb.agents import alignment_presets
-
-    if name in alignment_presets.__all__:
-        return getattr(alignment_presets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    from cdb.agents import alignment_presets
-
-    return sorted(list(globals()) + list(alignment_presets.__all__))

@@ -21,6 +21,7 @@ from cdb.agents.alignment import AlignmentAgent
 from cdb.ensemble import MLPEnsemble, RewardModel
 from cdb.labelers import MIXING_DRAWS, EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss
+from cdb.objectives import SAILTerm, XPOTerm
 from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples, ReferenceSamples
 from cdb.recommenders import BestOfN
 from cdb.scorers import EnsembleScores, ImplicitReward
@@ -250,7 +251,7 @@ def xpo(reference, *, alpha: float = 1e-2, loss: DAPLoss = DAPLoss("dpo"), **kwa
         proposer=PolicyAndReference(),
         selector=selection.Passive(),
         policy_loss=loss,
-        xpo_alpha=alpha,
+        policy_terms=(XPOTerm(alpha),),
         name="xpo",
         **kwargs,
     )
@@ -333,7 +334,7 @@ def sail(
     check_float("sail", "coefficient", coefficient, low=0.0, low_inclusive=False)
     if variant == "dp":
         check_int("sail", "budget", budget, low=1)
-        agent = offline_dpo(reference, budget, loss=loss, sail_coefficient=coefficient, **kwargs)
+        agent = offline_dpo(reference, budget, loss=loss, policy_terms=(SAILTerm(coefficient, loss.beta),), **kwargs)
         return dataclasses.replace(agent, name="sail_dp")
     if budget is not None:
         raise ValueError(f"sail.budget={budget!r} is not allowed with variant={variant!r}; expected None (or 'dp')")
@@ -342,7 +343,7 @@ def sail(
             reference,
             proposer=PolicySamples(2),
             policy_loss=loss,
-            sail_coefficient=coefficient,
+            policy_terms=(SAILTerm(coefficient, loss.beta),),
             name="sail_pr",
             **kwargs,
         )
@@ -354,7 +355,7 @@ def sail(
         scorer=ImplicitReward(loss.beta),
         labeler=labeler,
         policy_loss=loss,
-        sail_coefficient=coefficient,
+        policy_terms=(SAILTerm(coefficient, loss.beta),),
         name="sail_pp",
         **kwargs,
     )

@@ -1,8 +1,10 @@
 """Labelers: which pairs go to the oracle, and which are labelled by the agent's own model.
 
-A labeler sees the pairs a selector chose (``[B, 2]`` candidate indices), the candidates' scores
-``[B, E, M]`` (ensemble members, or one row of implicit rewards) and, where available, the
-candidates' log-probabilities under π_θ ``[B, M]``; it returns :class:`Labels`.
+A labeler is called as ``labeler(key, LabelerInputs(pairs, scores, policy_logprob, queries_so_far))``:
+it sees the pairs a selector chose (``[B, 2]`` candidate indices), the candidates' scores
+``[B, E, M]`` (ensemble members, or one row of implicit rewards), where available the
+candidates' log-probabilities under π_θ ``[B, M]``, and the oracle queries made so far; it
+returns :class:`Labels`.
 
 Only pairs with ``query=True`` are sent to the oracle and counted as queries. Model-labelled
 pairs never reach the oracle (Oat leaks oracle labels there; this library does not).
@@ -42,18 +44,35 @@ class Labels:
     model_trained: Array
 
 
+@struct.dataclass
+class LabelerInputs:
+    """What a labeler may read, for B prompts and M candidates.
+
+    Attributes:
+      pairs: ``[B, 2]`` int32, the selector's pair of candidates per prompt.
+      scores: ``[B, E, M]`` the scorer's scores (ensemble members, or one row).
+      policy_logprob: ``[B, M]`` ``log π_θ`` of the candidates, or ``None`` (unless the labeler needs it).
+      queries_so_far: int32 scalar, the oracle queries made before this round.
+    """
+
+    pairs: Array
+    scores: Array
+    policy_logprob: Array | None = None
+    queries_so_far: Array | None = None
+
+
 @runtime_checkable
 class Labeler(Protocol):
     """What agents rely on: ``uses_model_labels`` (some pairs are labelled by the scorer's model,
     so the agent needs a scorer that provides one) and the call
-    ``(key, pairs [B, 2], scores [B, E, M], policy_logprob [B, M] | None, queries_so_far []) -> Labels``."""
+    ``(key, LabelerInputs) -> Labels``; ``offline`` (the labeler fills a fixed dataset of pairs, on
+    which the policy then trains, as offline DPO)."""
 
     uses_model_labels: ClassVar[bool]
     needs_policy_logprob: ClassVar[bool]
+    offline: ClassVar[bool]
 
-    def __call__(
-        self, key: Array, pairs: Array, scores: Array, policy_logprob: Array | None = None, queries_so_far=None
-    ) -> Labels: ...
+    def __call__(self, key: Array, inputs: LabelerInputs) -> Labels: ...
 
 
 def _oracle_only(pairs: Array, query: Array) -> Labels:
@@ -67,8 +86,10 @@ class OracleLabeler:
 
     uses_model_labels: ClassVar[bool] = False
     needs_policy_logprob: ClassVar[bool] = False
+    offline: ClassVar[bool] = False
 
-    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
+    def __call__(self, key: Array, inputs: LabelerInputs) -> Labels:
+        pairs = inputs.pairs
         return _oracle_only(pairs, jnp.ones(pairs.shape[0], bool))
 
 
@@ -79,12 +100,14 @@ class QueryBudget:
     budget: int
     uses_model_labels: ClassVar[bool] = False
     needs_policy_logprob: ClassVar[bool] = False
+    offline: ClassVar[bool] = True
 
     def __post_init__(self):
         check_int(self, "budget", self.budget, low=1)
 
-    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
-        position = queries_so_far + jnp.arange(1, pairs.shape[0] + 1)
+    def __call__(self, key: Array, inputs: LabelerInputs) -> Labels:
+        pairs = inputs.pairs
+        position = inputs.queries_so_far + jnp.arange(1, pairs.shape[0] + 1)
         return _oracle_only(pairs, position <= self.budget)
 
 
@@ -136,6 +159,7 @@ class MixedLabeler:
     burn_in: int = 0
     uses_model_labels: ClassVar[bool] = True
     needs_policy_logprob: ClassVar[bool] = False
+    offline: ClassVar[bool] = False
 
     def __post_init__(self):
         check_float(self, "gamma", self.gamma, low=0.0, high=1.0)
@@ -168,10 +192,11 @@ class MixedLabeler:
             )
         return model & (jnp.asarray(queries_so_far) >= self.burn_in * batch)
 
-    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
+    def __call__(self, key: Array, inputs: LabelerInputs) -> Labels:
+        pairs, scores = inputs.pairs, inputs.scores
         batch, members, _ = scores.shape
         k_query, k_member, k_label = jax.random.split(key, 3)
-        query = ~self._model_labelled(k_query, batch, queries_so_far)
+        query = ~self._model_labelled(k_query, batch, inputs.queries_so_far)
         member = jax.random.randint(k_member, (batch,), 0, members)
         member_scores = jnp.take_along_axis(scores, member[:, None, None], axis=1)[:, 0]  # [B, M]
         if self.model_pair == "best_worst":
@@ -213,11 +238,14 @@ class EntropyQueries:
     fraction: float = 0.5
     uses_model_labels: ClassVar[bool] = False
     needs_policy_logprob: ClassVar[bool] = True
+    offline: ClassVar[bool] = False
 
     def __post_init__(self):
         check_float(self, "fraction", self.fraction, low=0.0, high=1.0, low_inclusive=False)
 
-    def __call__(self, key, pairs, scores, policy_logprob=None, queries_so_far=None) -> Labels:
+    def __call__(self, key: Array, inputs: LabelerInputs) -> Labels:
+        pairs = inputs.pairs
+        policy_logprob = inputs.policy_logprob
         if policy_logprob is None:
             raise ValueError("EntropyQueries needs the candidates' log-probabilities under the policy")
         batch = pairs.shape[0]

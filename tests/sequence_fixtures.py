@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdb.agents import alignment
+from cdb.agents import alignment, alignment_presets
 from cdb.ensemble import MLPEnsemble
 from cdb.environments.reference_policy import ReferenceConfig
 from cdb.environments.sequence_duel import SequenceDuel, gold_reward
@@ -90,19 +90,27 @@ def tiny_agents(env: SequenceDuel) -> dict[str, alignment.AlignmentAgent]:
     ref = env.reference
     m = NUM_CANDIDATES
     return {
-        "offline_dpo": alignment.offline_dpo(ref, budget=8),
-        "frozen_sampler_dpo": alignment.frozen_sampler_dpo(ref),
+        "offline_dpo": alignment_presets.offline_dpo(ref, budget=8),
+        "frozen_sampler_dpo": alignment_presets.frozen_sampler_dpo(ref),
         # the larger learning rate makes the win-rate test (test_alignment_agents) fast and safe
-        "online_dpo": alignment.online_dap(ref, loss=DAPLoss("dpo"), optimizer=alignment.policy_optimizer(1e-2)),
-        "online_ipo": alignment.online_dap(ref, loss=DAPLoss("ipo")),
-        "online_slic": alignment.online_dap(ref, loss=DAPLoss("slic")),
-        "sea_ee_ts": alignment.sea(ref, num_candidates=m, rule="ee_ts", gamma=1.0, reward_model=LEARNING_ENSEMBLE),
-        "sea_bai_ts": alignment.sea(ref, num_candidates=m, rule="bai_ts", gamma=1.0, reward_model=TINY_ENSEMBLE),
-        "sea_mixed": alignment.sea(ref, num_candidates=m, rule="ee_ts", gamma=0.5, reward_model=TINY_ENSEMBLE),
-        "apl": alignment.apl(ref, num_candidates=m + 1, query_fraction=0.5),
-        "xpo": alignment.xpo(ref),
-        "ee4llm": alignment.ee4llm(ref, num_candidates=m, rule="double_ts", reward_model=TINY_ENSEMBLE, best_of_n=3),
-        "nash_md": alignment.nash_md(ref),
+        "online_dpo": alignment_presets.online_dap(
+            ref, loss=DAPLoss("dpo"), optimizer=alignment.policy_optimizer(1e-2)
+        ),
+        "online_ipo": alignment_presets.online_dap(ref, loss=DAPLoss("ipo")),
+        "online_slic": alignment_presets.online_dap(ref, loss=DAPLoss("slic")),
+        "sea_ee_ts": alignment_presets.sea(
+            ref, num_candidates=m, rule="ee_ts", gamma=1.0, reward_model=LEARNING_ENSEMBLE
+        ),
+        "sea_bai_ts": alignment_presets.sea(
+            ref, num_candidates=m, rule="bai_ts", gamma=1.0, reward_model=TINY_ENSEMBLE
+        ),
+        "sea_mixed": alignment_presets.sea(ref, num_candidates=m, rule="ee_ts", gamma=0.5, reward_model=TINY_ENSEMBLE),
+        "apl": alignment_presets.apl(ref, num_candidates=m + 1, query_fraction=0.5),
+        "xpo": alignment_presets.xpo(ref),
+        "ee4llm": alignment_presets.ee4llm(
+            ref, num_candidates=m, rule="double_ts", reward_model=TINY_ENSEMBLE, best_of_n=3
+        ),
+        "nash_md": alignment_presets.nash_md(ref),
     }
 
 

@@ -25,12 +25,13 @@ import sequence_fixtures as seq
 from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
 import cdb
-from cdb.agents import alignment
+from cdb.agents import alignment, alignment_presets
 from cdb.ensemble import MLPEnsemble
 from cdb.environments.sequence_duel import SequenceDuel
 from cdb.labelers import EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss
-from cdb.proposers import GeometricMixtureSamples, PolicySamples
+from cdb.objectives import XPOTerm
+from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples
 from cdb.recommenders import BestOfN, DeRa, Greedy
 from cdb.scorers import EnsembleScores, ImplicitReward
 from cdb.selection import BAITS, EETS
@@ -194,7 +195,7 @@ def test_fewer_than_two_candidates_is_rejected(reference):
 def test_thompson_rules_with_a_one_member_ensemble_are_rejected(reference, build):
     one = MLPEnsemble(num_members=1, hidden_sizes=(4,))
     kind, rule = build.split("_", 1)
-    factory = alignment.sea if kind == "sea" else alignment.ee4llm
+    factory = alignment_presets.sea if kind == "sea" else alignment_presets.ee4llm
     with pytest.raises(ValueError, match=r"num_members=1"):
         factory(reference, rule=rule, reward_model=one)
 
@@ -202,7 +203,7 @@ def test_thompson_rules_with_a_one_member_ensemble_are_rejected(reference, build
 @pytest.mark.parametrize("gamma", [-0.1, 1.5, float("nan")])
 def test_gamma_outside_the_unit_interval_is_rejected(reference, gamma):
     with pytest.raises(ValueError, match=r"gamma"):
-        alignment.sea(reference, gamma=gamma, reward_model=seq.TINY_ENSEMBLE)
+        alignment_presets.sea(reference, gamma=gamma, reward_model=seq.TINY_ENSEMBLE)
     with pytest.raises(ValueError, match=r"MixedLabeler\.gamma"):
         MixedLabeler(gamma)
 
@@ -223,7 +224,7 @@ def test_a_reference_built_for_other_lengths_is_rejected_at_init(tiny_env, field
 
 
 def test_a_featureless_environment_is_rejected_at_init(reference):
-    agent = alignment.online_dap(reference)
+    agent = alignment_presets.online_dap(reference)
     with pytest.raises(ValueError, match=r"prompt_length"):
         agent.init(jax.random.key(0), EnvSpec(batch_size=2, num_arms=3, feature_dim=2))
 
@@ -235,11 +236,17 @@ def test_ensemble_scorer_without_a_reward_model_is_rejected(reference):
         alignment.AlignmentAgent(reference, recommender=BestOfN(8))
 
 
-def test_xpo_alpha_without_policy_and_reference_is_rejected(reference):
-    with pytest.raises(ValueError, match=r"xpo_alpha=0\.1"):
-        alignment.AlignmentAgent(reference, proposer=PolicySamples(2), xpo_alpha=0.1)
+def test_xpo_term_without_a_reference_sample_is_rejected(reference):
+    with pytest.raises(ValueError, match=r"XPOTerm\(alpha=0\.1\) needs a π_ref sample.*PolicySamples"):
+        alignment.AlignmentAgent(reference, proposer=PolicySamples(2), policy_terms=(XPOTerm(0.1),))
     with pytest.raises(ValueError, match=r"xpo\.alpha"):
-        alignment.xpo(reference, alpha=0.0)
+        alignment_presets.xpo(reference, alpha=0.0)
+    with pytest.raises(ValueError, match=r"XPOTerm\.alpha"):
+        XPOTerm(-1.0)
+    with pytest.raises(ValueError, match=r"need a trained policy; policy_loss=None"):
+        alignment.AlignmentAgent(
+            reference, proposer=PolicyAndReference(), policy_terms=(XPOTerm(0.1),), policy_loss=None
+        )
 
 
 @pytest.mark.parametrize(
@@ -254,7 +261,8 @@ def test_xpo_alpha_without_policy_and_reference_is_rejected(reference):
         ({"trainable": True}, "trainable"),
         ({"policy_steps": 0}, "policy_steps"),
         ({"gradient_accumulation": 0}, "gradient_accumulation"),
-        ({"sail_coefficient": -1.0}, "sail_coefficient"),
+        ({"policy_terms": [XPOTerm(0.1)]}, "policy_terms"),  # a tuple of terms, not a list
+        ({"policy_terms": ("xpo",)}, "policy_terms"),
         ({"scorer": ImplicitReward(0.1), "policy_loss": None}, "policy_loss"),
         ({"labeler": MixedLabeler(0.5)}, "scorer"),  # model labels need a model to label with
     ],
@@ -287,9 +295,9 @@ def test_bad_part_fields_are_rejected(build, field):
 
 def test_unknown_rules_are_rejected(reference):
     with pytest.raises(ValueError, match=r"sea\.rule"):
-        alignment.sea(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
+        alignment_presets.sea(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
     with pytest.raises(ValueError, match=r"ee4llm\.rule"):
-        alignment.ee4llm(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
+        alignment_presets.ee4llm(reference, rule="bogus", reward_model=seq.TINY_ENSEMBLE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,12 +306,12 @@ def test_unknown_rules_are_rejected(reference):
 
 
 def test_sea_defaults_are_the_authors_recipe(reference):
-    agent = alignment.sea(reference)
+    agent = alignment_presets.sea(reference)
     assert agent.selector == BAITS() and agent.selector.variance == "probability"
     assert agent.labeler == MixedLabeler(0.7, "best_worst", draw="fixed_count", burn_in=5)
     assert agent.labeler.model_labelled_count(16) == 4  # Oat: int(0.3 · 16)
     rm = agent.reward_model
-    assert rm == alignment.oat_ensemble()
+    assert rm == alignment_presets.oat_ensemble()
     assert (rm.num_members, rm.hidden_sizes, rm.learning_rate, rm.steps_per_update, rm.batch_size) == (
         20,
         (128, 128),
@@ -324,31 +332,31 @@ def test_sea_defaults_are_the_authors_recipe(reference):
 
 
 def test_sea_keywords_select_the_other_configurations(reference):
-    old = alignment.sea(reference, rule="ee_ts", gamma=1.0, reward_model=alignment.default_ensemble())
+    old = alignment_presets.sea(reference, rule="ee_ts", gamma=1.0, reward_model=alignment_presets.default_ensemble())
     assert isinstance(old.selector, EETS) and isinstance(old.labeler, OracleLabeler) and old.name == "sea_ee_ts"
-    assert alignment.sea(reference, variance="logit").selector == BAITS(variance="logit")
-    mixed = alignment.sea(reference, rule="ee_ts", gamma=0.5, mixing="bernoulli", burn_in=0).labeler
+    assert alignment_presets.sea(reference, variance="logit").selector == BAITS(variance="logit")
+    mixed = alignment_presets.sea(reference, rule="ee_ts", gamma=0.5, mixing="bernoulli", burn_in=0).labeler
     assert mixed == MixedLabeler(0.5, "best_worst")
     with pytest.raises(ValueError, match=r"variance='logit' is not allowed with rule='ee_ts'"):
-        alignment.sea(reference, rule="ee_ts", variance="logit")
+        alignment_presets.sea(reference, rule="ee_ts", variance="logit")
     with pytest.raises(ValueError, match=r"sea\.variance"):
-        alignment.sea(reference, variance="entropy")
+        alignment_presets.sea(reference, variance="entropy")
     with pytest.raises(ValueError, match=r"sea\.mixing"):
-        alignment.sea(reference, mixing="poisson")
+        alignment_presets.sea(reference, mixing="poisson")
     with pytest.raises(ValueError, match=r"sea\.burn_in"):
-        alignment.sea(reference, burn_in=-1)
+        alignment_presets.sea(reference, burn_in=-1)
 
 
 def test_ipo_presets_normalise_by_length(reference):
-    for agent in (alignment.online_ipo(reference), alignment.nash_md(reference)):
+    for agent in (alignment_presets.online_ipo(reference), alignment_presets.nash_md(reference)):
         assert agent.policy_loss.kind == "ipo" and agent.policy_loss.normalizes_length
-    assert not alignment.online_dpo(reference).policy_loss.normalizes_length
+    assert not alignment_presets.online_dpo(reference).policy_loss.normalizes_length
 
 
 def test_sea_default_mixing_in_a_run(tiny_env):  # noqa: F811
     """The default recipe with a small ensemble, on B = 4: every pair goes to the oracle for the
     5 burn-in rounds, then exactly ⌊0.3 · 4⌋ = 1 prompt a round is model-labelled and not queried."""
-    agent = alignment.sea(tiny_env.reference, num_candidates=seq.NUM_CANDIDATES, reward_model=seq.TINY_ENSEMBLE)
+    agent = alignment_presets.sea(tiny_env.reference, num_candidates=seq.NUM_CANDIDATES, reward_model=seq.TINY_ENSEMBLE)
     results = cdb.run(agent, tiny_env, rounds=8, seeds=seq.SEEDS, eval_every=8, progress=False)
     m = results.metrics
     np.testing.assert_array_equal(m["queries"], np.broadcast_to([4] * 5 + [3] * 3, (seq.SEEDS, 8)))
@@ -366,7 +374,7 @@ DERA_PROMPTS = 64
 def dera_setup(tiny_env):  # noqa: F811
     """An online DPO agent whose π_θ is π_ref with noise on every weight, its state, and 64 prompts."""
     ref = tiny_env.reference
-    agent = alignment.online_dap(ref)
+    agent = alignment_presets.online_dap(ref)
     leaves, treedef = jax.tree.flatten(ref.params)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     theta = jax.tree.unflatten(

@@ -43,6 +43,7 @@ from cdb.ensemble import MLPEnsemble
 from cdb.environments import LLMDuel, PromptSet, RewardOracle
 from cdb.features import FrozenEncoderFeatures, reference_hidden_features
 from cdb.losses import DAPLoss, sail_term
+from cdb.objectives import PairBatch
 from cdb.recommenders import DeRa
 from cdb.sequences import generate_responses, response_mask, score_responses
 
@@ -146,12 +147,12 @@ def test_every_preset_runs_on_llm_duel(name):
 
 
 def test_presets_are_importable_from_cdb_agents():
-    from cdb.agents import alignment
+    from cdb.agents import alignment_presets
 
-    for name in ("sea", "online_dpo", "online_dap", "offline_dpo", "frozen_sampler_dpo", "apl", "xpo"):
-        assert getattr(agents, name) is getattr(alignment, name)
-    for name in ("ee4llm", "nash_md", "sail", "default_ensemble"):
-        assert callable(getattr(alignment, name))
+    for name in alignment_presets.__all__:
+        assert callable(getattr(alignment_presets, name))
+    for name in ("sea", "online_dpo", "online_dap", "offline_dpo", "frozen_sampler_dpo", "apl", "xpo", "sail"):
+        assert getattr(agents, name) is getattr(alignment_presets, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,17 +201,16 @@ def test_more_left_padding_gives_the_same_scores_and_features():
 
 
 def _pair_batch(chosen, rejected, prompts, prompt_mask, weight):
-    return {
-        "prompts": prompts,
-        "prompt_mask": prompt_mask,
-        "chosen": chosen,
-        "rejected": rejected,
-        "ref_chosen": jnp.asarray([-30.0, -31.0, -29.0, -33.0])[: prompts.shape[0]],
-        "ref_rejected": jnp.asarray([-32.0, -30.0, -30.5, -31.0])[: prompts.shape[0]],
-        "weight": weight,
-        "sail_rows": {"pr": weight, "pp": 1.0 - weight},
-        "reference_sample": None,
-    }
+    return PairBatch(
+        prompts=prompts,
+        prompt_mask=prompt_mask,
+        chosen=chosen,
+        rejected=rejected,
+        ref_chosen=jnp.asarray([-30.0, -31.0, -29.0, -33.0])[: prompts.shape[0]],
+        ref_rejected=jnp.asarray([-32.0, -30.0, -30.5, -31.0])[: prompts.shape[0]],
+        weight=weight,
+        routes={"pr": weight, "pp": 1.0 - weight},
+    )
 
 
 def test_tokens_after_eos_change_neither_the_loss_nor_its_gradient():
@@ -261,13 +261,11 @@ def test_accumulated_gradient_equals_the_full_batch_gradient():
         masks = (response_mask(chosen, t3.EOS), response_mask(rejected, t3.EOS))
         pc = score_responses(ref.policy, params, prompts, chosen, mask, masks[0]).logprob
         pr = score_responses(ref.policy, params, prompts, rejected, mask, masks[1]).logprob
-        delta = (pc - batch["ref_chosen"]) - (pr - batch["ref_rejected"])
+        delta = (pc - batch.ref_chosen) - (pr - batch.ref_rejected)
         dpo = jnp.sum(weight * -jax.nn.log_sigmoid(0.1 * delta)) / jnp.sum(weight)
         sail = [
-            sail_term(
-                pc, pr, batch["ref_chosen"], batch["ref_rejected"], beta=0.1, coefficient=0.3, variant=v, weight=w
-            )
-            for v, w in batch["sail_rows"].items()
+            sail_term(pc, pr, batch.ref_chosen, batch.ref_rejected, beta=0.1, coefficient=0.3, variant=v, weight=w)
+            for v, w in batch.routes.items()
         ]
         return dpo + sum(sail)
 

@@ -545,12 +545,12 @@ DESCRIBE = textwrap.dedent(
     import json, sys
     sys.path.insert(0, sys.argv[2])
     from sequence_fixtures import LEARNING_ENSEMBLE, NUM_CANDIDATES, build_tiny_env
-    from cdb.agents import alignment
+    from cdb.agents import alignment, alignment_presets
     from cdb.run import describe
 
     env = build_tiny_env(sys.argv[1])  # reads the reference policy the test session trained
     reference = env.build_reference()
-    agent = alignment.sea(
+    agent = alignment_presets.sea(
         reference, num_candidates=NUM_CANDIDATES, rule="ee_ts", gamma=1.0, reward_model=LEARNING_ENSEMBLE
     )
     print(json.dumps(describe(agent)))

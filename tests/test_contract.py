@@ -23,7 +23,7 @@ from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
 import cdb
 from cdb import agents
-from cdb.agents import alignment
+from cdb.agents import alignment_presets
 from cdb.ensemble import LinearEnsemble, MLPEnsemble
 from cdb.environments import KArmedDuel, LinearDuel, NeuralDuel
 from cdb.recommenders import DeRa
@@ -136,10 +136,10 @@ def test_ts_rules_need_two_members():
 # Tier-2 cases beyond the shared set of sequence_fixtures, each built and wrapped once per
 # environment (so the repeated runs below reuse one compiled program).
 EXTRA_AGENTS = {
-    "sail_pr": lambda ref: alignment.sail(ref, variant="pr"),
-    "sail_pp": lambda ref: alignment.sail(ref, variant="pp"),
-    "sail_dp": lambda ref: alignment.sail(ref, variant="dp", budget=8),
-    "online_dpo_dera": lambda ref: alignment.online_dap(ref, recommender=DeRa(2.0)),
+    "sail_pr": lambda ref: alignment_presets.sail(ref, variant="pr"),
+    "sail_pp": lambda ref: alignment_presets.sail(ref, variant="pp"),
+    "sail_dp": lambda ref: alignment_presets.sail(ref, variant="dp", budget=8),
+    "online_dpo_dera": lambda ref: alignment_presets.online_dap(ref, recommender=DeRa(2.0)),
 }
 
 

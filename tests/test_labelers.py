@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdb.labelers import EntropyQueries, Labels, MixedLabeler, OracleLabeler, QueryBudget
+from cdb.labelers import EntropyQueries, LabelerInputs, Labels, MixedLabeler, OracleLabeler, QueryBudget
+
+
+def _label(labeler, key, pairs, scores, policy_logprob=None, queries_so_far=None):
+    """``labeler(key, LabelerInputs(...))``, the one way every labeler is called."""
+    return labeler(key, LabelerInputs(pairs, scores, policy_logprob, queries_so_far))
+
 
 KEY = jax.random.key(0)
 
@@ -31,7 +37,7 @@ def _np(labels: Labels):
 
 def test_oracle_labeler_queries_every_pair_unchanged():
     pairs = jnp.array([[0, 1], [2, 0], [1, 2]], jnp.int32)
-    out = _np(OracleLabeler()(KEY, pairs, jnp.zeros((3, 1, 3))))
+    out = _np(_label(OracleLabeler(), KEY, pairs, jnp.zeros((3, 1, 3))))
     np.testing.assert_array_equal(out["pairs"], pairs)
     np.testing.assert_array_equal(out["query"], True)
     np.testing.assert_array_equal(out["model_trained"], False)
@@ -48,7 +54,7 @@ def test_oracle_labeler_queries_every_pair_unchanged():
     [(0, [1, 1, 1, 1]), (3, [1, 1, 0, 0]), (4, [1, 0, 0, 0]), (5, [0, 0, 0, 0]), (11, [0, 0, 0, 0])],
 )
 def test_query_budget_queries_the_first_pairs_only(so_far, expected):
-    out = _np(QueryBudget(5)(KEY, _pairs(4), jnp.zeros((4, 1, 2)), None, jnp.int32(so_far)))
+    out = _np(_label(QueryBudget(5), KEY, _pairs(4), jnp.zeros((4, 1, 2)), None, jnp.int32(so_far)))
     np.testing.assert_array_equal(out["query"], np.asarray(expected, bool))
     np.testing.assert_array_equal(out["model_trained"], False)
     np.testing.assert_array_equal(out["pairs"], _pairs(4))
@@ -58,7 +64,7 @@ def test_query_budget_across_rounds_spends_exactly_the_budget():
     labeler = jax.jit(QueryBudget(10))  # the count of earlier queries is traced, as inside an agent
     so_far, per_round = jnp.int32(0), []
     for _ in range(5):
-        query = labeler(KEY, _pairs(4), jnp.zeros((4, 1, 2)), None, so_far).query
+        query = _label(labeler, KEY, _pairs(4), jnp.zeros((4, 1, 2)), None, so_far).query
         per_round.append(int(query.sum()))
         so_far = so_far + query.sum()
     assert per_round == [4, 4, 2, 0, 0]
@@ -84,7 +90,7 @@ def _tiled(scores, batch):
 def test_mixed_gamma_zero_labels_every_pair_with_a_sampled_members_best_and_worst():
     batch = 600
     selected = _pairs(batch, (3, 2))  # not any member's (best, worst) pair
-    out = _np(MixedLabeler(0.0, "best_worst")(KEY, selected, _tiled(MEMBER_SCORES, batch)))
+    out = _np(_label(MixedLabeler(0.0, "best_worst"), KEY, selected, _tiled(MEMBER_SCORES, batch)))
     np.testing.assert_array_equal(out["query"], False)  # no queries at all
     np.testing.assert_array_equal(out["model_trained"], True)
     np.testing.assert_array_equal(out["model_label"], 1.0)  # the first arm (argmax) is preferred
@@ -100,7 +106,7 @@ def test_mixed_gamma_one_sends_every_selected_pair_to_the_oracle():
         np.random.default_rng(0).permuted(np.tile([0, 1, 2, 3], (batch, 1)), axis=1)[:, :2], jnp.int32
     )
     for model_pair in ("best_worst", "selected"):
-        out = _np(MixedLabeler(1.0, model_pair)(KEY, selected, _tiled(MEMBER_SCORES, batch)))
+        out = _np(_label(MixedLabeler(1.0, model_pair), KEY, selected, _tiled(MEMBER_SCORES, batch)))
         np.testing.assert_array_equal(out["query"], True)
         np.testing.assert_array_equal(out["pairs"], selected)
         np.testing.assert_array_equal(out["model_trained"], False)
@@ -110,7 +116,7 @@ def test_mixed_gamma_one_sends_every_selected_pair_to_the_oracle():
 def test_mixed_queries_a_gamma_fraction_and_never_model_labels_a_query():
     batch, gamma = 4000, 0.3
     selected = _pairs(batch, (3, 2))
-    out = _np(MixedLabeler(gamma, "best_worst")(KEY, selected, _tiled(MEMBER_SCORES, batch)))
+    out = _np(_label(MixedLabeler(gamma, "best_worst"), KEY, selected, _tiled(MEMBER_SCORES, batch)))
     query = out["query"]
     assert abs(query.mean() - gamma) < 0.03
     np.testing.assert_array_equal(out["pairs"][query], selected[query])  # the oracle sees the selector's pair
@@ -127,7 +133,7 @@ def test_mixed_selected_labels_by_the_sampled_members_order():
     n = 3000
     scores = jnp.concatenate([_tiled(block_a, n), _tiled(block_b, n)])
     selected = _pairs(2 * n, (0, 1))
-    out = _np(MixedLabeler(0.0, "selected")(KEY, selected, scores))
+    out = _np(_label(MixedLabeler(0.0, "selected"), KEY, selected, scores))
     np.testing.assert_array_equal(out["pairs"], selected)  # the selector's pair is kept
     np.testing.assert_array_equal(out["query"], False)
     np.testing.assert_array_equal(out["model_trained"], True)
@@ -140,7 +146,7 @@ def test_mixed_selected_labels_by_the_sampled_members_order():
 def test_mixed_all_tied_candidates_are_not_model_trained(model_pair):
     batch = 40
     selected = _pairs(batch, (2, 1))
-    out = _np(MixedLabeler(0.0, model_pair)(KEY, selected, jnp.ones((batch, 3, 4))))
+    out = _np(_label(MixedLabeler(0.0, model_pair), KEY, selected, jnp.ones((batch, 3, 4))))
     np.testing.assert_array_equal(out["query"], False)
     np.testing.assert_array_equal(out["model_trained"], False)  # nothing to learn from a tie
     np.testing.assert_array_equal(out["pairs"], selected)  # a valid pair is still played
@@ -148,7 +154,7 @@ def test_mixed_all_tied_candidates_are_not_model_trained(model_pair):
 
 def test_mixed_tie_on_the_selected_pair_only_is_not_model_trained():
     scores = jnp.array([[[1.0, 1.0, 0.0]], [[2.0, 1.0, 0.0]]])  # E = 1: row 0 ties on (0, 1), row 1 does not
-    out = _np(MixedLabeler(0.0, "selected")(KEY, _pairs(2, (0, 1)), scores))
+    out = _np(_label(MixedLabeler(0.0, "selected"), KEY, _pairs(2, (0, 1)), scores))
     np.testing.assert_array_equal(out["model_trained"], [False, True])
     np.testing.assert_array_equal(out["model_label"], [0.0, 1.0])
 
@@ -156,7 +162,7 @@ def test_mixed_tie_on_the_selected_pair_only_is_not_model_trained():
 def test_mixed_sampled_labels_follow_the_members_bradley_terry_probability():
     batch = 4000
     scores = _tiled(jnp.array([[math.log(3.0), 0.0]]), batch)  # σ(log 3) = 0.75
-    out = _np(MixedLabeler(0.0, "selected", label_mode="sample")(KEY, _pairs(batch), scores))
+    out = _np(_label(MixedLabeler(0.0, "selected", label_mode="sample"), KEY, _pairs(batch), scores))
     np.testing.assert_array_equal(out["model_trained"], True)
     assert abs(out["model_label"].mean() - 0.75) < 0.03
     with pytest.raises(ValueError, match="label_mode"):
@@ -166,8 +172,8 @@ def test_mixed_sampled_labels_follow_the_members_bradley_terry_probability():
 def test_mixed_labeler_is_deterministic_in_its_key():
     scores, selected = _tiled(MEMBER_SCORES, 64), _pairs(64, (3, 2))
     labeler = MixedLabeler(0.5)
-    a, b = _np(labeler(KEY, selected, scores)), _np(labeler(KEY, selected, scores))
-    c = _np(labeler(jax.random.key(1), selected, scores))
+    a, b = _np(_label(labeler, KEY, selected, scores)), _np(_label(labeler, KEY, selected, scores))
+    c = _np(_label(labeler, jax.random.key(1), selected, scores))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["query"], c["query"])
@@ -183,7 +189,7 @@ def test_fixed_count_model_labels_the_floor_of_one_minus_gamma_times_b(gamma, ba
     assert labeler.model_labelled_count(batch) == k
     scores, selected = _tiled(MEMBER_SCORES, batch), _pairs(batch, (3, 2))
     for seed in range(5):
-        out = _np(labeler(jax.random.key(seed), selected, scores))
+        out = _np(_label(labeler, jax.random.key(seed), selected, scores))
         assert int((~out["query"]).sum()) == k
         np.testing.assert_array_equal(out["model_trained"], ~out["query"])  # every member is informative here
         np.testing.assert_array_equal(out["pairs"][out["query"]], selected[out["query"]])
@@ -196,7 +202,7 @@ def test_fixed_count_draws_a_uniformly_random_subset_of_the_prompts():
     labeler = jax.jit(MixedLabeler(0.5, draw="fixed_count").__call__)
     scores, selected = _tiled(MEMBER_SCORES, batch), _pairs(batch, (3, 2))
     subsets = [
-        tuple(np.flatnonzero(~np.asarray(labeler(k, selected, scores).query)))
+        tuple(np.flatnonzero(~np.asarray(_label(labeler, k, selected, scores).query)))
         for k in jax.random.split(jax.random.key(3), draws)
     ]
     assert {len(s) for s in subsets} == {2}
@@ -212,7 +218,7 @@ def test_burn_in_rounds_send_every_pair_to_the_oracle(draw):
     'fixed_count')."""
     batch, burn_in, rounds = 16, 5, 12
     labeler = MixedLabeler(0.7, draw=draw, burn_in=burn_in)
-    step = jax.jit(labeler.__call__)
+    step = jax.jit(lambda key, *args: _label(labeler, key, *args))
     scores, selected = _tiled(MEMBER_SCORES, batch), _pairs(batch, (3, 2))
     so_far, per_round = jnp.zeros((), jnp.int32), []
     for t in range(rounds):
@@ -231,7 +237,7 @@ def test_burn_in_rounds_send_every_pair_to_the_oracle(draw):
 
 def test_burn_in_needs_the_query_count():
     with pytest.raises(ValueError, match="queries_so_far"):
-        MixedLabeler(0.7, burn_in=2)(KEY, _pairs(4), _tiled(MEMBER_SCORES, 4))
+        _label(MixedLabeler(0.7, burn_in=2), KEY, _pairs(4), _tiled(MEMBER_SCORES, 4))
 
 
 @pytest.mark.parametrize(
@@ -254,7 +260,7 @@ LOGPROB = jnp.array([[-1.0, -1.0], [-5.0, -3.0], [-2.0, -2.0], [-0.5, -0.5], [-3
 )
 def test_entropy_queries_take_the_highest_entropy_prompts(fraction, queried):
     pairs = _pairs(5)
-    out = _np(EntropyQueries(fraction)(KEY, pairs, jnp.zeros((5, 1, 2)), LOGPROB))
+    out = _np(_label(EntropyQueries(fraction), KEY, pairs, jnp.zeros((5, 1, 2)), LOGPROB))
     expected = np.zeros(5, bool)
     expected[queried] = True
     np.testing.assert_array_equal(out["query"], expected)
@@ -265,11 +271,11 @@ def test_entropy_queries_take_the_highest_entropy_prompts(fraction, queried):
 
 def test_entropy_queries_need_log_probabilities():
     with pytest.raises(ValueError, match="log-probabilities"):
-        EntropyQueries(0.5)(KEY, _pairs(5), jnp.zeros((5, 1, 2)))
+        _label(EntropyQueries(0.5), KEY, _pairs(5), jnp.zeros((5, 1, 2)))
 
 
 @pytest.mark.parametrize("fraction, batch, k", [(0.07, 100, 7), (0.28, 25, 7), (0.55, 100, 55)])
 def test_entropy_query_count_is_exact_for_decimal_fractions(fraction, batch, k):
     logprob = -jnp.arange(1.0, 2 * batch + 1).reshape(batch, 2)
-    out = EntropyQueries(fraction)(KEY, _pairs(batch), jnp.zeros((batch, 1, 2)), logprob)
+    out = _label(EntropyQueries(fraction), KEY, _pairs(batch), jnp.zeros((batch, 1, 2)), logprob)
     assert int(out.query.sum()) == k

@@ -12,7 +12,13 @@ import pytest
 import sequence_fixtures as seq
 from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
-from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples, ReferenceSamples
+from cdb.proposers import (
+    GeometricMixtureSamples,
+    PolicyAndReference,
+    PolicySamples,
+    ProposerInputs,
+    ReferenceSamples,
+)
 from cdb.sequences import score_responses
 
 M = 3
@@ -38,7 +44,9 @@ def prompts():
 
 
 def _propose(proposer, ref, policy_params, reference_params, prompts, key=KEY):
-    return np.asarray(proposer(key, ref.policy, policy_params, reference_params, prompts, seq.L).tokens)
+    return np.asarray(
+        proposer(key, ProposerInputs(ref.policy, policy_params, reference_params, prompts, None, seq.L)).tokens
+    )
 
 
 PROPOSERS = {
@@ -52,7 +60,7 @@ PROPOSERS = {
 @pytest.mark.parametrize("name", sorted(PROPOSERS))
 def test_candidates_have_the_right_shape_and_tokens(name, ref, sharp, prompts):
     proposer = PROPOSERS[name]
-    out = proposer(KEY, ref.policy, sharp, ref.params, prompts, seq.L).tokens
+    out = proposer(KEY, ProposerInputs(ref.policy, sharp, ref.params, prompts, None, seq.L)).tokens
     assert out.shape == (seq.B, proposer.num_candidates, seq.L) and out.dtype == jnp.int32
     assert np.all((np.asarray(out) >= 0) & (np.asarray(out) < seq.V))
     np.testing.assert_array_equal(_propose(proposer, ref, sharp, ref.params, prompts), out)  # same key, same draw
@@ -119,14 +127,16 @@ def test_sampled_candidates_carry_their_samplers_log_probs(ref, sharp, prompts):
     from cdb.sequences import score_candidates
 
     score = jax.jit(score_candidates, static_argnums=0)
-    own = PolicySamples(M)(KEY, ref.policy, sharp, ref.params, prompts, seq.L)
+    own = PolicySamples(M)(KEY, ProposerInputs(ref.policy, sharp, ref.params, prompts, None, seq.L))
     np.testing.assert_allclose(own.policy_logprob, score(ref.policy, sharp, prompts, own.tokens).logprob, atol=2e-5)
     assert own.reference_logprob is None
-    frozen = ReferenceSamples(M)(KEY, ref.policy, sharp, ref.params, prompts, seq.L)
+    frozen = ReferenceSamples(M)(KEY, ProposerInputs(ref.policy, sharp, ref.params, prompts, None, seq.L))
     np.testing.assert_allclose(
         frozen.reference_logprob, score(ref.policy, ref.params, prompts, frozen.tokens).logprob, atol=2e-5
     )
     assert frozen.policy_logprob is None
     for proposer in (PolicyAndReference(), GeometricMixtureSamples(M, beta=0.5)):  # no single sampler to ask
-        out = proposer(KEY, ref.policy, sharp, ref.params, prompts, seq.L)
+        out = proposer(KEY, ProposerInputs(ref.policy, sharp, ref.params, prompts, None, seq.L))
         assert out.policy_logprob is None and out.reference_logprob is None
+    pair = PolicyAndReference()(KEY, ProposerInputs(ref.policy, sharp, ref.params, prompts, None, seq.L))
+    np.testing.assert_array_equal(pair.reference_sample, pair.tokens[:, 1])  # XPO's ỹ is candidate 1

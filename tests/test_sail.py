@@ -6,7 +6,7 @@
 3. The same policy: DPO loss + SAIL term (both weighted by the stop-gradient sampling
    probabilities) has the exact gradient of the expected loss −J(θ) = −E_{q_θ}[log σ(βΔ)],
    differentiated through q_θ, for every variant; the DPO loss alone does not.
-4. The SAIL-DP agent (``alignment.sail(variant='dp')``) on the tiny SequenceDuel: offline DPO's
+4. The SAIL-DP agent (``alignment_presets.sail(variant='dp')``) on the tiny SequenceDuel: offline DPO's
    composition, exactly ``budget`` oracle queries, and a policy objective that is offline DPO's
    plus the 'dp' term on the same minibatch (value by hand, gradient against the authors' form).
 """
@@ -22,8 +22,9 @@ import pytest
 import sequence_fixtures as seq
 from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
-from cdb.agents import alignment
+from cdb.agents import alignment, alignment_presets
 from cdb.losses import SAIL_VARIANTS, DAPLoss, sail_term
+from cdb.objectives import PairBatch, SAILTerm
 from cdb.sequences import score_responses
 
 BETA = 0.5
@@ -208,7 +209,7 @@ SAIL_DP_ROUNDS = 4
 @pytest.fixture(scope="module")
 def sail_dp_run(tiny_env):  # noqa: F811
     """``sail_dp`` played by hand on the tiny SequenceDuel: (agent, final state, oracle queries per round)."""
-    agent = alignment.sail(tiny_env.reference, variant="dp", budget=SAIL_DP_BUDGET, coefficient=COEF)
+    agent = alignment_presets.sail(tiny_env.reference, variant="dp", budget=SAIL_DP_BUDGET, coefficient=COEF)
     params = tiny_env.default_params
     select, update, step = jax.jit(agent.select), jax.jit(agent.update), jax.jit(tiny_env.step)
     key = jax.random.key(0)
@@ -228,11 +229,11 @@ def sail_dp_run(tiny_env):  # noqa: F811
 
 def test_sail_dp_is_offline_dpo_with_the_coefficient(tiny_env):  # noqa: F811
     ref = tiny_env.reference
-    agent = alignment.sail(ref, variant="dp", budget=SAIL_DP_BUDGET, coefficient=COEF)
-    offline = alignment.offline_dpo(ref, SAIL_DP_BUDGET)
-    assert agent.name == "sail_dp" and agent.sail_coefficient == COEF and offline.sail_coefficient == 0.0
+    agent = alignment_presets.sail(ref, variant="dp", budget=SAIL_DP_BUDGET, coefficient=COEF)
+    offline = alignment_presets.offline_dpo(ref, SAIL_DP_BUDGET)
+    assert agent.name == "sail_dp" and agent.policy_terms == (SAILTerm(COEF, 0.1),) and offline.policy_terms == ()
     for field in dataclasses.fields(alignment.AlignmentAgent):
-        if field.name not in ("name", "sail_coefficient"):
+        if field.name not in ("name", "policy_terms"):
             assert getattr(agent, field.name) == getattr(offline, field.name), field.name
 
 
@@ -249,28 +250,30 @@ def test_sail_dp_loss_is_offline_dpo_plus_the_dp_term(tiny_env, sail_dp_run):  #
     offline DPO's plus ``sail_term(variant='dp')`` — and nothing else (no 'pr' / 'pp' term) — and
     its extra gradient is that of the authors' form ``−½ρ·mean ℓ²``, ``ℓ = log σ(βΔ)``."""
     agent, state, _ = sail_dp_run
-    offline = alignment.offline_dpo(tiny_env.reference, SAIL_DP_BUDGET)
+    offline = alignment_presets.offline_dpo(tiny_env.reference, SAIL_DP_BUDGET)
     data = state.dataset
     fields = ("prompts", "chosen", "rejected", "ref_chosen", "ref_rejected")
     # a minibatch as update draws it (nothing new is stored: no pair is queried)
-    new_state, batch = agent._offline_batch(
-        jax.random.key(3),
-        state,
-        {**{k: getattr(data, k)[: seq.B] for k in fields}, "prompt_mask": None},  # tier 2: no padding
-        jnp.zeros(seq.B, bool),
+    given = PairBatch(
+        **{k: getattr(data, k)[: seq.B] for k in fields},
+        prompt_mask=None,  # tier 2: no padding
+        weight=jnp.zeros(seq.B),
+        routes={},
     )
+    new_state, batch = agent._offline_batch(jax.random.key(3), state, given, jnp.zeros(seq.B, bool))
     np.testing.assert_array_equal(new_state.dataset.prompts, data.prompts)
-    np.testing.assert_array_equal(batch["weight"], 1.0)  # the dataset is full
+    np.testing.assert_array_equal(batch.weight, 1.0)  # the dataset is full
+    assert set(batch.routes) == {"dp"}
     params, beta = state.policy_params, agent.policy_loss.beta
 
     def logps(p):
-        prompts2 = jnp.concatenate([batch["prompts"], batch["prompts"]])
-        responses = jnp.concatenate([batch["chosen"], batch["rejected"]])
+        prompts2 = jnp.concatenate([batch.prompts, batch.prompts])
+        responses = jnp.concatenate([batch.chosen, batch.rejected])
         return jnp.split(score_responses(agent.policy, p, prompts2, responses).logprob, 2)
 
     def authors_form(p):  # the extra loss of the authors' DDP code, −½ρ·mean ℓ²
         chosen, rejected = logps(p)
-        delta = (chosen - batch["ref_chosen"]) - (rejected - batch["ref_rejected"])
+        delta = (chosen - batch.ref_chosen) - (rejected - batch.ref_rejected)
         return -0.5 * COEF * jnp.mean(jax.nn.log_sigmoid(beta * delta) ** 2)
 
     def term(p):
@@ -278,12 +281,12 @@ def test_sail_dp_loss_is_offline_dpo_plus_the_dp_term(tiny_env, sail_dp_run):  #
         return sail_term(
             chosen,
             rejected,
-            batch["ref_chosen"],
-            batch["ref_rejected"],
+            batch.ref_chosen,
+            batch.ref_rejected,
             beta=beta,
             coefficient=COEF,
             variant="dp",
-            weight=batch["weight"],
+            weight=batch.weight,
         )
 
     layout = state.layout
@@ -291,7 +294,7 @@ def test_sail_dp_loss_is_offline_dpo_plus_the_dp_term(tiny_env, sail_dp_run):  #
     (base, base_info), base_grad = jax.value_and_grad(offline.policy_objective, has_aux=True)(params, batch, layout)
     # π_θ has left π_ref (trained on the dataset for two rounds), so the pairs' margins are not 0
     chosen, rejected = logps(params)
-    delta = np.asarray((chosen - batch["ref_chosen"]) - (rejected - batch["ref_rejected"]))
+    delta = np.asarray((chosen - batch.ref_chosen) - (rejected - batch.ref_rejected))
     assert np.abs(delta).min() > 1e-4
     ell = np.log(1.0 / (1.0 + np.exp(-beta * delta.astype(np.float64))))
     # the value: the term's surrogate value ρ·mean(−ℓ·ℓ), by hand
@@ -309,14 +312,14 @@ def test_sail_dp_loss_is_offline_dpo_plus_the_dp_term(tiny_env, sail_dp_run):  #
 def test_sail_constructor_checks_variant_and_budget(tiny_env):  # noqa: F811
     ref = tiny_env.reference
     with pytest.raises(ValueError, match=r"sail\.variant='dd'"):
-        alignment.sail(ref, variant="dd")
+        alignment_presets.sail(ref, variant="dd")
     with pytest.raises(ValueError, match=r"sail\.budget=None"):
-        alignment.sail(ref, variant="dp")
+        alignment_presets.sail(ref, variant="dp")
     with pytest.raises(ValueError, match=r"sail\.budget=0"):
-        alignment.sail(ref, variant="dp", budget=0)
+        alignment_presets.sail(ref, variant="dp", budget=0)
     for variant in ("pr", "pp"):
         with pytest.raises(ValueError, match=r"sail\.budget=8"):
-            alignment.sail(ref, variant=variant, budget=8)
+            alignment_presets.sail(ref, variant=variant, budget=8)
 
 
 def test_sail_term_on_responses_not_sampled_from_the_policy_is_rejected(tiny_env):  # noqa: F811
@@ -324,9 +327,9 @@ def test_sail_term_on_responses_not_sampled_from_the_policy_is_rejected(tiny_env
 
     ref = tiny_env.reference
     for proposer in (ReferenceSamples(2), PolicyAndReference()):
-        with pytest.raises(ValueError, match=r"sail_coefficient=0\.3 needs π_θ's own samples"):
-            alignment.AlignmentAgent(ref, proposer=proposer, sail_coefficient=0.3)
-    # the three SAIL agents themselves are allowed, and so is a coefficient of 0 anywhere
+        with pytest.raises(ValueError, match=r"SAILTerm\(coefficient=0\.3\) needs π_θ's own samples"):
+            alignment.AlignmentAgent(ref, proposer=proposer, policy_terms=(SAILTerm(0.3),))
+    # the three SAIL agents themselves are allowed, and so is any agent without the term
     for variant, budget in (("pr", None), ("pp", None), ("dp", 8)):
-        assert alignment.sail(ref, variant=variant, budget=budget).sail_coefficient == 0.3
-    alignment.AlignmentAgent(ref, proposer=ReferenceSamples(2), sail_coefficient=0.0)
+        assert alignment_presets.sail(ref, variant=variant, budget=budget).policy_terms == (SAILTerm(0.3, 0.1),)
+    alignment.AlignmentAgent(ref, proposer=ReferenceSamples(2))

@@ -503,8 +503,6 @@ def test_merge_seeds_rejects_ranges_that_do_not_follow_each_other(full):
         cdb.Results.merge_seeds([a, b.truncated(EVAL_EVERY)])
     with pytest.raises(ValueError, match=r"parts=\[\] is not allowed"):
         cdb.Results.merge_seeds([])
-    with pytest.warns(DeprecationWarning, match="cdb.Results.merge_seeds"):
-        assert_same_results(S.merge_seeds([a, b]), cdb.Results.merge_seeds([a, b]))
 
 
 _DISTRIBUTED = """
