@@ -27,7 +27,20 @@ member that disagrees, else the first member's second best).
 A decision is one duel (one pair chosen for one context). Prints both rates and their ratio,
 and writes them to ``<out>/throughput.json``.
 
+* ``--compare PATH``: the JAX default run of the installed ``cdb`` (A) against the one in another
+  checkout of the library at PATH (B: a folder holding its ``setup.cfg``, ``cdb/``, ``agents/``,
+  ``environments/``, e.g. a ``git worktree`` of an older commit), with this script's settings and
+  this script's benchmark code on both sides, under the same Python and JAX. Each side runs in its
+  own worker process, started with the same XLA flags and compiled once; the timed runs then
+  alternate A B B A A B ... (``--compare-repeats`` each), so that the machine's noise and drift
+  hit both alike and neither always goes first. Written to ``throughput.json`` under ``compare``:
+  each side's decisions/s (min / median / max and every run), its first call with compilation,
+  where its ``cdb`` was imported from and its git commit, whether both reached the same regret,
+  the ratio A / B of the medians and the median of the ratios of the A-B pairs, and the load
+  average at the start and the end. ``--compare-only`` skips everything else.
+
     python benchmarks/throughput.py            # d=16, K=32, E=8, 1024 seeds
+    python benchmarks/throughput.py --compare ../old --compare-only   # this checkout vs ../old
 """
 
 from __future__ import annotations
@@ -36,8 +49,11 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -112,6 +128,201 @@ def _use_host_devices(n: int) -> None:
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flag]))
 
 
+def import_from_checkout(root: str | os.PathLike) -> None:
+    """Makes ``import cdb`` load the library from the checkout at ``root`` rather than the installed one.
+
+    The packages and their folders are the checkout's own ``setup.cfg`` ``package_dir`` (``cdb``,
+    ``cdb.agents`` -> ``agents/``, ``cdb.environments`` -> ``environments/``). The finder goes first
+    on the meta path, ahead of an editable install's finder, which would otherwise map
+    ``cdb.agents`` to the installed checkout's folder. Call it before anything imports ``cdb``.
+    """
+    import configparser
+    import importlib.util
+
+    root = Path(root).resolve()
+    config = configparser.ConfigParser()
+    if not config.read(root / "setup.cfg"):
+        raise ValueError(f"--compare {root}: no setup.cfg there; expected the root of a checkout of cdb")
+    lines = config.get("options", "package_dir", fallback="cdb = cdb").strip().splitlines()
+    folders = {
+        name.strip(): root / folder.strip() for name, folder in (line.split("=") for line in lines if "=" in line)
+    }
+    folders.setdefault("cdb", root / "cdb")
+    if not (folders["cdb"] / "__init__.py").is_file():
+        raise ValueError(f"--compare {root}: no cdb/__init__.py there; expected the root of a checkout of cdb")
+
+    class CheckoutFinder:
+        @staticmethod
+        def find_spec(fullname, path=None, target=None):
+            folder = folders.get(fullname)
+            if folder is None:
+                return None  # submodules are found on their parent package's __path__, inside the checkout
+            return importlib.util.spec_from_file_location(
+                fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
+            )
+
+    sys.meta_path.insert(0, CheckoutFinder)
+
+
+_REPLY = "throughput-worker: "
+
+
+def _worker(args) -> None:
+    """One side of ``--compare``: compiles the default run once, then times one run per line on stdin."""
+    if args.worker != "installed":
+        import_from_checkout(args.worker)
+    import jax
+
+    import cdb
+    import cdb.agents
+    from cdb.agents import ee_ts
+    from cdb.ensemble import LinearEnsemble
+    from cdb.environments import LinearDuel
+
+    model = LinearEnsemble(num_members=args.members, prior_scale=1.0, noise_scale=0.5, regularization=1.0)
+    agent = ee_ts(reward_model=model, max_tries=8)
+    env = LinearDuel(
+        num_arms=args.arms, feature_dim=args.dim, batch_size=args.batch, eval_batch_size=8, scale=8.0, context_pool=POOL
+    )
+
+    def one_run():
+        return cdb.run(agent, env, rounds=args.rounds, seeds=args.seeds, progress=False)
+
+    def reply(**message):
+        print(_REPLY + json.dumps(message), flush=True)
+
+    start = time.perf_counter()
+    first = one_run()
+    reply(
+        first_call_s=time.perf_counter() - start,
+        cdb_file=cdb.__file__,
+        agents_file=cdb.agents.__file__,
+        devices=jax.device_count(),
+        regret=np.asarray(first.metrics["regret"]).tolist(),
+    )
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start = time.perf_counter()
+        res = one_run()
+        seconds = time.perf_counter() - start
+        np.testing.assert_array_equal(res.metrics["regret"], first.metrics["regret"])
+        reply(seconds=seconds)
+
+
+def _git_commit(folder: str | os.PathLike) -> str | None:
+    """``folder``'s checkout's commit, with ``+changes`` if its tracked files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty else "")
+
+
+class _Side:
+    """A worker process timing the default run of one checkout (``"installed"``: the installed cdb)."""
+
+    def __init__(self, checkout: str, args, env: dict):
+        settings = ["--seeds", "--rounds", "--arms", "--dim", "--batch", "--members"]
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", checkout]
+        for flag in settings:
+            argv += [flag, str(getattr(args, flag[2:]))]
+        self.checkout = checkout
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ready = self._read()
+        self.seconds: list[float] = []
+
+    def _read(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY) :])
+        raise RuntimeError(f"the --compare worker for {self.checkout} exited with {self.process.wait()} (see above)")
+
+    def time_one(self) -> float:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        self.seconds.append(self._read()["seconds"])
+        return self.seconds[-1]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+    def figures(self, decisions: int) -> dict:
+        rates = sorted(decisions / s for s in self.seconds)
+        cdb_file = Path(self.ready["cdb_file"])
+        return {
+            "checkout": str(cdb_file.parent.parent),
+            "commit": _git_commit(cdb_file.parent.parent),
+            "cdb_file": str(cdb_file),
+            "agents_file": self.ready["agents_file"],
+            "decisions_per_s": {"min": rates[0], "median": statistics.median(rates), "max": rates[-1]},
+            "seconds": self.seconds,
+            "first_call_s": self.ready["first_call_s"],
+        }
+
+
+def compare(other: str, args) -> dict:
+    """The default run of the installed cdb (``a``) against the checkout at ``other`` (``b``), interleaved."""
+    env = dict(os.environ)
+    flag = f"--xla_force_host_platform_device_count={args.devices}"
+    env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), flag]))
+    decisions = args.seeds * args.rounds * args.batch
+    load_start = os.getloadavg()
+    sides = {}
+    try:
+        # one after the other, so that neither compiles while the other is timed
+        sides["a"] = _Side("installed", args, env)
+        sides["b"] = _Side(str(Path(other).resolve()), args, env)
+        order = []
+        for i in range(args.compare_repeats):
+            for name in ("a", "b") if i % 2 == 0 else ("b", "a"):
+                sides[name].time_one()
+                order.append(name)
+    finally:
+        for side in sides.values():
+            side.close()
+    a, b = (sides[name].figures(decisions) for name in ("a", "b"))
+    pair_ratios = [tb / ta for ta, tb in zip(sides["a"].seconds, sides["b"].seconds, strict=True)]
+    return {
+        "a": a,
+        "b": b,
+        "ratio_a_over_b": a["decisions_per_s"]["median"] / b["decisions_per_s"]["median"],
+        "median_pair_ratio_a_over_b": statistics.median(pair_ratios),
+        "same_regret": sides["a"].ready["regret"] == sides["b"].ready["regret"],
+        "repeats": args.compare_repeats,
+        "order": "".join(order),
+        "devices": sides["a"].ready["devices"],
+        "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()),
+    }
+
+
+def _print_comparison(result: dict) -> None:
+    for name in ("a", "b"):
+        side = result[name]
+        rate = side["decisions_per_s"]
+        print(
+            f"{name}: {side['checkout']} ({side['commit']}): {rate['median']:,.0f} decisions/s median of "
+            f"{result['repeats']} (min {rate['min']:,.0f}, max {rate['max']:,.0f}; first call with compile "
+            f"{side['first_call_s']:.1f}s)"
+        )
+    print(
+        f"a / b: {result['ratio_a_over_b']:.3f} (medians), {result['median_pair_ratio_a_over_b']:.3f} (median of "
+        f"A-B pairs); same regret: {result['same_regret']}; load average {result['load_average_start'][0]:.2f} "
+        f"at the start, {result['load_average_end'][0]:.2f} at the end"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=1024)
@@ -129,7 +340,21 @@ def main(argv: list[str] | None = None) -> dict:
         "--seed-chunks", type=int, nargs="*", default=[], help="further seed_chunk sizes to time side by side"
     )
     parser.add_argument("--out", default="benchmarks/results/throughput")
+    parser.add_argument("--compare", metavar="PATH", help="another checkout of cdb to time against this one")
+    parser.add_argument("--compare-repeats", type=int, default=10, help="timed runs of each side of --compare")
+    parser.add_argument("--compare-only", action="store_true", help="with --compare: time nothing else")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return {}
+    if args.compare_only and not args.compare:
+        parser.error("--compare-only needs --compare PATH")
+    settings = {k: getattr(args, k) for k in ("seeds", "rounds", "arms", "dim", "batch", "members")}
+    if args.compare_only:
+        figures = {**settings, "compare": compare(args.compare, args)}
+        _print_comparison(figures["compare"])
+        return _write(figures, args.out)
     _use_host_devices(args.devices)
 
     import jax
@@ -139,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cdb.ensemble import LinearEnsemble
     from cdb.environments import LinearDuel
     from cdb.environments.feature_duel import make_context_pool
-    from cdb.report import header, output_dir
+    from cdb.report import header
     from cdb.run import resolve_compiler_options, resolve_seed_chunk
 
     print(header(), flush=True)
@@ -214,12 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
     jax_regret = res.final("cumulative_regret")[0] / args.batch
     numpy_regret = float(np.mean(numpy_regrets)) / args.batch
     figures = {
-        "seeds": args.seeds,
-        "rounds": args.rounds,
-        "arms": args.arms,
-        "dim": args.dim,
-        "batch": args.batch,
-        "members": args.members,
+        **settings,
         "jax_decisions_per_s": jax_rate,
         "numpy_decisions_per_s": numpy_rate,
         "ratio": jax_rate / numpy_rate,
@@ -267,9 +487,17 @@ def main(argv: list[str] | None = None) -> dict:
         f"{jax_rate / numpy_parallel_rate:,.0f}x ({args.devices} processes)"
     )
     print(f"sanity: mean cumulative regret per context, JAX {jax_regret:.2f} vs NumPy {numpy_regret:.2f}")
-    out = output_dir(args.out)
-    (out / "throughput.json").write_text(json.dumps(figures, indent=2))
-    print(f"wrote {out / 'throughput.json'}")
+    if args.compare:
+        figures["compare"] = compare(args.compare, args)
+        _print_comparison(figures["compare"])
+    return _write(figures, args.out)
+
+
+def _write(figures: dict, out: str) -> dict:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "throughput.json").write_text(json.dumps(figures, indent=2))
+    print(f"wrote {folder / 'throughput.json'}")
     return figures
 
 

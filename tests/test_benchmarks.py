@@ -77,6 +77,63 @@ def test_throughput_script_writes_consistent_figures(tmp_path):
     assert figures["jax_decisions_per_s"] == pytest.approx(4 * 6 * 4 / figures["jax_best_s"])  # JAX seeds × rounds × B
 
 
+@pytest.mark.slow
+def test_throughput_compare_writes_both_checkouts_and_their_ratio(tmp_path):
+    """``--compare`` against this checkout itself: both sides' figures and their ratio land in the file."""
+    argv = "--seeds 4 --rounds 6 --arms 8 --dim 4 --members 4 --devices 1 --compare-repeats 3".split()
+    argv += ["--compare", str(ROOT), "--compare-only", "--out", str(tmp_path)]
+    figures = throughput.main(argv)
+    written = json.loads((tmp_path / "throughput.json").read_text())
+    assert written == json.loads(json.dumps(figures))
+    result = written["compare"]
+    decisions = 4 * 6 * 4  # seeds × rounds × batch
+    for side in (result["a"], result["b"]):
+        assert Path(side["cdb_file"]) == ROOT / "cdb" / "__init__.py"
+        assert Path(side["agents_file"]) == ROOT / "agents" / "__init__.py"
+        assert len(side["seconds"]) == 3
+        rates = sorted(decisions / s for s in side["seconds"])
+        assert side["decisions_per_s"] == pytest.approx({"min": rates[0], "median": rates[1], "max": rates[2]})
+        assert side["first_call_s"] > 0
+    assert result["ratio_a_over_b"] == pytest.approx(
+        result["a"]["decisions_per_s"]["median"] / result["b"]["decisions_per_s"]["median"]
+    )
+    pair_ratios = sorted(b / a for a, b in zip(result["a"]["seconds"], result["b"]["seconds"], strict=True))
+    assert result["median_pair_ratio_a_over_b"] == pytest.approx(pair_ratios[1])
+    assert result["order"] == "abbaab" and result["devices"] == 1
+    assert result["same_regret"] is True  # one checkout: the same program, the same draws
+    assert len(result["load_average_start"]) == len(result["load_average_end"]) == 3
+
+
+def test_import_from_checkout_loads_that_checkouts_packages(tmp_path):
+    """``--compare``'s workers import ``cdb``, ``cdb.agents`` and ``cdb.environments`` from the other
+    checkout's folders (its setup.cfg's package_dir), not from the installed one."""
+    import subprocess
+
+    for package, folder in (("cdb", "cdb"), ("cdb.agents", "agents"), ("cdb.environments", "environments")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text(f"WHERE = {package!r}\n")
+    (tmp_path / "cdb" / "rng.py").write_text("WHERE = 'cdb.rng'\n")
+    (tmp_path / "setup.cfg").write_text(
+        "[options]\npackage_dir =\n    cdb = cdb\n    cdb.agents = agents\n    cdb.environments = environments\n"
+    )
+    script = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); from benchmarks import throughput; "
+        "throughput.import_from_checkout(sys.argv[2]); "
+        "import cdb, cdb.agents, cdb.environments, cdb.rng; "
+        "print(json.dumps({m.__name__: [m.WHERE, m.__file__] for m in (cdb, cdb.agents, cdb.environments, cdb.rng)}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT), str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = json.loads(out)
+    expected = {"cdb": "cdb", "cdb.agents": "agents", "cdb.environments": "environments", "cdb.rng": "cdb"}
+    for name, folder in expected.items():
+        assert loaded[name][0] == name
+        assert Path(loaded[name][1]).parent == tmp_path.resolve() / folder
+    with pytest.raises(ValueError, match="no setup.cfg"):
+        throughput.import_from_checkout(tmp_path / "cdb")
+
+
 def test_benchmarks_import_only_the_installed_package():
     for script in (ROOT / "benchmarks").rglob("*.py"):
         text = script.read_text()
