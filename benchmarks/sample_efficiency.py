@@ -49,13 +49,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import cdb  # noqa: E402
-from cdb import metrics  # noqa: E402
-from cdb.agents import alignment as A  # noqa: E402
+from cdb.agents import alignment_presets as A  # noqa: E402
 from cdb.ensemble import LinearEnsemble  # noqa: E402
 from cdb.environments import SequenceDuel  # noqa: E402
-from cdb.features import ChainCountFeatures  # noqa: E402
+from cdb.features import ChainCountFeatures, reference_hidden_features  # noqa: E402
 from cdb.losses import DAPLoss  # noqa: E402
-from cdb.report import header, markdown_table  # noqa: E402
+from cdb.report import header, markdown_table, paired_comparisons  # noqa: E402
 from cdb.store import Store  # noqa: E402
 from cdb.sweep import Sweep, Target, run_sweep, summarize  # noqa: E402
 
@@ -126,7 +125,7 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         "ablation_gamma0.25": sea(gamma=0.25),
         "ablation_bai_ts": sea(rule="bai_ts"),
         "ablation_beta0.05": sea(loss=DAPLoss("dpo", beta=0.05)),
-        "ablation_hidden_linear": sea(features=A.reference_hidden_features),
+        "ablation_hidden_linear": sea(features=reference_hidden_features),
         # SEA as it was the default before (MLP heads on π_ref's hidden state, γ = 1), one knob at a time
         "ablation_mlp_e16": sea_mlp(A.default_ensemble(16)),
         "ablation_mlp_prior3": sea_mlp(mlp(prior_scale=3.0)),
@@ -136,55 +135,6 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         # its control: the baseline with the same policy steps per round
         "ablation_online_dpo_policy_steps4": lambda: A.online_dap(ref, loss=DAPLoss("dpo"), policy_steps=4),
     }
-
-
-def paired_comparisons(results: dict, names: list[str], targets: list, seeds: int) -> tuple[str, list[str]]:
-    """Every agent against online DPO on the same seeds: a markdown table and one sentence per agent.
-
-    On the pair's common query budget Q (the fewest queries any seed of either made), the
-    statistics are the queries to each target capped at Q (lower is better) and the area under
-    the win rate against queries over [0, Q] (higher is better); each row holds both agents' means
-    and the paired difference (agent − online DPO) with its 95 % bootstrap interval.
-    """
-    rows, sentences = [], []
-    baseline = results[BASELINE]
-    for name in names:
-        if name == BASELINE:
-            continue
-        pair = (results[name], baseline)
-        budget = metrics.common_query_budget(*pair)
-        stats = []
-        for target, label in targets:
-            (a, reached_a), (b, reached_b) = (
-                metrics.capped_queries_to_target(r, target.metric, target.value, target.direction, budget) for r in pair
-            )
-            reached = f"{int(reached_a.sum())}/{seeds} vs {int(reached_b.sum())}/{seeds} seeds reached it"
-            stats.append((f"queries to {label} ≥ {target.value}", a, b, "lower", reached))
-        a, b = (metrics.auc_against_queries(r, AUC_METRIC, budget) for r in pair)
-        stats.append((f"AUC of the {AUC_METRIC} against queries", a, b, "higher", ""))
-        verdicts = []
-        for statistic, a, b, better, note in stats:
-            diff = metrics.paired_bootstrap(a, b, resamples=RESAMPLES, seed=0)
-            verdict = diff.verdict(better)
-            verdicts.append(f"{verdict} on the {statistic}")
-            rows.append(
-                {
-                    "agent": name,
-                    "statistic (Q = common query budget)": f"{statistic} ({better} is better), Q = {budget:.0f}",
-                    "agent mean": f"{a.mean():.4g}",
-                    "online DPO mean": f"{b.mean():.4g}",
-                    "agent − online DPO [95% CI]": str(diff),
-                    "verdict": verdict,
-                    "note": note,
-                }
-            )
-        sentences.append(
-            f"**{name}** against online DPO, {seeds} paired seeds, 95% paired bootstrap intervals: "
-            + "; ".join(verdicts)
-            + " (wins: the whole interval favours it; ties: the interval holds 0)."
-        )
-    columns = list(rows[0]) if rows else []
-    return (markdown_table(rows, columns) if rows else ""), sentences
 
 
 def smoothed(values: np.ndarray, window: int) -> np.ndarray:
@@ -315,7 +265,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table = markdown_table(rows, list(rows[0]))
     text = table + "\n"
     if BASELINE in names and len(names) > 1:
-        paired, sentences = paired_comparisons(results, names, targets, args.seeds)
+        paired, sentences = paired_comparisons(
+            {name: results[name] for name in names},
+            BASELINE,
+            targets,
+            auc_metric=AUC_METRIC,
+            resamples=RESAMPLES,
+            labels={BASELINE: "online DPO"},
+        )
         text += "\n" + paired + "\n\n" + "\n\n".join(sentences) + "\n"
     (out / "queries_to_target.md").write_text(text)
     print()

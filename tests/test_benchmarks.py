@@ -299,3 +299,33 @@ def test_llm_throughput_floor_is_the_same_step_in_xla_and_numpy():
     np.testing.assert_allclose(float(xla_keep), float(np_keep), rtol=1e-4, atol=1e-4)
     floor = llm_throughput.matmul_floor(params, batch=3, repeats=1)
     assert set(floor) == {"xla_ms", "numpy_ms"} and all(v > 0 for v in floor.values())
+
+
+@pytest.mark.slow
+def test_llm_alignment_tiny_run_is_paired_and_its_report_is_its_results(tmp_path):
+    """``llm_alignment.py --tiny``: each agent in its own process; the report's paired rows are the
+    saved results' own statistics, and ``--from-saved`` rebuilds the same report."""
+    import cdb
+    from benchmarks import llm_alignment
+    from cdb import metrics
+
+    out = tmp_path / "llm"
+    argv = ["--tiny", "--agents", "sea", "online_dpo", "--rounds", "2", "--eval-every", "1", "--out", str(out)]
+    llm_alignment.main(argv)
+    sea, dpo = (cdb.Results.load(out / f"{name}.npz") for name in ("sea", "online_dpo"))
+    assert sea.num_seeds == dpo.num_seeds == 2
+    assert sea.num_rounds == dpo.num_rounds == 2
+    for name in ("sea", "online_dpo"):
+        figures = json.loads((out / f"{name}.json").read_text())
+        assert figures["agent"] == name and figures["peak_rss_gb"] > 0.1 and figures["run_seconds"] > 0
+    text = (out / "queries_to_target.md").read_text()
+    budget = metrics.common_query_budget(sea, dpo)
+    a, b = (metrics.auc_against_queries(r, "win_rate", budget) for r in (sea, dpo))
+    diff = metrics.paired_bootstrap(a, b, resamples=10_000, seed=0)
+    assert f"| {a.mean():.4g} | {b.mean():.4g} | {diff} | {diff.verdict('higher')} |" in text
+    assert "**SEA (BAI-TS, mixed)** against online DPO (passive), 2 paired seeds" in text
+    assert (out / "win_rate_vs_queries.png").stat().st_size > 1000
+    (out / "queries_to_target.md").unlink()
+    llm_alignment.main(argv + ["--from-saved"])
+    rebuilt = (out / "queries_to_target.md").read_text()
+    assert rebuilt.split("```")[-1] == text.split("```")[-1]
