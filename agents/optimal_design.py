@@ -57,10 +57,9 @@ from cdb import design as design_lib
 from cdb.agents.linear import LinearDuelingAgent, LinearState, random_distinct_pair
 from cdb.agents.reward_model_agent import check_observation
 from cdb.config import describe
+from cdb.keys import eval_keys, init_key, reset_key, round_keys, seed_keys
 from cdb.linalg import fit_logistic, pair_widths, sherman_morrison_rows
 from cdb.results import Results
-from cdb.run import _as_key
-from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, _stage_key
 from cdb.types import Duel, Observation
 from cdb.validation import check_choice, check_float, check_int
 
@@ -74,7 +73,6 @@ __all__ = [
     "OptimalDesignAgent",
     "all_pairs",
     "run_offline_design",
-    "seed_keys",
 ]
 
 
@@ -160,7 +158,7 @@ class OfflineOptimalDesign:
     def run(self, key: Any, env: Any, env_params: Any = None, seeds: int = 1) -> dict[str, np.ndarray]:
         """Runs the experiment for ``seeds`` seeds (problem instance, pool and labels per seed).
 
-        Keys are ``cdb.run``'s (:func:`seed_keys`): the same ``key`` gives seed ``s`` the problem
+        Keys are ``cdb.run``'s (:mod:`cdb.keys`): the same ``key`` gives seed ``s`` the problem
         instance and the first ``pool_rounds`` rounds of contexts that ``cdb.run(..., key=key)``
         gives it, for an environment whose contexts do not depend on the duels.
 
@@ -170,7 +168,7 @@ class OfflineOptimalDesign:
         """
         _check_env(env, self)
         check_int(self, "run seeds", seeds, low=1)
-        return self._run(seed_keys(key, seeds), env, env_params)
+        return self._run(seed_keys(key, seeds, f"{type(self).__name__}.run"), env, env_params)
 
     def _run(self, keys: Array, env: Any, env_params: Any) -> dict[str, np.ndarray]:
         pool = self.pool_rounds * env.spec.batch_size
@@ -206,15 +204,6 @@ class OfflineOptimalDesign:
                 "do not depend on the duels"
             )
         return out
-
-
-def seed_keys(key: Any, seeds: int) -> Array:
-    """The ``[seeds]`` per-seed keys that ``cdb.run(..., key=key, seeds=seeds)`` uses.
-
-    ``key`` is what ``cdb.run`` accepts: an int (JAX's default PRNG), a typed JAX key or raw key
-    data; seed ``s`` gets ``split(key, seeds)[s]``.
-    """
-    return jax.random.split(_as_key(key), seeds)
 
 
 def run_offline_design(
@@ -254,7 +243,7 @@ def run_offline_design(
     ]
     _check_env(env, experiments[0])
     check_int("run_offline_design", "seeds", seeds, low=1)
-    keys = seed_keys(key, seeds)
+    keys = seed_keys(key, seeds, "run_offline_design")
     outs = [experiment._run(keys, env, env_params) for experiment in experiments]
     params = env.default_params if env_params is None else env_params
     first = describe(experiments[0])
@@ -305,14 +294,14 @@ def _compiled(env, pool_rounds, design, design_steps, design_reg, lam, mle_steps
     n_pairs = first_idx.shape[0]
 
     def env_round_key(raw, t):
-        return jax.random.split(_stage_key(raw, _ROUNDS, t, impl), 3)[1]
+        return round_keys(raw, t, impl)[1]
 
     def one_seed(raw, budget, params):
         seed_key = jax.random.wrap_key_data(raw, impl=impl)
-        k_reset, k_random = (jax.random.fold_in(seed_key, s) for s in (_RESET, _INIT))
-        k_eval = jax.random.split(_stage_key(raw, _EVAL, 0, impl))[1]
+        k_reset, k_random = reset_key(seed_key), init_key(seed_key)
+        k_eval = eval_keys(raw, 0, impl)[1]
         state0, obs0 = env.reset(k_reset, params)
-        round_keys = jax.vmap(env_round_key, in_axes=(None, 0))(raw, jnp.arange(pool_rounds, dtype=jnp.int32))
+        env_keys = jax.vmap(env_round_key, in_axes=(None, 0))(raw, jnp.arange(pool_rounds, dtype=jnp.int32))
 
         def play(carry, xs):
             state, obs = carry
@@ -323,7 +312,7 @@ def _compiled(env, pool_rounds, design, design_steps, design_reg, lam, mle_steps
         # Pool pass: observe contexts, query nothing.
         no_arms = jnp.broadcast_to(jnp.array([0, 1], jnp.int32), (pool_rounds, batch, 2))
         no_query = jnp.zeros((pool_rounds, batch), bool)
-        _, (pool_features, _, pool_queried) = jax.lax.scan(play, (state0, obs0), (round_keys, no_arms, no_query))
+        _, (pool_features, _, pool_queried) = jax.lax.scan(play, (state0, obs0), (env_keys, no_arms, no_query))
         features = pool_features.reshape(pool_rounds * batch, k, d)
         z = features[:, first_idx] - features[:, second_idx]  # [N, P, d]
 
@@ -340,7 +329,7 @@ def _compiled(env, pool_rounds, design, design_steps, design_reg, lam, mle_steps
         # Label pass: replay the same contexts, ask each chosen context about its one pair.
         arms = jnp.stack([first_idx[pair], second_idx[pair]], axis=-1).reshape(pool_rounds, batch, 2)
         (state_t, _), (replay_features, labels, queried) = jax.lax.scan(
-            play, (state0, obs0), (round_keys, arms, chosen.reshape(pool_rounds, batch))
+            play, (state0, obs0), (env_keys, arms, chosen.reshape(pool_rounds, batch))
         )
         scale = jnp.maximum(jnp.max(jnp.abs(pool_features)), 1.0)
         mismatch = jnp.max(jnp.abs(replay_features - pool_features)) / scale

@@ -12,8 +12,8 @@ member that disagrees, else the first member's second best).
   on later calls that reuse the compiled program; the first call's compile time is printed too.
   With ``--devices N`` (default: 2, the cores of the reference machine) the host CPU is split
   into N XLA devices and ``cdb.run`` shards the seeds across them (DESIGN §7), one core each.
-  Each device runs its seeds in chunks of ``cdb.run.CPU_SEED_CHUNK`` (``seed_chunk="auto"``, the
-  default), and XLA compiles with ``cdb.run.CPU_COMPILER_OPTIONS`` (``compiler_options="auto"``).
+  Each device runs its seeds in chunks of ``cdb.xla_options.CPU_SEED_CHUNK`` (``seed_chunk="auto"``,
+  the default), and XLA compiles with ``cdb.xla_options.CPU_COMPILER_OPTIONS`` (``compiler_options="auto"``).
   Timed alongside, their repeats interleaved with the default's: the same run with all of a
   device's seeds at once (``seed_chunk=None``) and with XLA's default options
   (``compiler_options=None``).
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cdb.environments import LinearDuel
     from cdb.environments.feature_duel import make_context_pool
     from cdb.report import header
-    from cdb.run import resolve_compiler_options, resolve_seed_chunk
+    from cdb.xla_options import resolve_compiler_options, resolve_seed_chunk
 
     print(header(), flush=True)
     print(f"JAX devices: {jax.device_count()} ({jax.devices()[0].platform})", flush=True)
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     pool = make_context_pool(POOL, args.arms, args.dim, env.pool_seed).astype(np.float64)
     decisions = args.seeds * args.rounds * args.batch
 
-    # the default (seeds in chunks of cdb.run.CPU_SEED_CHUNK per device, cdb.run's XLA options)
+    # the default (seeds in chunks of CPU_SEED_CHUNK per device, cdb.xla_options's XLA options)
     # and, side by side with it, every seed of a device at once, XLA's default options and any
     # --seed-chunks; the repeats alternate so that noise hits all of them alike
     variants = {

@@ -17,14 +17,14 @@ agent functions and the environment round by round, with the same checkpoints, a
 that moves every round, loggers that get every round as it ends, and per-round wall seconds of
 the agent's select and update and of the environment's step.
 
-Randomness: seed ``s`` gets ``k_s = split(key, seeds)[s]``; round ``t`` uses
-``fold_in(k_s, t)``, so results do not depend on how the run is cut into blocks or resumed.
+Randomness (:mod:`cdb.keys`): seed ``s`` gets ``k_s = split(key, seeds)[s]``; round ``t`` uses
+``split(fold_in(fold_in(k_s, ROUNDS), t), 3)`` (select, step, update) and evaluation ``i``
+``split(fold_in(fold_in(k_s, EVAL), i), 2)`` (recommend, evaluate), so results do not depend on
+how the run is cut into blocks or resumed.
 
-This module holds the public :func:`run` (argument checks, the configuration, the loop over
-blocks with its NaN guard and checkpoints); the compiled and the host runner are in
-:mod:`cdb.runners`, the XLA options and seed chunks in :mod:`cdb.xla_options`, and the names
-other modules imported from here (``CPU_SEED_CHUNK``, ``resolve_compiler_options``, ``Carry``,
-...) are re-exported.
+This module holds :func:`run` (argument checks, the configuration, the loop over blocks with
+its NaN guard and checkpoints); the compiled and the host runner are in :mod:`cdb.runners`, the
+key schedule in :mod:`cdb.keys`, the XLA options and seed chunks in :mod:`cdb.xla_options`.
 """
 
 from __future__ import annotations
@@ -37,24 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from cdb.config import describe
+from cdb.keys import as_key
 from cdb.loggers import Logger, check_loggers
 from cdb.results import Results
-from cdb.runners.common import Carry
-from cdb.runners.compiled import CompiledRunner, compiled_runner
+from cdb.runners.compiled import compiled_runner
 from cdb.runners.host import HostRunner
 from cdb.types import Agent, Environment
-from cdb.xla_options import (
-    CPU_COMPILER_OPTIONS,
-    CPU_SEED_CHUNK,
-    _default_compiler_options,
-    resolve_compiler_options,
-    resolve_seed_chunk,
-)
+from cdb.xla_options import resolve_compiler_options, resolve_seed_chunk
+
+__all__ = ["NonFiniteLossError", "run"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,33 +77,6 @@ class NonFiniteLossError(FloatingPointError):
             f"{where}; the run stopped. The {kept} rounds completed before it are in this error's `.results`."
         )
         self.metric, self.round, self.seed, self.results = metric, round_, seed, results
-
-
-_KEY_DATA_SHAPE = (2,)  # jax.random.key_data(jax.random.key(0)).shape for JAX's default threefry
-
-
-def _as_key(key: Any) -> jax.Array:
-    """One typed PRNG key from ``run``'s ``key`` argument, or a ``ValueError`` naming ``key``."""
-    allowed = (
-        "expected an int in [0, 2**32), one typed JAX key (jax.random.key(n)) or the raw uint32 key "
-        f"data of one key, shape {_KEY_DATA_SHAPE}"
-    )
-    if isinstance(key, bool | np.bool_):
-        raise ValueError(f"run: key={key!r} is a bool; {allowed}")
-    if isinstance(key, int | np.integer):
-        # JAX without x64 keeps only the low 32 bits of a seed: 2**32 would silently be seed 0
-        if not 0 <= int(key) < 2**32:
-            raise ValueError(f"run: key={key!r} is out of range; {allowed}")
-        return jax.random.key(int(key))
-    if isinstance(key, np.ndarray | jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            if key.shape != ():
-                raise ValueError(f"run: key is a batch of keys of shape {key.shape}; {allowed}")
-            return key
-        if key.dtype == np.uint32 and key.shape == _KEY_DATA_SHAPE:
-            return jax.random.wrap_key_data(jnp.asarray(key))
-        raise ValueError(f"run: key is an array of shape {key.shape} and dtype {key.dtype}; {allowed}")
-    raise ValueError(f"run: key={key!r} of type {type(key).__name__} is not a key; {allowed}")
 
 
 _MAX_INT32 = 2**31 - 1
@@ -186,16 +154,16 @@ def run(
       seed_chunk: each device runs its seeds ``seed_chunk`` at a time (a ``lax.scan`` over chunks
         of a ``vmap`` that updates the donated state in place), a whole block of rounds per chunk;
         results do not change, only speed and memory. ``"auto"``: chunks of about
-        :data:`CPU_SEED_CHUNK` seeds on a CPU, where a round
-        for all seeds at once falls out of cache (0.98–1.35× at 1024 seeds on two devices in
-        ``benchmarks/throughput.py``, a noisy gain since copy insertion keeps the round's buffers
-        in place; see :data:`CPU_COMPILER_OPTIONS`), and no chunking on accelerators, which want
-        the whole batch; ``None``: no chunking. Ignored for host-loop environments.
+        :data:`cdb.xla_options.CPU_SEED_CHUNK` seeds on a CPU, where a round for all seeds at once
+        falls out of cache (a noisy gain, since copy insertion keeps the round's buffers in place:
+        ``benchmarks/throughput.py`` measures it; see :data:`cdb.xla_options.CPU_COMPILER_OPTIONS`),
+        and no chunking on accelerators, which want the whole batch; ``None``: no chunking. Ignored
+        for host-loop environments.
       compiler_options: XLA options for the compiled programs (``jax.jit(compiler_options=)``).
-        ``"auto"``: :data:`CPU_COMPILER_OPTIONS` on a CPU when this XLA accepts them, else none;
-        ``None``: XLA's defaults; a dict: exactly those. Results agree to float rounding (the
-        order of a sum may change), and the same options always give the same results.
-        Ignored for host-loop environments.
+        ``"auto"``: :data:`cdb.xla_options.CPU_COMPILER_OPTIONS` on a CPU when this XLA accepts
+        them, else none; ``None``: XLA's defaults; a dict: exactly those. Results agree to float
+        rounding (the order of a sum may change), and the same options always give the same
+        results. Ignored for host-loop environments.
       checkpoint_dir: with orbax, save the state after every block, synchronously (see
         :mod:`cdb.checkpoint` for what the folder holds); a folder that already holds checkpoints
         needs ``resume=True``. Only the folder's checkpoints are read or removed, never other
@@ -244,7 +212,7 @@ def run(
         raise ValueError(f"eval_every={eval_every} must divide rounds={rounds}")
     start, stop = _check_seed_range(seed_range, seeds)
     loggers = check_loggers(loggers)
-    root_key = _as_key(key)
+    root_key = as_key(key)
     if env_params is None:
         params = env.default_params
     else:
@@ -494,18 +462,3 @@ def _assemble(blocks, evals, eval_every, config) -> Results:
     eval_metrics = {(f"eval_{k}" if k in metrics else k): v for k, v in eval_metrics.items()}
     eval_rounds = np.arange(len(evals)) * eval_every
     return Results(metrics, eval_rounds, eval_metrics, json.loads(json.dumps(config, default=str)))
-
-
-# Names importable from ``cdb.run`` since before the runners had modules of their own.
-_CompiledRunner, _HostRunner = CompiledRunner, HostRunner
-__all__ = [
-    "CPU_COMPILER_OPTIONS",
-    "CPU_SEED_CHUNK",
-    "Carry",
-    "NonFiniteLossError",
-    "describe",
-    "resolve_compiler_options",
-    "resolve_seed_chunk",
-    "run",
-    "_default_compiler_options",
-]

@@ -546,7 +546,7 @@ DESCRIBE = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from sequence_fixtures import LEARNING_ENSEMBLE, NUM_CANDIDATES, build_tiny_env
     from cdb.agents import alignment, alignment_presets
-    from cdb.run import describe
+    from cdb.config import describe
 
     env = build_tiny_env(sys.argv[1])  # reads the reference policy the test session trained
     reference = env.build_reference()
@@ -561,7 +561,7 @@ DESCRIBE = textwrap.dedent(
 def test_an_alignment_agent_is_described_alike_in_another_process(tiny_env):  # noqa: F811
     from sequence_fixtures import tiny_agents
 
-    from cdb.run import describe
+    from cdb.config import describe
 
     here = describe(tiny_agents(tiny_env)["sea_ee_ts"])
     text = json.dumps(here)

@@ -26,13 +26,13 @@ SCRIPT = textwrap.dedent(
     from cdb.agents import ee_ts
     from cdb.ensemble import LinearEnsemble
     from cdb.environments import LinearDuel
-    from cdb.run import _CompiledRunner
+    from cdb.runners import CompiledRunner
 
     assert jax.device_count() == 4, jax.devices()
     pool = None if sys.argv[2] == "None" else int(sys.argv[2])
     env = LinearDuel(num_arms=5, feature_dim=3, batch_size=2, eval_batch_size=4, context_pool=pool)
     agent = ee_ts(reward_model=LinearEnsemble(num_members=4))
-    runner = _CompiledRunner(agent, env, env.default_params, impl="threefry2x32", seeds=8, shard_seeds=None)
+    runner = CompiledRunner(agent, env, env.default_params, impl="threefry2x32", seeds=8, shard_seeds=None)
     carry = runner.start(jax.random.split(jax.random.key(3), 8))
     assert len(jax.tree.leaves(carry)[0].sharding.device_set) == 4, "seeds were not sharded"
     results = cdb.run(agent, env, rounds=6, seeds=8, key=3, eval_every=3, progress=False)

@@ -15,9 +15,9 @@ from cdb.agents.optimal_design import (
     OptimalDesignAgent,
     all_pairs,
     run_offline_design,
-    seed_keys,
 )
 from cdb.environments import KArmedDuel, LinearDuel
+from cdb.keys import seed_keys
 
 # A fixed set of 4 vectors in R^2 whose D-optimal design has a non-trivial support.
 VECTORS = np.array([[1.0, 0.2], [0.3, 1.1], [-0.8, 0.9], [0.5, 0.4]], np.float32)

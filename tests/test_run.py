@@ -140,7 +140,7 @@ def test_seed_chunks_give_the_unchunked_results(seed_chunk):
 
 
 def test_compiler_options_change_speed_not_results():
-    from cdb.run import CPU_COMPILER_OPTIONS, resolve_compiler_options
+    from cdb.xla_options import CPU_COMPILER_OPTIONS, resolve_compiler_options
 
     # on this CPU's XLA the options of "auto" are accepted (a newer XLA may not know them)
     assert resolve_compiler_options("auto") == CPU_COMPILER_OPTIONS
@@ -161,9 +161,6 @@ def test_auto_compiler_options_fall_back_when_xla_does_not_know_them(monkeypatch
     options._default_compiler_options.cache_clear()
     try:
         assert options.resolve_compiler_options("auto") == {}
-        # the names stay importable from cdb.run, where benchmarks and older code find them
-        run_module = importlib.import_module("cdb.run")  # the module; ``cdb.run`` is the function
-        assert run_module.resolve_compiler_options is options.resolve_compiler_options
     finally:
         options._default_compiler_options.cache_clear()
 

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cdb.keys import eval_keys, init_key, reset_key, round_keys
 from cdb.metrics import round_metrics, scalar_info
-from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, Carry, _stage_key, _state_is_finite
+from cdb.runners.common import Carry, _state_is_finite
 from cdb.types import Agent, Environment
 
 
@@ -20,13 +21,12 @@ def _make_functions(agent: Agent, env: Environment, params: Any, impl: str):
 
     def init(seed_key: jax.Array) -> Carry:
         raw = jax.random.key_data(seed_key)
-        k_reset, k_init = (jax.random.fold_in(seed_key, s) for s in (_RESET, _INIT))
-        env_state, obs = env.reset(k_reset, params)
-        agent_state = agent.init(k_init, env.spec)
+        env_state, obs = env.reset(reset_key(seed_key), params)
+        agent_state = agent.init(init_key(seed_key), env.spec)
         return Carry(env_state, agent_state, obs, raw)
 
     def one_round(carry: Carry, t: jax.Array):
-        k_select, k_env, k_update = jax.random.split(_stage_key(carry.seed_key, _ROUNDS, t, impl), 3)
+        k_select, k_env, k_update = round_keys(carry.seed_key, t, impl)
         duel, select_info = agent.select(k_select, carry.agent_state, carry.obs)
         # The environment steps only once the duel is complete. Agents that keep what they need
         # of ``obs`` in ``duel.aux`` leave the round's observation dead here, so XLA can draw the
@@ -38,7 +38,7 @@ def _make_functions(agent: Agent, env: Environment, params: Any, impl: str):
         return carry.replace(env_state=env_state, agent_state=agent_state, obs=next_obs), metrics
 
     def evaluation(carry: Carry, index: jax.Array) -> dict[str, jax.Array]:
-        k_rec, k_eval = jax.random.split(_stage_key(carry.seed_key, _EVAL, index, impl))
+        k_rec, k_eval = eval_keys(carry.seed_key, index, impl)
         obs = env.eval_observation(carry.env_state, params)
         arms = agent.recommend(k_rec, carry.agent_state, obs)
         return {

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cdb import keys
 from cdb.metrics import round_metrics
-from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, Carry, _stage_key, _state_is_finite, split_arrays
+from cdb.runners.common import Carry, _state_is_finite, split_arrays
 
 
 class _Same:
@@ -65,8 +66,8 @@ def _jitted_agent(agent: _Same, impl: str) -> dict:
 
         return run
 
-    def stage_keys(seed_keys, stage, index, parts):
-        return jax.vmap(lambda k: jax.random.split(_stage_key(k, stage, index, impl), parts))(seed_keys)
+    def seed_stage_keys(schedule):
+        return lambda seed_keys, index: jax.vmap(lambda k: schedule(k, index, impl))(seed_keys)
 
     def bind(fn):
         return functools.partial(fn, arrays)
@@ -77,7 +78,8 @@ def _jitted_agent(agent: _Same, impl: str) -> dict:
         "recommend": bind(jax.jit(method("recommend", (0, 0, 0)))),
         "init": bind(jax.jit(method("init", (0, None)), static_argnums=2)),
         "finite": jax.jit(jax.vmap(_state_is_finite)),
-        "stage_keys": jax.jit(stage_keys, static_argnums=(1, 3)),
+        "round_keys": jax.jit(seed_stage_keys(keys.round_keys)),
+        "eval_keys": jax.jit(seed_stage_keys(keys.eval_keys)),
     }
 
 
@@ -101,11 +103,12 @@ class HostRunner:
         self.agent, self.env, self.params, self.impl = agent, env, params, impl
         jitted = _jitted_agent(_Same(agent), impl)
         self.select, self.update, self.recommend = jitted["select"], jitted["update"], jitted["recommend"]
-        self.agent_init, self.finite, self.stage_keys = jitted["init"], jitted["finite"], jitted["stage_keys"]
+        self.agent_init, self.finite = jitted["init"], jitted["finite"]
+        self.round_keys, self.eval_keys = jitted["round_keys"], jitted["eval_keys"]
 
     def start(self, seed_keys):
-        resets = [self.env.reset(jax.random.fold_in(k, _RESET), self.params) for k in seed_keys]
-        init_keys = jnp.stack([jax.random.fold_in(k, _INIT) for k in seed_keys])
+        resets = [self.env.reset(keys.reset_key(k), self.params) for k in seed_keys]
+        init_keys = jnp.stack([keys.init_key(k) for k in seed_keys])
         agent_state = self.agent_init(init_keys, self.env.spec)
         env_state, obs = _stack([r[0] for r in resets]), _stack([r[1] for r in resets])
         return Carry(env_state, agent_state, obs, jax.random.key_data(seed_keys))
@@ -120,19 +123,19 @@ class HostRunner:
         rows = []
         seeds = carry.seed_key.shape[0]
         for t in range(start, start + length):
-            keys = self.stage_keys(carry.seed_key, _ROUNDS, jnp.int32(t), 3)
+            round_keys = self.round_keys(carry.seed_key, jnp.int32(t))
             clock = time.perf_counter()
-            duel, select_info = jax.block_until_ready(self.select(keys[:, 0], carry.agent_state, carry.obs))
+            duel, select_info = jax.block_until_ready(self.select(round_keys[:, 0], carry.agent_state, carry.obs))
             after_select = time.perf_counter()
             steps = [
-                self.env.step(keys[s, 1], _index(carry.env_state, s), _index(duel, s), self.params)
+                self.env.step(round_keys[s, 1], _index(carry.env_state, s), _index(duel, s), self.params)
                 for s in range(seeds)
             ]
             env_state, next_obs, feedback = (_stack([st[i] for st in steps]) for i in range(3))
             jax.block_until_ready((env_state, next_obs, feedback))
             after_env = time.perf_counter()
             agent_state, update_info = jax.block_until_ready(
-                self.update(keys[:, 2], carry.agent_state, carry.obs, duel, feedback)
+                self.update(round_keys[:, 2], carry.agent_state, carry.obs, duel, feedback)
             )
             after_update = time.perf_counter()
             timings = {
@@ -157,12 +160,12 @@ class HostRunner:
         return carry, metrics, self.finite(carry.agent_state), self.run_eval(carry, eval_index)
 
     def run_eval(self, carry, eval_index):
-        keys = self.stage_keys(carry.seed_key, _EVAL, jnp.int32(eval_index), 2)
+        eval_keys = self.eval_keys(carry.seed_key, jnp.int32(eval_index))
         seeds = carry.seed_key.shape[0]
         obs = [self.env.eval_observation(_index(carry.env_state, s), self.params) for s in range(seeds)]
-        arms = self.recommend(keys[:, 0], carry.agent_state, _stack(obs))
+        arms = self.recommend(eval_keys[:, 0], carry.agent_state, _stack(obs))
         out = [
-            self.env.evaluate(keys[s, 1], _index(carry.env_state, s), obs[s], arms[s], self.params)
+            self.env.evaluate(eval_keys[s, 1], _index(carry.env_state, s), obs[s], arms[s], self.params)
             for s in range(seeds)
         ]
         return {k: jnp.stack([jnp.mean(o[k]) for o in out]).astype(jnp.float32) for k in out[0]}
