@@ -2,8 +2,8 @@
 
 Tier 1 (arm features):
 
-* reward-model agents — :func:`passive`, :func:`greedy`, :func:`ee_ts`, :func:`bai_ts`,
-  :func:`uncertainty`, :func:`infomax`, :func:`double_ts`, :func:`boltzmann`: one
+* reward-model agents — :func:`passive`, :func:`greedy_pair`, :func:`ee_ts`, :func:`bai_ts`,
+  :func:`uncertainty`, :func:`infomax`, :func:`ensemble_double_ts`, :func:`boltzmann`: one
   :class:`RewardModelAgent` with different selection rules;
 * linear — :class:`MaxInP` (Saha 2021), :class:`CoLSTIM` (Bengs et al. 2022);
 * optimal design — :class:`OptimalDesignAgent` (label-free sequential D-optimal design) and
@@ -15,6 +15,9 @@ Tiers 2-3 (token sequences, ``SequenceDuel`` / ``LLMDuel``): one :class:`Alignme
 :func:`offline_dpo`, :func:`frozen_sampler_dpo`, :func:`online_dap` (:func:`online_dpo`,
 :func:`online_ipo`, :func:`online_slic`), :func:`sea`, :func:`apl`, :func:`xpo`, :func:`ee4llm`,
 :func:`nash_md`, :func:`sail`.
+
+Reward-ensemble recipes (:mod:`cdb.agents.ensembles`): :func:`arm_feature_ensemble` (tier 1),
+:func:`toy_policy_ensemble` (EE4LLM's default), :func:`oat_ensemble` (SEA's, as its authors train it).
 """
 
 from cdb.agents.alignment import AlignmentAgent, policy_optimizer
@@ -32,6 +35,7 @@ from cdb.agents.alignment_presets import (
     sea,
     xpo,
 )
+from cdb.agents.ensembles import arm_feature_ensemble, oat_ensemble, toy_policy_ensemble
 from cdb.agents.karmed import RUCB, DoubleThompsonSampling
 from cdb.agents.linear import CoLSTIM, LinearDuelingAgent, MaxInP
 from cdb.agents.optimal_design import OfflineOptimalDesign, OptimalDesignAgent, run_offline_design
@@ -39,9 +43,9 @@ from cdb.agents.reward_model_agent import (
     RewardModelAgent,
     bai_ts,
     boltzmann,
-    double_ts,
     ee_ts,
-    greedy,
+    ensemble_double_ts,
+    greedy_pair,
     infomax,
     passive,
     uncertainty,
@@ -59,17 +63,19 @@ __all__ = [
     "RewardModelAgent",
     "bai_ts",
     "boltzmann",
-    "double_ts",
     "ee_ts",
-    "greedy",
+    "ensemble_double_ts",
+    "greedy_pair",
     "infomax",
     "passive",
     "run_offline_design",
     "uncertainty",
     "apl",
+    "arm_feature_ensemble",
     "ee4llm",
     "frozen_sampler_dpo",
     "nash_md",
+    "oat_ensemble",
     "offline_dpo",
     "online_dap",
     "online_dpo",
@@ -78,5 +84,6 @@ __all__ = [
     "policy_optimizer",
     "sail",
     "sea",
+    "toy_policy_ensemble",
     "xpo",
 ]

@@ -18,7 +18,8 @@ import dataclasses
 
 from cdb import selection
 from cdb.agents.alignment import AlignmentAgent
-from cdb.ensemble import MLPEnsemble, RewardModel
+from cdb.agents.ensembles import oat_ensemble, toy_policy_ensemble
+from cdb.ensemble import RewardModel
 from cdb.labelers import MIXING_DRAWS, EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss
 from cdb.objectives import SAILTerm, XPOTerm
@@ -29,11 +30,9 @@ from cdb.validation import check_choice, check_float, check_int
 
 __all__ = [
     "apl",
-    "default_ensemble",
     "ee4llm",
     "frozen_sampler_dpo",
     "nash_md",
-    "oat_ensemble",
     "offline_dpo",
     "online_dap",
     "online_dpo",
@@ -43,55 +42,6 @@ __all__ = [
     "sea",
     "xpo",
 ]
-
-
-def default_ensemble(num_members: int = 8) -> MLPEnsemble:
-    """A small reward ensemble with prior functions, sized for the toy policy's 32-dimensional
-    features (EE4LLM's default; SEA's before it took :func:`oat_ensemble`)."""
-    return MLPEnsemble(
-        num_members=num_members,
-        hidden_sizes=(64, 64),
-        prior_scale=1.0,
-        steps_per_update=2,
-        batch_size=64,
-        buffer_capacity=4096,
-        learning_rate=3e-3,
-    )
-
-
-def oat_ensemble(num_members: int = 20) -> MLPEnsemble:
-    """SEA's epistemic reward model as its authors train it (Oat 0.2.4, ``oat/rm``, ``oat/args.py``).
-
-    ``num_members`` = 20 heads (``num_ensemble``), two ReLU hidden layers of 128 (``rm_hidden_dim``,
-    ``rm_act_fn``), weights ``N(0, (0.5/√fan_in)²)`` truncated at two standard deviations and zero
-    biases (``rm/networks.py: init_weights``), no prior functions; Adam at 1e-3 (``rm_lr``) with
-    weight decay 5e-5 (``rm_wd``), 5 steps per round (``rm_sgd_steps``), each on one minibatch of 128
-    distinct stored pairs shared by all heads (``RewardModel.train_bs``, ``UniformBuffer.sample``),
-    none until 128 pairs are stored; anchoring to the initial weights with λ = 0.5 (``enn_lambda``)
-    scaled by 128/N_t (``rm_fixed_reg=False``) on the mean squared distance
-    (``EnsembleModel.regularization``). See :class:`cdb.ensemble.MLPEnsemble` for the objective.
-
-    Departures: the replay buffer holds 4096 pairs where Oat keeps 50 000 (``r_buffer_maxlen``):
-    4096 is every oracle pair of the toy benchmark (256 rounds × 16) and keeps the per-seed state
-    small when seeds are vmapped; ``dataclasses.replace(oat_ensemble(), buffer_capacity=50_000)``
-    matches Oat beyond that. Only oracle pairs enter the buffer: Oat also stores the model-labelled
-    pairs with a loss mask whose broadcast (``[1, B]`` against ``[E, B, 1]``) still trains on them.
-    """
-    return MLPEnsemble(
-        num_members=num_members,
-        hidden_sizes=(128, 128),
-        prior_scale=0.0,
-        anchor=0.5,
-        anchor_schedule="data",
-        anchor_reduction="mean",
-        weight_decay=5e-5,
-        init_scale=0.5,
-        minibatch="shared",
-        learning_rate=1e-3,
-        steps_per_update=5,
-        batch_size=128,
-        buffer_capacity=4096,
-    )
 
 
 def offline_dpo(reference, budget: int, *, loss: DAPLoss = DAPLoss("dpo"), **kwargs) -> AlignmentAgent:
@@ -197,8 +147,8 @@ def sea(
       member's second best is played; Oat tries every other member once and otherwise plays an
       identical pair.
 
-    ``sea(reference, rule='ee_ts', gamma=1.0, reward_model=default_ensemble())`` is SEA as this
-    library ran it before these defaults (E&E-TS, oracle only, 8 heads of 64 with prior functions).
+    ``sea(reference, rule='ee_ts', gamma=1.0, reward_model=toy_policy_ensemble())`` is the plain
+    E&E-TS variant: every pair to the oracle, 8 heads of 64 with prior functions.
     """
     rules = {"ee_ts": selection.EETS(), "bai_ts": selection.BAITS()}
     check_choice("sea", "rule", rule, tuple(rules))
@@ -268,14 +218,14 @@ def ee4llm(
 ) -> AlignmentAgent:
     """EE4LLM-style (Dwaracherla et al. 2024): reward ensemble only, double TS or infomax over π_ref
     candidates; the policy is never trained and is evaluated as best-of-N under the ensemble mean."""
-    rules = {"double_ts": selection.DoubleTS(), "infomax": selection.Infomax()}
+    rules = {"double_ts": selection.EnsembleDoubleTS(), "infomax": selection.Infomax()}
     check_choice("ee4llm", "rule", rule, tuple(rules))
     return AlignmentAgent(
         reference,
         proposer=ReferenceSamples(num_candidates),
         selector=rules[rule],
         scorer=EnsembleScores(),
-        reward_model=default_ensemble() if reward_model is None else reward_model,
+        reward_model=toy_policy_ensemble() if reward_model is None else reward_model,
         policy_loss=None,
         recommender=BestOfN(best_of_n),
         name=f"ee4llm_{rule}",

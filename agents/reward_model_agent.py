@@ -8,7 +8,8 @@ Composition (DESIGN §4):
 * labeler   — the oracle, for every pair;
 * learner   — the reward model's Bradley–Terry update on the oracle pairs.
 
-The named constructors (:func:`ee_ts`, :func:`bai_ts`, ...) differ only by the selector.
+The presets (:func:`ee_ts`, :func:`bai_ts`, ...) differ only by the selector; each takes a
+reward model (default :func:`cdb.agents.ensembles.arm_feature_ensemble`) and the rule's fields.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from cdb import selection
-from cdb.ensemble import LinearEnsemble, MLPEnsemble, RewardModel
+from cdb.agents.ensembles import arm_feature_ensemble
+from cdb.ensemble import RewardModel
 from cdb.types import Duel, EnvSpec, Feedback, Observation
 
 
@@ -124,57 +126,84 @@ def check_feature_spec(name: str, spec: EnvSpec) -> None:
         raise ValueError(f"{name} needs EnvSpec.num_arms >= 2; got num_arms={spec.num_arms}")
 
 
-def default_reward_model(num_members: int = 8) -> RewardModel:
-    """A small MLP ensemble with prior functions: sized for tier-1 problems on a laptop."""
-    return MLPEnsemble(num_members=num_members, hidden_sizes=(32, 32), prior_scale=1.0, anchor=0.0)
+def _agent(name: str, rule, reward_model: RewardModel | None) -> RewardModelAgent:
+    model = arm_feature_ensemble() if reward_model is None else reward_model
+    return RewardModelAgent(model, rule, name=name)
 
 
-def _constructor(rule_cls, name: str, doc: str):
-    def make(reward_model: RewardModel | None = None, **rule_kwargs) -> RewardModelAgent:
-        model = default_reward_model() if reward_model is None else reward_model
-        return RewardModelAgent(model, rule_cls(**rule_kwargs), name=name)
+def passive(reward_model: RewardModel | None = None) -> RewardModelAgent:
+    """Uniformly random pair (:class:`cdb.selection.Passive`); the reward model learns passively
+    and recommends its greedy arm (best-arm identification by passive exploration).
 
-    make.__name__ = make.__qualname__ = name
-    make.__doc__ = (
-        f"{doc}\n\nKeyword arguments other than ``reward_model`` configure :class:`cdb.selection.{rule_cls.__name__}`."
-    )
-    return make
+    ``reward_model``: default :func:`~cdb.agents.ensembles.arm_feature_ensemble`, as for every
+    preset of this module.
+    """
+    return _agent("passive", selection.Passive(), reward_model)
 
 
-passive = _constructor(
-    selection.Passive, "passive", "Uniformly random pair; the reward model learns passively (BAI by its greedy arm)."
-)
-greedy = _constructor(selection.Greedy, "greedy", "Best two arms under the member-mean score (pure exploitation).")
-ee_ts = _constructor(
-    selection.EETS, "ee_ts", "SEA's explore-and-exploit Thompson sampling (Liu et al. 2024) on all arms."
-)
-bai_ts = _constructor(
-    selection.BAITS, "bai_ts", "SEA's best-arm-identification Thompson sampling (Liu et al. 2024) on all arms."
-)
-uncertainty = _constructor(
-    selection.Uncertainty, "uncertainty", "Pair of largest logit-difference variance across members."
-)
-infomax = _constructor(
-    selection.Infomax,
-    "infomax",
-    "Pair of largest preference-probability variance across members (EE4LLM, Dwaracherla et al. 2024).",
-)
-double_ts = _constructor(
-    selection.DoubleTS, "double_ts", "Double Thompson sampling over ensemble members (EE4LLM, Dwaracherla et al. 2024)."
-)
-boltzmann = _constructor(
-    selection.Boltzmann, "boltzmann", "Pair sampled without replacement ∝ exp(mean score / temperature)."
-)
+def greedy_pair(reward_model: RewardModel | None = None) -> RewardModelAgent:
+    """The best two arms under the member-mean score (:class:`cdb.selection.GreedyPair`): pure exploitation."""
+    return _agent("greedy_pair", selection.GreedyPair(), reward_model)
+
+
+def ee_ts(
+    reward_model: RewardModel | None = None,
+    *,
+    max_tries: int = selection.EETS.max_tries,
+    fallback: str = selection.EETS.fallback,
+) -> RewardModelAgent:
+    """SEA's explore-and-exploit Thompson sampling (Liu et al. 2024) on all arms (:class:`cdb.selection.EETS`).
+
+    ``max_tries`` and ``fallback`` configure the rule.
+    """
+    return _agent("ee_ts", selection.EETS(max_tries=max_tries, fallback=fallback), reward_model)
+
+
+def bai_ts(reward_model: RewardModel | None = None, *, variance: str = selection.BAITS.variance) -> RewardModelAgent:
+    """SEA's best-arm-identification Thompson sampling (Liu et al. 2024) on all arms (:class:`cdb.selection.BAITS`).
+
+    ``variance`` (``'probability'`` or ``'logit'``) configures the rule.
+    """
+    return _agent("bai_ts", selection.BAITS(variance=variance), reward_model)
+
+
+def uncertainty(reward_model: RewardModel | None = None) -> RewardModelAgent:
+    """The pair of largest logit-difference variance across members (:class:`cdb.selection.Uncertainty`)."""
+    return _agent("uncertainty", selection.Uncertainty(), reward_model)
+
+
+def infomax(reward_model: RewardModel | None = None) -> RewardModelAgent:
+    """The pair of largest preference-probability variance across members (EE4LLM, Dwaracherla et al.
+    2024; :class:`cdb.selection.Infomax`)."""
+    return _agent("infomax", selection.Infomax(), reward_model)
+
+
+def ensemble_double_ts(
+    reward_model: RewardModel | None = None, *, max_resamples: int = selection.EnsembleDoubleTS.max_resamples
+) -> RewardModelAgent:
+    """Double Thompson sampling over ensemble members (EE4LLM, Dwaracherla et al. 2024;
+    :class:`cdb.selection.EnsembleDoubleTS`). ``max_resamples`` configures the rule.
+
+    Not the K-armed :class:`~cdb.agents.karmed.DoubleThompsonSampling` (Wu & Liu 2016), whose
+    posterior is over a wins matrix.
+    """
+    return _agent("ensemble_double_ts", selection.EnsembleDoubleTS(max_resamples=max_resamples), reward_model)
+
+
+def boltzmann(
+    reward_model: RewardModel | None = None, *, temperature: float = selection.Boltzmann.temperature
+) -> RewardModelAgent:
+    """A pair sampled without replacement ∝ exp(mean score / temperature) (:class:`cdb.selection.Boltzmann`)."""
+    return _agent("boltzmann", selection.Boltzmann(temperature=temperature), reward_model)
+
 
 __all__ = [
     "RewardModelAgent",
-    "LinearEnsemble",
-    "MLPEnsemble",
     "bai_ts",
     "boltzmann",
-    "double_ts",
     "ee_ts",
-    "greedy",
+    "ensemble_double_ts",
+    "greedy_pair",
     "infomax",
     "passive",
     "uncertainty",

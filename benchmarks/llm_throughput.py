@@ -18,7 +18,7 @@ Also reported:
   most any decoder whose matrix products are only as fast as NumPy's BLAS could gain;
 * one DPO policy step: ``π_θ`` forward and backward plus a ``π_ref`` forward on 8 (chosen,
   rejected) pairs of 64 response tokens after 32 prompt tokens, through
-  ``cdb.models.sequence_logprobs`` and ``cdb.losses.DAPLoss('dpo')``, and an Adam update.
+  ``cdb.models.response_token_logprobs`` and ``cdb.losses.DAPLoss('dpo')``, and an Adam update.
 
 Run (jax and torch in one environment)::
 
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdb.models import Policy, TransformerConfig, sequence_logprobs
+from cdb.models import Policy, TransformerConfig, response_token_logprobs
 from cdb.models.generate import decode, prefill_shared
 
 OUT = Path(__file__).parent / "results" / "llm_throughput"
@@ -239,10 +239,10 @@ def dpo_step_time(policy, params, repeats: int) -> float:
 
     @jax.jit
     def step(params, opt_state):
-        ref = jnp.sum(sequence_logprobs(policy, ref_params, prompts2, mask2, responses, response_mask), -1)
+        ref = jnp.sum(response_token_logprobs(policy, ref_params, prompts2, mask2, responses, response_mask), -1)
 
         def loss(p):
-            lp = jnp.sum(sequence_logprobs(policy, p, prompts2, mask2, responses, response_mask), -1)
+            lp = jnp.sum(response_token_logprobs(policy, p, prompts2, mask2, responses, response_mask), -1)
             return loss_fn(lp[:8], lp[8:], ref[:8], ref[8:])[0]
 
         value, grads = jax.value_and_grad(loss)(params)

@@ -55,7 +55,9 @@ def reward_model_for(env_name: str, members: int):
 AGENTS = {
     "ee_ts (SEA)": lambda env_name, members: agents.ee_ts(reward_model=reward_model_for(env_name, members)),
     "bai_ts (SEA)": lambda env_name, members: agents.bai_ts(reward_model=reward_model_for(env_name, members)),
-    "double_ts": lambda env_name, members: agents.double_ts(reward_model=reward_model_for(env_name, members)),
+    "ensemble_double_ts": lambda env_name, members: agents.ensemble_double_ts(
+        reward_model=reward_model_for(env_name, members)
+    ),
     "infomax": lambda env_name, members: agents.infomax(reward_model=reward_model_for(env_name, members)),
     "passive": lambda env_name, members: agents.passive(reward_model=reward_model_for(env_name, members)),
     "maxinp": lambda env_name, members: agents.MaxInP(),

@@ -50,6 +50,7 @@ import pandas as pd  # noqa: E402
 
 import cdb  # noqa: E402
 from cdb.agents import alignment_presets as A  # noqa: E402
+from cdb.agents.ensembles import oat_ensemble, toy_policy_ensemble  # noqa: E402
 from cdb.ensemble import LinearEnsemble  # noqa: E402
 from cdb.environments import SequenceDuel  # noqa: E402
 from cdb.features import ChainCountFeatures, reference_hidden_features  # noqa: E402
@@ -73,11 +74,11 @@ def make_agents(ref, env: SequenceDuel, rounds: int, *, tiny: bool = False) -> d
     """The agents by name. ``tiny`` shrinks the default SEA's ensemble (4 heads of 16, minibatches
     of 16) so that the ``--tiny`` run used by the tests compiles in seconds; the recipe is the same."""
     chain = ChainCountFeatures(env.vocab_size)
-    heads = dataclasses.replace(A.oat_ensemble(4), hidden_sizes=(16,), batch_size=16, buffer_capacity=64)
+    heads = dataclasses.replace(oat_ensemble(4), hidden_sizes=(16,), batch_size=16, buffer_capacity=64)
     recipe = {"reward_model": heads} if tiny else {}
-    # SEA as this benchmark ran it before sea() took its authors' recipe: oracle pairs only, or a
-    # Bernoulli(γ) mix from the first round, and 8 MLP heads of 64 with prior functions
-    old = dict(reward_model=A.default_ensemble(), mixing="bernoulli", burn_in=0)
+    # SEA's plain variants beside its authors' recipe: oracle pairs only, or a Bernoulli(γ) mix
+    # from the first round, and 8 MLP heads of 64 with prior functions
+    old = dict(reward_model=toy_policy_ensemble(), mixing="bernoulli", burn_in=0)
     old_chain = dict(old, reward_model=CHAIN_HEADS, features=chain)
     return {
         "online_dpo": lambda: A.online_dap(ref, loss=DAPLoss("dpo")),
@@ -108,7 +109,7 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
     chain = ChainCountFeatures(env.vocab_size)
 
     def mlp(**kwargs):
-        return dataclasses.replace(A.default_ensemble(), **kwargs)
+        return dataclasses.replace(toy_policy_ensemble(), **kwargs)
 
     def sea(**kwargs):
         options = dict(rule="ee_ts", gamma=0.5, mixing="bernoulli", burn_in=0, features=chain, reward_model=CHAIN_HEADS)
@@ -116,7 +117,7 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         return lambda: A.sea(ref, **options)
 
     def sea_mlp(reward_model=None, **kwargs):
-        model = A.default_ensemble() if reward_model is None else reward_model
+        model = toy_policy_ensemble() if reward_model is None else reward_model
         return lambda: A.sea(ref, rule="ee_ts", gamma=1.0, reward_model=model, **kwargs)
 
     return {
@@ -126,8 +127,8 @@ def make_ablations(ref, env: SequenceDuel) -> dict:
         "ablation_bai_ts": sea(rule="bai_ts"),
         "ablation_beta0.05": sea(loss=DAPLoss("dpo", beta=0.05)),
         "ablation_hidden_linear": sea(features=reference_hidden_features),
-        # SEA as it was the default before (MLP heads on π_ref's hidden state, γ = 1), one knob at a time
-        "ablation_mlp_e16": sea_mlp(A.default_ensemble(16)),
+        # plain E&E-TS (MLP heads on π_ref's hidden state, γ = 1), one knob at a time
+        "ablation_mlp_e16": sea_mlp(toy_policy_ensemble(16)),
         "ablation_mlp_prior3": sea_mlp(mlp(prior_scale=3.0)),
         "ablation_mlp_lr1e-2": sea_mlp(mlp(learning_rate=1e-2)),
         "ablation_mlp_rm_steps8": sea_mlp(mlp(steps_per_update=8)),

@@ -76,7 +76,7 @@ def reference_hidden_features(
 reference_hidden_features.uses_reference_pass = True
 
 
-class SentenceEncoder(Protocol):
+class TextEmbedder(Protocol):
     """A frozen text encoder: ``embed(texts: list[str]) -> np.ndarray [N, D]`` float32."""
 
     def embed(self, texts: list[str]) -> np.ndarray: ...

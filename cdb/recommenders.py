@@ -5,7 +5,7 @@ A recommender decodes one response per prompt::
     responses = recommender(key, RecommendInputs(policy, policy_params, reference_params, prompts,
                                                  prompt_mask, length, eos_id, pad_id, reward))  # [N, L] int32
 
-* :class:`Greedy` — greedy decoding of π_θ (temperature 0);
+* :class:`GreedyDecoding` — greedy decoding of π_θ (temperature 0);
 * :class:`DeRa` — greedy decoding of DeRa's per-token logits ``λ·h_θ + (1−λ)·h_ref`` (Liu et al.
   2024, "Decoding-time Realignment of Language Models"): λ = 1 is π_θ, λ = 0 is π_ref, λ > 1
   extrapolates past π_θ;
@@ -68,7 +68,7 @@ class Recommender(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class Greedy:
+class GreedyDecoding:
     """Greedy decoding of π_θ: ``y_t = argmax_v π_θ(v | x, y_<t)`` (``key`` unused)."""
 
     needs_reward_model: ClassVar[bool] = False
@@ -90,7 +90,7 @@ class DeRa:
     """Greedy decoding of DeRa's logits: ``y_t = argmax_v [λ·h_θ + (1−λ)·h_ref]_v`` (``key`` unused).
 
     Attributes:
-      lam: λ ≥ 0; 1 decodes π_θ (= :class:`Greedy`), 0 decodes π_ref, λ > 1 extrapolates.
+      lam: λ ≥ 0; 1 decodes π_θ (= :class:`GreedyDecoding`), 0 decodes π_ref, λ > 1 extrapolates.
     """
 
     lam: float = 1.0

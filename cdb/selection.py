@@ -37,8 +37,8 @@ __all__ = [
     "BAITS",
     "EETS",
     "Boltzmann",
-    "DoubleTS",
-    "Greedy",
+    "EnsembleDoubleTS",
+    "GreedyPair",
     "Infomax",
     "Passive",
     "SelectionRule",
@@ -119,7 +119,7 @@ class Passive:
 
 
 @dataclasses.dataclass(frozen=True)
-class Greedy:
+class GreedyPair:
     """Pure exploitation: the top two candidates of the member mean r̄(j) = mean_e r_e(j).
 
     ``a1 = argmax_j r̄(j)``, ``a2 = argmax_{j ≠ a1} r̄(j)``. Deterministic; ``key`` is unused.
@@ -236,8 +236,11 @@ class Infomax:
 
 
 @dataclasses.dataclass(frozen=True)
-class DoubleTS:
+class EnsembleDoubleTS:
     """Double Thompson sampling over ensemble members (Wu & Liu, 2016; EE4LLM, Dwaracherla et al., 2024).
+
+    The members play the posterior samples (for the K-armed algorithm on a wins matrix see
+    :class:`cdb.agents.DoubleThompsonSampling`).
 
     Two independent uniform members ``e1, e2``; ``a1 = argmax_j r_e1(j)``, ``a2 = argmax_j r_e2(j)``.
     While ``a2 == a1``, ``e2`` is redrawn (independently, among all members), at most
@@ -319,10 +322,9 @@ def _pair(a1: Array, a2: Array) -> Array:
 def first_argmax(values: Array, axis: int = -1) -> Array:
     """``jnp.argmax``: the first index of the maximum along ``axis``, a NaN counting as the maximum.
 
-    Computed as a max and a min over a masked iota. XLA:CPU lowers ``argmax`` to a variadic
-    (value, index) reduction: on ``[1024, 4, 32, 8]`` scores reduced over the 32 arms it took
-    1.9 ms against 0.7 ms for this form (about the same, 1.85 vs 1.73 ms, with the arms axis
-    minor), and selection runs every round for every context.
+    Computed as a max and a min over a masked iota: XLA:CPU lowers ``argmax`` to a variadic
+    (value, index) reduction, which is slower than this form when the reduced axis is not the
+    minor one, and selection runs every round for every context (``benchmarks/throughput.py``).
     """
     values = jnp.asarray(values)
     axis = axis % values.ndim
@@ -338,8 +340,8 @@ def members_argmax(scores: Array) -> Array:
     Reduced over axis 0 of ``scoresᵀ`` (the same values): ensemble scores come out of their
     contraction members-minor, ``[..., K, E]``, and reducing over the candidates there is an
     elementwise max of contiguous member rows, where reducing ``[E, K]`` over its last axis made
-    XLA:CPU transpose the whole score tensor first (about 9% of E&E-TS's throughput in
-    ``benchmarks/throughput.py``, measured side by side).
+    XLA:CPU transpose the whole score tensor first, a cost visible in E&E-TS's throughput
+    (``benchmarks/throughput.py``).
     """
     return first_argmax(jnp.swapaxes(scores, -1, -2), axis=-2)
 

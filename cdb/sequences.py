@@ -146,11 +146,6 @@ def score_responses(
     return jax.tree.map(lambda x: x[:, 0], out)
 
 
-def sequence_logprob(policy: Policy, params: Any, prompts: Array, responses: Array) -> Array:
-    """``log π(y|x)`` ``[N]`` of unpadded prompts ``[N, Lp]`` and responses ``[N, L]`` (tier 2)."""
-    return score_responses(policy, params, prompts, responses).logprob
-
-
 def generate_responses(
     key: Array,
     policy: Policy,

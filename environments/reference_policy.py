@@ -43,7 +43,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from cdb.models import Policy, TransformerConfig
-from cdb.sequences import sample_responses, sequence_logprob
+from cdb.sequences import sample_responses, score_responses
 from cdb.validation import check_float, check_int
 
 Array = jax.Array
@@ -157,7 +157,7 @@ class ReferencePolicy:
 
     def log_prob(self, prompts: Array, responses: Array, params: Any = None) -> Array:
         """``log π_ref(y|x)`` ``[B]`` (``params`` default to the trained ones)."""
-        return sequence_logprob(self.policy, self.params if params is None else params, prompts, responses)
+        return score_responses(self.policy, self.params if params is None else params, prompts, responses).logprob
 
     def sample(self, key: Array, prompts: Array, params: Any = None, temperature: float = 1.0) -> Array:
         """Samples ``y ~ π_ref(·|x)`` ``[B, L]`` int32 (``params`` default to the trained ones)."""
@@ -217,7 +217,7 @@ def train_reference(
         return prompts, teacher(k_y, prompts)
 
     def loss_fn(p, prompts, responses):
-        return -jnp.mean(sequence_logprob(policy, p, prompts, responses))
+        return -jnp.mean(score_responses(policy, p, prompts, responses).logprob)
 
     @jax.jit
     def train(params):

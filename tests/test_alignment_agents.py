@@ -6,7 +6,7 @@
 3. SEA's reward ensemble ranks *held-out* pairs of reference samples (fresh prompts) in the
    gold reward's order better than chance.
 4. Bad configurations fail at construction with an error naming the field.
-5. DeRa recommendations (``recommender=DeRa(λ)``): λ = 1 is exactly ``Greedy()``, λ = 0 exactly
+5. DeRa recommendations (``recommender=DeRa(λ)``): λ = 1 is exactly ``GreedyDecoding()``, λ = 0 exactly
    greedy decoding of π_ref, and λ = 2 picks ``argmax(2·h_θ − h_ref)`` at every token of its own
    output, recomputed by a teacher-forced pass.
 
@@ -26,13 +26,14 @@ from sequence_fixtures import tiny_env  # noqa: F401  (a pytest fixture)
 
 import cdb
 from cdb.agents import alignment, alignment_presets
+from cdb.agents.ensembles import oat_ensemble, toy_policy_ensemble
 from cdb.ensemble import MLPEnsemble
 from cdb.environments.sequence_duel import SequenceDuel
 from cdb.labelers import EntropyQueries, MixedLabeler, OracleLabeler, QueryBudget
 from cdb.losses import DAPLoss
 from cdb.objectives import XPOTerm
 from cdb.proposers import GeometricMixtureSamples, PolicyAndReference, PolicySamples
-from cdb.recommenders import BestOfN, DeRa, Greedy
+from cdb.recommenders import BestOfN, DeRa, GreedyDecoding
 from cdb.scorers import EnsembleScores, ImplicitReward
 from cdb.selection import BAITS, EETS
 from cdb.sequences import greedy_responses
@@ -311,7 +312,7 @@ def test_sea_defaults_are_the_authors_recipe(reference):
     assert agent.labeler == MixedLabeler(0.7, "best_worst", draw="fixed_count", burn_in=5)
     assert agent.labeler.model_labelled_count(16) == 4  # Oat: int(0.3 · 16)
     rm = agent.reward_model
-    assert rm == alignment_presets.oat_ensemble()
+    assert rm == oat_ensemble()
     assert (rm.num_members, rm.hidden_sizes, rm.learning_rate, rm.steps_per_update, rm.batch_size) == (
         20,
         (128, 128),
@@ -332,7 +333,7 @@ def test_sea_defaults_are_the_authors_recipe(reference):
 
 
 def test_sea_keywords_select_the_other_configurations(reference):
-    old = alignment_presets.sea(reference, rule="ee_ts", gamma=1.0, reward_model=alignment_presets.default_ensemble())
+    old = alignment_presets.sea(reference, rule="ee_ts", gamma=1.0, reward_model=toy_policy_ensemble())
     assert isinstance(old.selector, EETS) and isinstance(old.labeler, OracleLabeler) and old.name == "sea_ee_ts"
     assert alignment_presets.sea(reference, variance="logit").selector == BAITS(variance="logit")
     mixed = alignment_presets.sea(reference, rule="ee_ts", gamma=0.5, mixing="bernoulli", burn_in=0).labeler
@@ -394,7 +395,7 @@ def test_dera_with_lambda_one_is_greedy_and_zero_is_the_reference(dera_setup, ti
     ref = tiny_env.reference
     greedy = _recommend(agent, state, obs)
     reference_greedy = np.asarray(greedy_responses(ref.policy, ref.params, obs.prompts, seq.L))
-    assert agent.recommender == Greedy()
+    assert agent.recommender == GreedyDecoding()
     assert not np.array_equal(greedy, reference_greedy)  # π_θ and π_ref decode differently here
     np.testing.assert_array_equal(_recommend(agent, state, obs, recommender=DeRa(1.0)), greedy)
     np.testing.assert_array_equal(_recommend(agent, state, obs, recommender=DeRa(0.0)), reference_greedy)

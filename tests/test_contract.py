@@ -40,13 +40,13 @@ TINY_LINEAR = LinearEnsemble(num_members=3)
 
 FEATURE_AGENTS = {
     "passive": agents.passive(reward_model=TINY_LINEAR),
-    "greedy": agents.greedy(reward_model=TINY_LINEAR),
+    "greedy_pair": agents.greedy_pair(reward_model=TINY_LINEAR),
     "ee_ts": agents.ee_ts(reward_model=TINY_MLP),
     "ee_ts_linear": agents.ee_ts(reward_model=TINY_LINEAR),
     "bai_ts": agents.bai_ts(reward_model=TINY_MLP),
     "uncertainty": agents.uncertainty(reward_model=TINY_LINEAR),
     "infomax": agents.infomax(reward_model=TINY_LINEAR),
-    "double_ts": agents.double_ts(reward_model=TINY_LINEAR),
+    "ensemble_double_ts": agents.ensemble_double_ts(reward_model=TINY_LINEAR),
     "boltzmann": agents.boltzmann(reward_model=TINY_LINEAR),
 }
 FEATURE_AGENTS.update(

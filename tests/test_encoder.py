@@ -90,7 +90,7 @@ def test_errors(tmp_path, monkeypatch, tiny):
     with pytest.raises(ValueError, match="no tensor 'encoder.layer.1.output.dense.weight'"):
         weights = load_file(str(FIXTURES / "tiny" / "model.safetensors"))
         del weights["encoder.layer.1.output.dense.weight"]
-        E.params_from_hf(tiny.encoder, weights)
+        E.encoder_params_from_hf(tiny.encoder, weights)
     with pytest.raises(ValueError, match="not one string"):
         tiny.embed("a text")
     with pytest.raises(ValueError, match="batch_size=0"):
@@ -103,7 +103,7 @@ def test_errors(tmp_path, monkeypatch, tiny):
 def test_bert_prefix_is_accepted(tiny):
     weights = load_file(str(FIXTURES / "tiny" / "model.safetensors"))
     prefixed = {f"bert.{k}": v for k, v in weights.items()} | {"bert.pooler.dense.weight": np.zeros((32, 32))}
-    params = E.params_from_hf(tiny.encoder, prefixed)
+    params = E.encoder_params_from_hf(tiny.encoder, prefixed)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(tiny.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

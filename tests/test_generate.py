@@ -14,7 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdb.models import Mixture, mixture_logits, positions_from_mask, sample_token, sequence_logprobs, token_logprobs
+from cdb.models import (
+    Mixture,
+    mixture_logits,
+    positions_from_mask,
+    response_token_logprobs,
+    sample_token,
+    token_logprobs,
+)
 from cdb.models.generate import (
     TRACE_COUNTS,
     Generation,
@@ -90,7 +97,7 @@ def test_matches_uncached_decoding_on_repeated_prompts_and_teacher_forced_logpro
     )
     np.testing.assert_array_equal(out.tokens, ref_tokens)
     np.testing.assert_allclose(out.logprobs, ref_logps, atol=2e-5)
-    forced = sequence_logprobs(model.policy, model.params, rep_tokens, rep_mask, out.tokens, out.mask)
+    forced = response_token_logprobs(model.policy, model.params, rep_tokens, rep_mask, out.tokens, out.mask)
     np.testing.assert_allclose(out.logprobs, forced, atol=2e-5)
     assert np.all(np.asarray(out.logprobs)[np.asarray(out.mask)] < 0)
 
@@ -241,7 +248,7 @@ def test_mixture_matches_uncached_mixture_decoding(model, prompts, other_params,
     np.testing.assert_array_equal(out.tokens, ref_tokens)
     np.testing.assert_allclose(out.logprobs, ref_logps, atol=2e-5)
     # the logprobs are the normalised mixture's: they differ from either policy's own
-    alone = sequence_logprobs(model.policy, model.params, rep_tokens, rep_mask, out.tokens, out.mask)
+    alone = response_token_logprobs(model.policy, model.params, rep_tokens, rep_mask, out.tokens, out.mask)
     assert np.abs(np.asarray(alone) - np.asarray(out.logprobs)).max() > 1e-3
 
 

@@ -22,8 +22,8 @@ from cdb.models import (
     positions_from_mask,
     process_logits,
     response_logits,
-    sequence_logprob,
-    sequence_logprobs,
+    response_logprob,
+    response_token_logprobs,
     token_logprobs,
 )
 
@@ -291,14 +291,16 @@ def test_greedy_sampling_equals_stepwise_argmax(params, prompts):
 def test_sampler_logprobs_equal_teacher_forced_logprobs(params, prompts):
     tokens, mask = prompts
     out = generate(jax.random.key(4), POLICY, params, tokens, mask, L, temperature=1.0)
-    lp = sequence_logprobs(POLICY, params, tokens, mask, out.tokens, out.mask)
+    lp = response_token_logprobs(POLICY, params, tokens, mask, out.tokens, out.mask)
     assert lp.shape == (3, L)
     np.testing.assert_allclose(lp, out.logprobs, atol=1e-5)
-    np.testing.assert_allclose(sequence_logprob(POLICY, params, tokens, mask, out.tokens), lp.sum(-1), atol=1e-5)
+    np.testing.assert_allclose(response_logprob(POLICY, params, tokens, mask, out.tokens), lp.sum(-1), atol=1e-5)
     assert np.all(np.asarray(out.logprobs) < 0)
     # logprobs are untempered: a tempered draw still reports log softmax(h), not of h / T
     hot = generate(jax.random.key(4), POLICY, params, tokens, mask, L, temperature=2.5, top_p=0.9)
-    np.testing.assert_allclose(sequence_logprobs(POLICY, params, tokens, mask, hot.tokens), hot.logprobs, atol=1e-5)
+    np.testing.assert_allclose(
+        response_token_logprobs(POLICY, params, tokens, mask, hot.tokens), hot.logprobs, atol=1e-5
+    )
 
 
 def test_eos_emits_pad_and_masks(params, prompts):
@@ -315,7 +317,7 @@ def test_eos_emits_pad_and_masks(params, prompts):
         np.testing.assert_array_equal(out.mask[b], np.arange(L) < stop)
         np.testing.assert_array_equal(out.logprobs[b, stop:], 0.0)
     assert not bool(out.mask[0, 2])  # row 0 stopped at step 1 by construction
-    lp = sequence_logprobs(POLICY, params, tokens, mask, out.tokens, out.mask)
+    lp = response_token_logprobs(POLICY, params, tokens, mask, out.tokens, out.mask)
     np.testing.assert_allclose(lp, out.logprobs, atol=1e-5)
 
 
@@ -348,17 +350,17 @@ def test_same_key_same_samples_and_jit(params, prompts):
     @jax.jit
     def rollout(key, params):  # the samplers nest inside a user's jit (e.g. an agent step)
         out = generate(key, POLICY, params, tokens, mask, L)
-        return out, sequence_logprobs(POLICY, params, tokens, mask, out.tokens)
+        return out, response_token_logprobs(POLICY, params, tokens, mask, out.tokens)
 
     inner, lp = rollout(jax.random.key(11), params)
     np.testing.assert_array_equal(inner.tokens, a.tokens)
     np.testing.assert_allclose(lp, a.logprobs, atol=1e-5)
 
 
-def test_sequence_logprobs_are_differentiable(params, prompts):
+def test_response_logprob_is_differentiable(params, prompts):
     tokens, mask = prompts
     responses = jnp.array([[1, 2, 3, 4, 5, 6]] * 3, jnp.int32)
-    grads = jax.grad(lambda p: sequence_logprob(POLICY, p, tokens, mask, responses).sum())(params)
+    grads = jax.grad(lambda p: response_logprob(POLICY, p, tokens, mask, responses).sum())(params)
     norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
 
@@ -425,7 +427,7 @@ def test_remat_recomputes_the_same_gradient(params, prompts):
     remat = Policy(dataclasses.replace(CONFIG, remat=True))
 
     def grad(policy):
-        return jax.jit(jax.value_and_grad(lambda p: sequence_logprob(policy, p, tokens, mask, responses).sum()))(params)
+        return jax.jit(jax.value_and_grad(lambda p: response_logprob(policy, p, tokens, mask, responses).sum()))(params)
 
     (value, grads), (value_r, grads_r) = grad(POLICY), grad(remat)
     np.testing.assert_allclose(value_r, value, rtol=1e-6)

@@ -21,11 +21,11 @@ from cdb.models import (
     Policy,
     base_params,
     config_from_hf,
+    decoder_params_from_hf,
     load_pretrained,
     lora_optimizer,
     lora_trainable,
     merge_lora,
-    params_from_hf,
     with_lora,
 )
 
@@ -273,11 +273,11 @@ def test_checkpoint_that_does_not_match_its_config():
     tensors = load_file(FIXTURES / "qwen2" / "model.safetensors")
     missing = {k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.k_proj.bias"}
     with pytest.raises(ValueError, match="model.layers.1.self_attn.k_proj.bias"):
-        params_from_hf(config, missing)
+        decoder_params_from_hf(config, missing)
     wrong = {**tensors, "model.norm.weight": np.ones(31, np.float32)}
     with pytest.raises(ValueError, match="'norm/scale'.*shape \\(31,\\)"):
-        params_from_hf(config, wrong)
-    params = params_from_hf(config, tensors)  # the very tensors load
+        decoder_params_from_hf(config, wrong)
+    params = decoder_params_from_hf(config, tensors)  # the very tensors load
     assert params["norm"]["scale"][...].shape == (32,)
 
 

@@ -1,9 +1,22 @@
-"""``RewardModelAgent``: the pair's features travel from ``select`` to ``update`` in ``duel.aux``."""
+"""``RewardModelAgent``: the pair's features travel from ``select`` to ``update`` in ``duel.aux``;
+the presets are one agent with different selection rules."""
 
 import jax
 import numpy as np
+import pytest
 
-from cdb.agents import ee_ts
+from cdb import selection
+from cdb.agents import (
+    arm_feature_ensemble,
+    bai_ts,
+    boltzmann,
+    ee_ts,
+    ensemble_double_ts,
+    greedy_pair,
+    infomax,
+    passive,
+    uncertainty,
+)
 from cdb.ensemble import LinearEnsemble
 from cdb.environments import LinearDuel
 from cdb.types import Duel
@@ -36,3 +49,25 @@ def test_update_without_aux_reads_the_pair_from_obs():
     by_hand, _ = agent.update(jax.random.key(4), state, obs, Duel(arms=duel.arms, query=duel.query), feedback)
     assert int(with_aux.reward_model.num_queries) == 4
     jax.tree.map(np.testing.assert_array_equal, with_aux, by_hand)
+
+
+@pytest.mark.parametrize(
+    "preset, kwargs, rule",
+    [
+        (passive, {}, selection.Passive()),
+        (greedy_pair, {}, selection.GreedyPair()),
+        (ee_ts, {"max_tries": 3, "fallback": "random"}, selection.EETS(max_tries=3, fallback="random")),
+        (bai_ts, {"variance": "logit"}, selection.BAITS(variance="logit")),
+        (uncertainty, {}, selection.Uncertainty()),
+        (infomax, {}, selection.Infomax()),
+        (ensemble_double_ts, {"max_resamples": 2}, selection.EnsembleDoubleTS(max_resamples=2)),
+        (boltzmann, {"temperature": 0.5}, selection.Boltzmann(temperature=0.5)),
+    ],
+)
+def test_presets_build_their_rule_with_the_given_fields(preset, kwargs, rule):
+    model = LinearEnsemble(num_members=3)
+    agent = preset(model, **kwargs)
+    assert agent.selector == rule and agent.reward_model is model and agent.name == preset.__name__
+    default = preset()
+    assert default.reward_model == arm_feature_ensemble()
+    assert default.selector == type(rule)()  # the rule's own defaults when no field is given

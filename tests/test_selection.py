@@ -14,8 +14,8 @@ from cdb.selection import (
     BAITS,
     EETS,
     Boltzmann,
-    DoubleTS,
-    Greedy,
+    EnsembleDoubleTS,
+    GreedyPair,
     Infomax,
     Passive,
     Uncertainty,
@@ -25,15 +25,15 @@ from cdb.selection import (
 
 ALL_RULES = (
     Passive(),
-    Greedy(),
+    GreedyPair(),
     EETS(),
     EETS(max_tries=1, fallback="random"),
     BAITS(),
     BAITS(variance="logit"),
     Uncertainty(),
     Infomax(),
-    DoubleTS(),
-    DoubleTS(max_resamples=0),
+    EnsembleDoubleTS(),
+    EnsembleDoubleTS(max_resamples=0),
     Boltzmann(temperature=0.5),
 )
 
@@ -75,7 +75,7 @@ class DeterministicRulesTest(chex.TestCase):
     def test_greedy_top_two_of_member_mean(self):
         # mean = [0, 2, 2, 2.25]: best 3, then the tie 1 / 2 goes to the lower index.
         scores = jnp.array([[0.0, 3.0, 1.0, 2.0], [0.0, 1.0, 3.0, 2.5]])
-        pair = self.variant(Greedy())(jax.random.key(0), scores)
+        pair = self.variant(GreedyPair())(jax.random.key(0), scores)
         np.testing.assert_array_equal(pair, [3, 1])
         assert pair.dtype == jnp.int32 and pair.shape == (2,)
 
@@ -170,17 +170,17 @@ class RandomRulesTest(chex.TestCase):
             np.testing.assert_array_equal(pairs, np.tile([0, 1], (4, 1)))  # unmasked argmax would be 0
 
     @chex.variants(with_jit=True, without_jit=True)
-    def test_double_ts_agreeing_members_fall_back_to_uniform_other(self):
+    def test_ensemble_double_ts_agreeing_members_fall_back_to_uniform_other(self):
         scores = [[0.0, 5.0, 1.0, 9.0], [1.0, 0.0, 5.0, 9.0]]
-        pairs = self._over_keys(DoubleTS(max_resamples=3), scores, 300)
+        pairs = self._over_keys(EnsembleDoubleTS(max_resamples=3), scores, 300)
         assert (pairs[:, 0] == 3).all()
         assert set(pairs[:, 1]) == {0, 1, 2}
 
     @chex.variants(with_jit=True, without_jit=True)
-    def test_double_ts_resampling_finds_the_disagreeing_member(self):
+    def test_ensemble_double_ts_resampling_finds_the_disagreeing_member(self):
         scores = [[9.0, 0.0, 5.0, 0.0], [5.0, 0.0, 9.0, 0.0]]  # argmaxes 0 and 2
-        with_resamples = self._over_keys(DoubleTS(max_resamples=8), scores, 300)
-        without = self._over_keys(DoubleTS(max_resamples=0), scores, 300)
+        with_resamples = self._over_keys(EnsembleDoubleTS(max_resamples=8), scores, 300)
+        without = self._over_keys(EnsembleDoubleTS(max_resamples=0), scores, 300)
 
         def argmax_pair_rate(pairs):
             return np.mean([set(p) == {0, 2} for p in pairs])
@@ -243,13 +243,13 @@ def test_select_pairs_splits_the_key_per_context():
 def test_min_members():
     assert {type(r).__name__: r.min_members for r in ALL_RULES} == {
         "Passive": 1,
-        "Greedy": 1,
+        "GreedyPair": 1,
         "Boltzmann": 1,
         "EETS": 2,
         "BAITS": 2,
         "Uncertainty": 2,
         "Infomax": 2,
-        "DoubleTS": 2,
+        "EnsembleDoubleTS": 2,
     }
     assert all(isinstance(r, selection.SelectionRule) for r in ALL_RULES)
 
@@ -261,11 +261,11 @@ def test_min_members():
         (lambda: EETS(max_tries=2.0), "EETS.max_tries=2.0"),
         (lambda: EETS(fallback="best"), "EETS.fallback='best'"),
         (lambda: BAITS(variance="entropy"), "BAITS.variance='entropy'"),
-        (lambda: DoubleTS(max_resamples=-1), "DoubleTS.max_resamples=-1"),
+        (lambda: EnsembleDoubleTS(max_resamples=-1), "EnsembleDoubleTS.max_resamples=-1"),
         (lambda: Boltzmann(temperature=0.0), "Boltzmann.temperature=0.0"),
         (lambda: Boltzmann(temperature=float("nan")), "Boltzmann.temperature=nan"),
         (lambda: pairwise_preference_variance(jnp.zeros((2, 3)), "entropy"), "kind='entropy'"),
-        (lambda: Greedy()(jax.random.key(0), jnp.zeros((3, 1))), "Greedy: scores has shape (3, 1)"),
+        (lambda: GreedyPair()(jax.random.key(0), jnp.zeros((3, 1))), "GreedyPair: scores has shape (3, 1)"),
         (lambda: Passive()(jax.random.key(0), jnp.zeros((4,))), "Passive: scores has shape (4,)"),
         (lambda: select_pairs(EETS(), jax.random.key(0), jnp.zeros((3, 4))), "select_pairs: scores has"),
     ],

@@ -1,7 +1,7 @@
 """cdb.sequences.score_candidates: K responses per prompt scored against one shared prompt pass.
 
 The independent computation is one full forward pass of the model over each ``[prompt; response]``
-row (:func:`cdb.models.sequence_logprobs`, no cache, the prompt repeated K times), for the
+row (:func:`cdb.models.response_token_logprobs`, no cache, the prompt repeated K times), for the
 log-probabilities, their gradient and the hidden state at the last real token.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tier3_fixtures import EOS, PAD, left_padded
 
-from cdb.models import positions_from_mask, sequence_logprobs
+from cdb.models import positions_from_mask, response_token_logprobs
 from cdb.models.tiny import tiny_pretrained
 from cdb.sequences import response_mask, score_candidates, score_responses
 
@@ -43,7 +43,7 @@ def _full_pass(model, params, prompts, mask, responses, rmask):
     """Per-token log-probs ``[B, K, L]`` by one uncached pass per row (prompts repeated K times)."""
     b = prompts.shape[0]
     flat = responses.reshape(b * K, L)
-    lp = sequence_logprobs(
+    lp = response_token_logprobs(
         model.policy, params, jnp.repeat(prompts, K, 0), jnp.repeat(mask, K, 0), flat, rmask.reshape(b * K, L)
     )
     return lp.reshape(b, K, L)

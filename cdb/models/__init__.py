@@ -2,14 +2,14 @@
 its samplers, pretrained checkpoints (:func:`load_pretrained`), LoRA adapters (:func:`with_lora`) and
 reward models (:func:`load_reward_model`; DeBERTa-v2/v3 in :mod:`cdb.models.deberta`).
 
-from cdb.models import Policy, TransformerConfig, generate, sequence_logprobs
+from cdb.models import Policy, TransformerConfig, generate, response_token_logprobs
 
 policy = Policy(TransformerConfig(vocab_size=12, d_model=32, num_layers=2, num_heads=4,
                                   num_kv_heads=2, d_ff=64, max_len=32))
 params = policy.init(key)                                              # nnx.State pytree
 logits, hidden = policy.apply(params, tokens, attention_mask)          # [B, T, V], [B, T, D]
 out = generate(key, policy, params, prompts, prompt_mask, length=8, num_samples=4, top_p=0.9)  # [B*4, 8]
-lp = sequence_logprobs(policy, params, jnp.repeat(prompts, 4, 0), jnp.repeat(prompt_mask, 4, 0),
+lp = response_token_logprobs(policy, params, jnp.repeat(prompts, 4, 0), jnp.repeat(prompt_mask, 4, 0),
                        out.tokens, out.mask)                    # == out.logprobs
 
 reference = load_pretrained("path/to/hf-folder")        # or a .gguf file, or "smollm2-135m-instruct"
@@ -19,7 +19,7 @@ r = rm.score(prompts, responses)                        # [N], the chat template
 """
 
 from cdb.models.generate import Generation, Mixture, bucket_length, generate, generate_text
-from cdb.models.hf import config_from_hf, params_from_hf
+from cdb.models.hf import config_from_hf, decoder_params_from_hf
 from cdb.models.lora import base_params, lora_optimizer, lora_trainable, merge_lora, with_lora
 from cdb.models.pretrained import Pretrained, load_pretrained
 from cdb.models.reward_model import (
@@ -38,9 +38,9 @@ from cdb.models.sampling import (
     prefill,
     process_logits,
     response_logits,
+    response_logprob,
+    response_token_logprobs,
     sample_token,
-    sequence_logprob,
-    sequence_logprobs,
     token_logprobs,
 )
 from cdb.models.transformer import (
@@ -88,7 +88,7 @@ __all__ = [
     "lora_trainable",
     "merge_lora",
     "mixture_logits",
-    "params_from_hf",
+    "decoder_params_from_hf",
     "positions_from_mask",
     "prefill",
     "process_logits",
@@ -96,8 +96,8 @@ __all__ = [
     "rope_angles",
     "rope_inv_freq",
     "sample_token",
-    "sequence_logprob",
-    "sequence_logprobs",
+    "response_logprob",
+    "response_token_logprobs",
     "token_logprobs",
     "with_lora",
 ]

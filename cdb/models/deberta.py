@@ -30,7 +30,7 @@ Padding keys are masked and padding queries attend uniformly (transformers' mask
 
 Parameter names are ours (``word_embeddings``, ``layers/<i>/{query,key,value,pos_query,pos_key,
 attn_out,attn_norm,ffn_in,ffn_out,ffn_norm}``, ``rel_embeddings``, ``pooler``, ``classifier`` …),
-with Flax leaves (``kernel`` ``[in, out]``, ``bias``, ``scale``, ``embedding``); :func:`params_from_hf`
+with Flax leaves (``kernel`` ``[in, out]``, ``bias``, ``scale``, ``embedding``); :func:`deberta_params_from_hf`
 maps transformers' names onto them.
 """
 
@@ -455,7 +455,7 @@ def hf_name(path: tuple) -> str:
     return f"{module}.{'bias' if path[-1] == 'bias' else 'weight'}"
 
 
-def params_from_hf(config: DebertaConfig, tensors: Mapping[str, Any]) -> nnx.State:
+def deberta_params_from_hf(config: DebertaConfig, tensors: Mapping[str, Any]) -> nnx.State:
     """:class:`Deberta` parameters from a ``DebertaV2ForSequenceClassification`` state dict (torch layout).
 
     Old checkpoints' ``LayerNorm.gamma`` / ``beta`` are read as ``weight`` / ``bias``; buffers

@@ -244,7 +244,7 @@ _LAYER = {
 }
 
 
-def params_from_hf(encoder: Encoder, tensors: dict[str, np.ndarray]) -> nnx.State:
+def encoder_params_from_hf(encoder: Encoder, tensors: dict[str, np.ndarray]) -> nnx.State:
     """:class:`Encoder` parameters from a Hugging Face ``BertModel`` state dict (numpy, torch layout).
 
     Accepts names with or without the ``bert.`` prefix; ``pooler.*``, ``cls.*`` and
@@ -433,7 +433,7 @@ def load_sentence_encoder(source: str | pathlib.Path = "all-minilm-l6-v2", *, ma
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise unreadable_weights(weights, err) from err
-    params = params_from_hf(encoder, tensors)
+    params = encoder_params_from_hf(encoder, tensors)
     try:
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse

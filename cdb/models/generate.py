@@ -17,7 +17,7 @@ at least one), ``M = num_samples`` responses per prompt, ``L`` new tokens, vocab
 Step ``t`` draws its token with ``jax.random.split(key, L)[t]`` from the tempered,
 nucleus-filtered logits (:func:`cdb.models.sample_token`; ``temperature = 0`` is greedy).
 ``out.logprobs`` are those of the sampling distribution *before* temperature and nucleus
-filtering, i.e. what :func:`cdb.models.sequence_logprobs` gives for the same tokens and what the
+filtering, i.e. what :func:`cdb.models.response_token_logprobs` gives for the same tokens and what the
 DAP losses use.
 
 **Mixtures.** With ``mixture=Mixture(params_b, weight, kind)`` each token is drawn from a

@@ -4,7 +4,7 @@ Two pure functions, shared by the safetensors and the GGUF loaders (:func:`cdb.m
 
 * :func:`config_from_hf` reads a ``config.json`` dictionary (transformers v4 keys such as
   ``rope_theta`` / ``rope_scaling`` / ``rotary_pct``, and v5's ``rope_parameters``);
-* :func:`params_from_hf` maps tensors named and laid out as in PyTorch (``weight`` ``[out, in]``)
+* :func:`decoder_params_from_hf` maps tensors named and laid out as in PyTorch (``weight`` ``[out, in]``)
   onto the parameter tree of :mod:`cdb.models.transformer` (``kernel`` ``[in, out]``).
 
 Supported families (``model_type``): ``llama`` (Llama 2/3.x, SmolLM/SmolLM2), ``qwen2``
@@ -226,7 +226,7 @@ def _split_qkv(cfg: TransformerConfig, weight: Any, bias: Any, fused_layout: str
     return out
 
 
-def params_from_hf(config: TransformerConfig, tensors: Mapping[str, Any]) -> Params:
+def decoder_params_from_hf(config: TransformerConfig, tensors: Mapping[str, Any]) -> Params:
     """:class:`~cdb.models.Policy` parameters of ``config`` from HF-named tensors in torch layout.
 
     ``tensors`` maps names such as ``model.layers.0.self_attn.q_proj.weight`` (the ``model.`` /
@@ -237,7 +237,7 @@ def params_from_hf(config: TransformerConfig, tensors: Mapping[str, Any]) -> Par
     """
     if config.lora_rank:
         raise ValueError(
-            f"params_from_hf builds base parameters; got TransformerConfig.lora_rank={config.lora_rank}. "
+            f"decoder_params_from_hf builds base parameters; got TransformerConfig.lora_rank={config.lora_rank}. "
             "Load the base model, then add adapters with cdb.models.with_lora"
         )
     arch = config.architecture

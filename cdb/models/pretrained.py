@@ -226,7 +226,7 @@ def _load(source: str | os.PathLike, dtype: Any) -> Pretrained:
                         tensors[key] = f.get_tensor(key)
             except (safetensors.SafetensorError, OSError, ValueError) as err:
                 raise unreadable_weights(file, err) from err
-        params = hf.params_from_hf(config, tensors)
+        params = hf.decoder_params_from_hf(config, tensors)
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as err:
@@ -282,4 +282,4 @@ def _from_gguf(path: Path, dtype: Any, name: str) -> Pretrained:
 
     hf_config, tensors, tokenizer = gguf.read_gguf(path)
     config = hf.config_from_hf(hf_config, dtype=dtype)
-    return Pretrained(Policy(config), hf.params_from_hf(config, tensors), tokenizer, name=name)
+    return Pretrained(Policy(config), hf.decoder_params_from_hf(config, tensors), tokenizer, name=name)

@@ -471,7 +471,7 @@ def _decoder(hf_config: dict, tensors: dict, architecture: str, dtype: Any, path
             "(one output, the scalar reward)"
         )
     tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
-    backbone = hf.params_from_hf(config, tensors)
+    backbone = hf.decoder_params_from_hf(config, tensors)
     pad = hf_config.get("pad_token_id")
     model = DecoderScoreModel(Policy(config), pad_token_id=None if pad is None else int(pad))
     return model, {"backbone": backbone, "score": {"kernel": jnp.asarray(weight.T, jnp.float32)}}
@@ -485,7 +485,7 @@ def _encoder(hf_config: dict, tensors: dict, path: Path):
                 f"{path}: the checkpoint has no {head!r}; a DebertaV2ForSequenceClassification reward model has a "
                 "pooler (pooler.dense) and a one-output classifier (classifier.weight [1, hidden_size])"
             )
-    return EncoderScoreModel(deberta.Deberta(config)), deberta.params_from_hf(config, tensors)
+    return EncoderScoreModel(deberta.Deberta(config)), deberta.deberta_params_from_hf(config, tensors)
 
 
 def load_reward_model(

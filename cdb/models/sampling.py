@@ -5,9 +5,9 @@ row with at least one real token), responses ``[B, L]``, vocabulary ``V``.
 
 Log-probabilities::
 
-    lp = sequence_logprobs(policy, params, prompts, prompt_mask, responses, response_mask)  # [B, L]
+    lp = response_token_logprobs(policy, params, prompts, prompt_mask, responses, response_mask)  # [B, L]
     lp[b, t] = log π(y_t | x, y_<t)       (0 where response_mask is 0), one forward pass
-    sequence_logprob(...) = Σ_t lp[b, t]  # [B]
+    response_logprob(...) = Σ_t lp[b, t]  # [B]
 
 Token choice (:func:`sample_token`): the logits ``h`` after temperature and nucleus filtering
 (:func:`process_logits`; ``temperature = 0`` is greedy; ``top_p`` keeps the smallest set of most
@@ -172,7 +172,7 @@ def response_logits(
     return policy.logits_from_hidden(params, hidden[:, lp - 1 : lp - 1 + length])
 
 
-def sequence_logprobs(
+def response_token_logprobs(
     policy: Policy,
     params: Params,
     prompts: Array,
@@ -189,7 +189,7 @@ def sequence_logprobs(
     return token_logprobs(logits, jnp.asarray(responses), response_mask)
 
 
-def sequence_logprob(
+def response_logprob(
     policy: Policy,
     params: Params,
     prompts: Array,
@@ -198,7 +198,7 @@ def sequence_logprob(
     response_mask: Array | None = None,
 ) -> Array:
     """Sequence log-probability ``log π(y | x) = Σ_t log π(y_t | x, y_<t)``, ``[B]`` float32."""
-    return jnp.sum(sequence_logprobs(policy, params, prompts, prompt_mask, responses, response_mask), axis=-1)
+    return jnp.sum(response_token_logprobs(policy, params, prompts, prompt_mask, responses, response_mask), axis=-1)
 
 
 # --------------------------------------------------------------------------------------------
