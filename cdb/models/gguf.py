@@ -33,9 +33,9 @@ What a GGUF holds and how it becomes a Hugging Face checkpoint here:
   *model* reader needs torch, so it is not used.
 
 The file is parsed with a small reader of the GGUF header (:func:`read_gguf_header`) rather than
-``gguf.GGUFReader``, which builds a numpy view per array element: on SmolLM2's GGUF (98k
-vocabulary and merge strings) ``GGUFReader(path)`` took 5.4 s of CPU against 0.22 s for
-:func:`read_gguf_header` (``time.process_time``, 2026-11-30, this project's 2-core machine).
+``gguf.GGUFReader``, which builds a numpy view per array element: on a GGUF with a large
+vocabulary (SmolLM2's 98k tokens and merge strings) that costs seconds of CPU, where
+:func:`read_gguf_header` reads numeric arrays whole and builds no per-element views.
 Dequantisation is the ``gguf`` package's.
 """
 

@@ -306,9 +306,9 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 class KVCache:
     """Preallocated keys and values of every layer, an explicit pytree.
 
-    Heads before slots: the attention products batch over ``(B, head)``, and XLA wants batch
-    dimensions major. With ``[B, S, head, d_h]`` it copied every layer's whole cache into that
-    order on every decode step, a cost that grows with the cache.
+    Heads before slots, ``[B, head, S, d_h]``: the attention products batch over ``(B, head)``
+    and XLA wants batch dimensions major, so a decode step reads the cache in place, with no
+    transpose of it.
 
     Attributes:
       keys: per layer ``[B, num_kv_heads, S, d_h]`` (rotary embedding already applied).
