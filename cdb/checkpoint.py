@@ -30,8 +30,8 @@ Resuming checks, in order:
 
 A checkpoint that fails 4. or cannot be read (empty, truncated, flipped bytes, an edited
 ``done``) is reported with a warning, removed, and the previous one is used; if none can be
-read the run stops with a ``ValueError``. Because round ``t`` always uses the key
-``fold_in(seed_key, t)``, a resumed run reproduces the uninterrupted run's curves exactly.
+read the run stops with a ``ValueError``. Because round ``t``'s keys depend only on the seed's key
+and ``t`` (:mod:`cdb.keys`), a resumed run reproduces the uninterrupted run's curves exactly.
 """
 
 from __future__ import annotations
