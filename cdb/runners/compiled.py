@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdb.metrics import round_metrics, scalar_info
 from cdb.runners.common import _EVAL, _INIT, _RESET, _ROUNDS, Carry, _stage_key, _state_is_finite
+from cdb.runners.metrics import round_metrics, scalar_info
 from cdb.types import Agent, Environment
 
 
