@@ -10,6 +10,7 @@ All take :class:`DuelParams` (the link's inverse temperature ``scale``) and shar
 functions of :mod:`cdb.environments.links`.
 """
 
+from .duel_model import DuelParams
 from .feature_duel import (
     FeatureDuel,
     FeatureDuelState,
@@ -20,7 +21,6 @@ from .feature_duel import (
 )
 from .karmed import KArmedDuel, KArmedState
 from .links import LINKS, preference_probability
-from .oracle import DuelParams
 
 __all__ = [
     "LINKS",
