@@ -49,7 +49,8 @@ class TargetQueries:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """Queries until ``metric`` first reaches ``value`` (``direction`` ``below`` or ``above``)."""
+    """Queries until ``metric`` first reaches ``value`` (``direction`` ``below`` or ``above``):
+    the target of :func:`queries_to_target`, a column of :func:`cdb.sweep.summarize`."""
 
     metric: str
     value: float
