@@ -64,9 +64,8 @@ import cdb  # noqa: E402
 from cdb import agents  # noqa: E402
 from cdb.environments import LLMDuel, PromptSet, RewardOracle  # noqa: E402
 from cdb.features import FrozenEncoderFeatures, reference_hidden_features  # noqa: E402
-from cdb.metrics import queries_to_target  # noqa: E402
+from cdb.metrics import Target, queries_to_target  # noqa: E402
 from cdb.report import header, markdown_table, output_dir, paired_comparisons  # noqa: E402
-from cdb.sweep import Target  # noqa: E402
 
 AGENTS = ("sea", "online_dpo", "frozen_sampler_dpo")
 BASELINE = "online_dpo"

@@ -1,64 +1,24 @@
-"""Regret and sample-efficiency metrics (DESIGN §1).
+"""Statistics of finished runs, computed on the host from :class:`cdb.Results` (numpy only).
 
-Per round the environment reports, for each of the B contexts, the exact per-duel regrets
+* sample efficiency — :func:`queries_to_target` (:class:`TargetQueries`: the oracle queries until
+  a metric first reaches a :class:`Target`), :func:`capped_queries_to_target`,
+  :func:`auc_against_queries` and :func:`common_query_budget`, the budget two runs compare on;
+* comparisons on the same seeds — :func:`paired_bootstrap` (:class:`PairedDifference`);
+* regret growth — :func:`log_log_slope`.
 
-* average  ``r*(x, y*) − (r*(x, y) + r*(x, y')) / 2``,
-* weak     ``r*(x, y*) − max(r*(x, y), r*(x, y'))``  (the better arm's regret),
-* strong   ``r*(x, y*) − min(r*(x, y), r*(x, y'))``  (the worse arm's regret),
-
-and :func:`round_metrics` sums them over the batch, so that ``cumsum`` over rounds gives the
-cumulative regret of all ``rounds × B`` duels. The BAI (anytime) regret
-``E_x[r*(x, y*) − r*(x, recommend(x))]`` is averaged over held-out contexts by :func:`cdb.run`.
-
-Tier-3 environments (``LLMDuel``) have no exact regret, since nobody knows a real oracle's best
-response: their info carries win rates and oracle rewards instead, and :func:`round_metrics`
-records whichever regrets are present.
+The mean ± standard error over seeds of a curve is :func:`cdb.results.standard_error`. What a run
+records per round inside its loop (batch sums of regrets, query counts) is reduced by
+:mod:`cdb.runners.metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from cdb.types import Feedback, Info
-
-if TYPE_CHECKING:
-    from cdb.results import Results
-
-REGRET_KEYS = ("regret", "weak_regret", "strong_regret")
-
-
-def round_metrics(info: Info, feedback: Feedback) -> dict[str, jax.Array]:
-    """Reduces one round's per-context truth to scalars: batch sums of regrets and the query count.
-
-    The regrets of :data:`REGRET_KEYS` that ``info`` holds are summed over the batch (tier 3 holds
-    none); every other entry is averaged over the batch (scalars are kept as they are).
-    """
-    out = {k: jnp.sum(info[k]).astype(jnp.float32) for k in REGRET_KEYS if k in info}
-    out["queries"] = jnp.sum(feedback.queried).astype(jnp.int32)
-    out["duels"] = jnp.asarray(feedback.queried.shape[0], jnp.int32)
-    for k, v in info.items():
-        if k not in out and k not in ("reward_first", "reward_second", "best_reward"):
-            out[k] = jnp.mean(v).astype(jnp.float32) if jnp.ndim(v) else jnp.asarray(v, jnp.float32)
-    return out
-
-
-def scalar_info(info: Info) -> dict[str, jax.Array]:
-    """Keeps the scalar entries of an agent's info dict (what ``cdb.run`` records per round)."""
-    return {k: v for k, v in info.items() if jnp.ndim(v) == 0}
-
-
-def standard_error(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Standard error of the mean, ``std(ddof=1) / sqrt(n)``; zero for a single seed."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[axis]
-    if n < 2:
-        return np.zeros(np.delete(x.shape, axis))
-    return np.std(x, axis=axis, ddof=1) / np.sqrt(n)
+from cdb.results import Results, standard_error
 
 
 def log_log_slope(cumulative: np.ndarray, start_fraction: float = 0.25) -> float:
@@ -85,6 +45,39 @@ class TargetQueries:
 
     def __str__(self) -> str:
         return f"{self.mean:.1f} ± {self.stderr:.1f} ({self.reached}/{len(self.per_seed)} seeds reached)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Queries until ``metric`` first reaches ``value`` (``direction`` ``below`` or ``above``):
+    the target of :func:`queries_to_target`, a column of :func:`cdb.sweep.summarize`."""
+
+    metric: str
+    value: float
+    direction: str = "below"
+
+    @classmethod
+    def parse(cls, text: str | Target) -> Target:
+        """``metric<=value``, ``metric>=value``, or ``metric=value`` (below for ``*regret*``, else above)."""
+        if isinstance(text, Target):
+            return text
+        match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|=)\s*([-+0-9.eE]+)\s*", str(text))
+        try:
+            value = float(match.group(3)) if match else None
+        except ValueError:
+            value = None
+        if match is None or value is None:
+            raise ValueError(
+                f"target={text!r} is not allowed; expected METRIC<=VALUE, METRIC>=VALUE or METRIC=VALUE, "
+                "e.g. 'bai_regret<=0.01'"
+            )
+        op = match.group(2)
+        direction = {"<=": "below", ">=": "above"}.get(op, "below" if "regret" in match.group(1) else "above")
+        return cls(match.group(1), value, direction)
+
+    @property
+    def label(self) -> str:
+        return f"queries to {self.metric} {'<=' if self.direction == 'below' else '>='} {self.value:g}"
 
 
 def queries_to_target(results: Results, metric: str, target: float, direction: str = "below") -> TargetQueries:

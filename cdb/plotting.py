@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from cdb.metrics import standard_error
-
-if TYPE_CHECKING:
-    from cdb.results import Results
+from cdb.results import Results, standard_error
 
 
 def plot_curve(results: Results, metric: str, *, x: str = "round", ax=None, label: str | None = None):

@@ -57,7 +57,7 @@ def paired_comparisons(
     fewest queries any seed of either made) the statistics per seed are
 
     * for each ``(target, label)`` of ``targets`` (``target`` with ``metric``, ``value`` and
-      ``direction``, e.g. a :class:`cdb.sweep.Target`): the queries until the metric first reaches
+      ``direction``, e.g. a :class:`cdb.metrics.Target`): the queries until the metric first reaches
       the target, capped at ``Q`` for a seed that never does
       (:func:`cdb.metrics.capped_queries_to_target`; lower is better);
     * the area under ``auc_metric`` against queries over ``[0, Q]``

@@ -2,6 +2,7 @@
 
 ``metrics[name]`` is ``[seeds, rounds]`` (round ``t`` = after the t-th batch of duels, t = 1..T);
 ``eval_metrics[name]`` is ``[seeds, evals]`` taken at ``eval_rounds`` (0 = before any learning).
+Curves are summarised over seeds as mean ± :func:`standard_error`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from typing import Any
 import numpy as np
 
 from cdb.atomic_write import write_atomic
-from cdb.metrics import standard_error
 
 _CUMULATIVE = "cumulative_"
+
+
+def standard_error(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Standard error of the mean, ``std(ddof=1) / sqrt(n)``; zero for a single seed."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[axis]
+    if n < 2:
+        return np.zeros(np.delete(x.shape, axis))
+    return np.std(x, axis=axis, ddof=1) / np.sqrt(n)
 
 
 @dataclasses.dataclass

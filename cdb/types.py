@@ -140,14 +140,30 @@ class Environment(Protocol):
     ) -> tuple[PyTree, Observation, Feedback, Info]:
         """Plays ``duel`` and returns the next observation, the feedback and the metrics-only truth.
 
-        ``info`` holds at least ``regret``, ``weak_regret``, ``strong_regret`` (each ``[B]``).
+        What ``info`` holds depends on the tier (entries ``[B]`` unless noted):
+
+        * tiers 1 and 2 (``LinearDuel``, ``NeuralDuel``, ``KArmedDuel``, ``SequenceDuel``) know the
+          optimum and report the exact ``regret``, ``weak_regret`` and ``strong_regret`` (with the
+          rewards ``reward_first``, ``reward_second``, ``best_reward``); ``SequenceDuel`` with a
+          reference policy adds ``online_win_rate`` against a fresh π_ref sample;
+        * tier 3 (``LLMDuel``) has no known optimum, hence no regret: it reports
+          ``online_win_rate`` (unless switched off), ``oracle_reward`` (oracles that give rewards),
+          ``response_length``, and the scalars ``seconds_oracle`` and ``seconds_metrics``.
+
+        ``cdb.run`` records per round the batch sum of each regret and the batch mean of every
+        other entry (:func:`cdb.runners.metrics.round_metrics`).
         """
 
     def eval_observation(self, state: PyTree, params: PyTree) -> Observation:
         """The held-out contexts of this problem instance (fixed at reset), for BAI evaluation."""
 
     def evaluate(self, key: PRNGKey, state: PyTree, obs: Observation, arms: Array, params: PyTree) -> Info:
-        """Metrics of recommended ``arms`` on the held-out ``obs``; holds at least ``bai_regret`` ``[B_eval]``."""
+        """Metrics of recommended ``arms`` on the held-out ``obs``, each ``[B_eval]``.
+
+        Tiers 1 and 2 report ``bai_regret`` (``SequenceDuel`` also ``reward``, and with a reference
+        policy ``win_rate`` and ``gap_closed``); tier 3 (``LLMDuel``) reports ``win_rate`` against
+        π_ref's greedy response, ``response_length`` and, with rewards, ``oracle_reward``.
+        """
 
 
 @runtime_checkable

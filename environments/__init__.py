@@ -7,9 +7,11 @@ Tier 1 (pure JAX, exact regret):
 * :class:`KArmedDuel`  — no context, a ``K × K`` preference matrix with a Condorcet winner.
 
 All take :class:`DuelParams` (the link's inverse temperature ``scale``) and share the link
-functions of :mod:`cdb.environments.links`.
+functions of :mod:`cdb.environments.links`. Every tier draws its labels from ``P(a1 ≻ a2)`` with
+:func:`cdb.environments.feedback.preference_labels`.
 """
 
+from .duel_model import DuelParams
 from .feature_duel import (
     FeatureDuel,
     FeatureDuelState,
@@ -20,7 +22,6 @@ from .feature_duel import (
 )
 from .karmed import KArmedDuel, KArmedState
 from .links import LINKS, preference_probability
-from .oracle import DuelParams
 
 __all__ = [
     "LINKS",

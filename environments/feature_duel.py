@@ -35,8 +35,9 @@ from cdb import rng
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
+from .duel_model import DuelParams, check_duel, check_params, duel_info
+from .feedback import preference_feedback
 from .links import LINKS, preference_probability
-from .oracle import DuelParams, check_duel, check_params, duel_info, oracle_feedback
 
 Array = jax.Array
 _EXACT = jax.lax.Precision.HIGHEST  # full float32 matmuls: regrets are exact on any accelerator
@@ -205,7 +206,7 @@ class FeatureDuel:
         r1, r2 = pair[:, 0], pair[:, 1]
         prob = preference_probability(self.link, params.scale, r1, r2)
         prob = jnp.where(duel.arms[:, 0] == duel.arms[:, 1], 0.5, prob)
-        feedback = oracle_feedback(k_pref, prob, duel.query)
+        feedback = preference_feedback(k_pref, prob, duel.query)
         info = duel_info(r1, r2, jnp.max(rewards, axis=1))
         features, next_rewards = self._next_round(k_feat, state.reward_params)
         return state.replace(rewards=next_rewards), Observation(features=features), feedback, info

@@ -30,8 +30,9 @@ from flax import struct
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
+from .duel_model import DuelParams, check_duel, check_params, duel_info
+from .feedback import preference_feedback
 from .links import LINKS, preference_probability
-from .oracle import DuelParams, check_duel, check_params, duel_info, oracle_feedback
 
 Array = jax.Array
 
@@ -151,7 +152,7 @@ class KArmedDuel:
         check_duel(self, duel.arms, duel.query, self.batch_size)
         a1, a2 = duel.arms[:, 0], duel.arms[:, 1]
         prob = jnp.where(a1 == a2, 0.5, state.preference_matrix[a1, a2])
-        feedback = oracle_feedback(key, prob, duel.query)
+        feedback = preference_feedback(key, prob, duel.query)
         info = duel_info(self.reward(state, a1), self.reward(state, a2), jnp.zeros(a1.shape, jnp.float32))
         return state, self._observation(self.batch_size), feedback, info
 

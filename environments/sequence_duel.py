@@ -49,8 +49,9 @@ from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
 from . import chain
+from .duel_model import check_params, duel_info
+from .feedback import preference_feedback
 from .links import LINKS, preference_probability
-from .oracle import check_params, duel_info, oracle_feedback
 from .reference_policy import ReferenceConfig, ReferencePolicy, build_reference_policy, resolve_cache_dir
 
 Array = jax.Array
@@ -435,7 +436,7 @@ class SequenceDuel:
         rewards = gold_reward(params.tables, state.prompts, duel.arms)  # [B, 2]
         r1, r2 = rewards[:, 0], rewards[:, 1]
         _, best = optimal_response(params.tables, state.prompts)
-        feedback = oracle_feedback(k_pref, self._prob(params, r1, r2), duel.query)
+        feedback = preference_feedback(k_pref, self._prob(params, r1, r2), duel.query)
         info = duel_info(r1, r2, best)
         if params.reference is not None:
             y_ref = self._reference_sample(k_ref, params, state.prompts)

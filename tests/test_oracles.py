@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from llm_fixtures import tiny_pretrained
 
+from cdb import rng
+from cdb.environments.feedback import preference_feedback
 from cdb.environments.llm import (
     HTTPOracle,
     JudgeOracle,
@@ -74,6 +76,17 @@ def test_label_noise_flips_with_probability_epsilon():
     z = np.asarray(preference_labels(jax.random.key(6), jnp.full((n,), 0.2), "sample", 0.1))
     target = 0.1 + 0.8 * 0.2
     assert abs(z.mean() - target) < 4 * np.sqrt(target * (1 - target) / n)
+
+
+def test_labels_without_noise_are_one_uniform_per_row_below_p():
+    # the labels of every tier (tier-1 environments draw theirs through preference_feedback too)
+    key, p = jax.random.key(7), jnp.linspace(0.0, 1.0, 50)
+    u = rng.uniform(key, p.shape)
+    np.testing.assert_array_equal(np.asarray(preference_labels(key, p, "sample")), np.asarray(u < p, np.float32))
+    queried = jnp.arange(50) % 3 == 0
+    feedback = preference_feedback(key, p, queried)
+    np.testing.assert_array_equal(np.asarray(feedback.preference), np.asarray((u < p) & queried, np.float32))
+    np.testing.assert_array_equal(np.asarray(feedback.queried), np.asarray(queried))
 
 
 def test_label_mode_is_checked():

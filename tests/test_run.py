@@ -1,7 +1,9 @@
-"""The experiment loop, Results and metrics (cdb.run, cdb.results, cdb.metrics)."""
+"""The experiment loop, Results and metrics (cdb.run, cdb.results, cdb.metrics, cdb.runners.metrics)."""
 
+import ast
 import dataclasses
 import importlib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,10 @@ import cdb
 from cdb.agents import ee_ts, passive
 from cdb.ensemble import LinearEnsemble
 from cdb.environments import LinearDuel
-from cdb.metrics import log_log_slope, queries_to_target, standard_error
+from cdb.metrics import log_log_slope, queries_to_target
+from cdb.results import standard_error
+from cdb.runners.metrics import round_metrics, scalar_info
+from cdb.types import Feedback
 
 ENV = LinearDuel(num_arms=4, feature_dim=3, batch_size=2, eval_batch_size=8)
 AGENT = passive(reward_model=LinearEnsemble(num_members=2))
@@ -97,6 +102,48 @@ def test_queries_to_target_by_hand():
     np.testing.assert_array_equal(above.per_seed, [0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="direction"):
         queries_to_target(res, "bai_regret", 0.4, direction="up")
+
+
+def test_round_metrics_by_hand():
+    info = {
+        "regret": jnp.array([0.5, 1.5]),
+        "weak_regret": jnp.array([0.0, 1.0]),
+        "reward_first": jnp.array([3.0, 4.0]),
+        "online_win_rate": jnp.array([0.25, 0.75]),
+        "seconds_oracle": jnp.float32(2.0),
+    }
+    feedback = Feedback(preference=jnp.array([1.0, 0.0]), queried=jnp.array([True, False]))
+    out = {k: float(v) for k, v in round_metrics(info, feedback).items()}
+    # regrets summed over the batch, other per-context entries averaged, scalars kept, rewards dropped
+    assert out == {
+        "regret": 2.0,
+        "weak_regret": 1.0,
+        "queries": 1.0,
+        "duels": 2.0,
+        "online_win_rate": 0.5,
+        "seconds_oracle": 2.0,
+    }
+
+
+def test_scalar_info_keeps_one_number_per_seed_in_both_runners_layouts():
+    one_seed = {"loss": jnp.float32(1.0), "scores": jnp.ones(3)}  # the compiled runner, inside its vmap
+    assert set(scalar_info(one_seed)) == {"loss"}
+    all_seeds = {"loss": jnp.ones(2), "scores": jnp.ones((2, 3)), "step": jnp.int32(4)}  # the host runner
+    assert set(scalar_info(all_seeds, seed_axes=1)) == {"loss"}
+
+
+def test_results_metrics_and_plotting_import_without_a_cycle():
+    """cdb.results imports neither cdb.metrics nor cdb.plotting at module level (both build on it)."""
+
+    def imported(name):
+        tree = ast.parse(Path(cdb.__file__).with_name(f"{name}.py").read_text())
+        return {n.module for n in tree.body if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names
+        }
+
+    assert not imported("results") & {"cdb.metrics", "cdb.plotting"}
+    assert "cdb.metrics" not in imported("plotting")
+    assert "cdb.plotting" not in imported("metrics")
 
 
 def test_metric_helpers_by_hand():

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cdb.keys import eval_keys, init_key, reset_key, round_keys
-from cdb.metrics import round_metrics, scalar_info
 from cdb.runners.common import Carry, _state_is_finite
+from cdb.runners.metrics import round_metrics, scalar_info
 from cdb.types import Agent, Environment
 
 

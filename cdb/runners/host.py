@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cdb import keys
-from cdb.metrics import round_metrics
 from cdb.runners.common import Carry, _state_is_finite, split_arrays
+from cdb.runners.metrics import round_metrics, scalar_info
 
 
 class _Same:
@@ -145,8 +145,8 @@ class HostRunner:
             }
             rows.append(
                 {
-                    **scalar_info_batched(select_info),
-                    **scalar_info_batched(update_info),
+                    **scalar_info(select_info, seed_axes=1),
+                    **scalar_info(update_info, seed_axes=1),
                     **_stack([round_metrics(st[3], st[2]) for st in steps]),
                     **{k: np.full(seeds, v, np.float32) for k, v in timings.items()},
                 }
@@ -169,10 +169,6 @@ class HostRunner:
             for s in range(seeds)
         ]
         return {k: jnp.stack([jnp.mean(o[k]) for o in out]).astype(jnp.float32) for k in out[0]}
-
-
-def scalar_info_batched(info):
-    return {k: v for k, v in info.items() if jnp.ndim(v) == 1}
 
 
 def _stack(trees):

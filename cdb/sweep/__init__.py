@@ -39,14 +39,15 @@ The package holds one job per module:
   seeds. Each cell's rounds are logged to its folder as they run (``log.jsonl``), and to the
   loggers a ``logger_factory`` builds for it (:func:`tensorboard_per_cell`, :func:`wandb_per_cell`).
 * :mod:`cdb.sweep.summary` — :func:`summarize`: one row per experiment (seed ranges merged by
-  :meth:`cdb.Results.merge_seeds`), final values as mean ± s.e., queries to each :class:`Target`,
-  and the curves.
+  :meth:`cdb.Results.merge_seeds`), final values as mean ± s.e., queries to each :class:`Target`
+  (:class:`cdb.metrics.Target`, re-exported here), and the curves.
 * :mod:`cdb.sweep.__main__` — the command line.
 """
 
+from cdb.metrics import Target
 from cdb.sweep.execute import LoggerFactory, Shard, SweepReport, run_sweep, tensorboard_per_cell, wandb_per_cell
 from cdb.sweep.grid import Cell, Sweep, load_sweep
-from cdb.sweep.summary import Summary, Target, summarize
+from cdb.sweep.summary import Summary, summarize
 
 __all__ = [
     "Cell",

@@ -1,6 +1,6 @@
 """A store's summary: one row per experiment, its seed ranges merged (:func:`summarize`), as a
 table, a CSV and mean ± s.e. curves (:class:`Summary`), with queries-to-target columns
-(:class:`Target`, e.g. ``"bai_regret<=0.01"``).
+(:class:`cdb.metrics.Target`, e.g. ``"bai_regret<=0.01"``).
 """
 
 from __future__ import annotations
@@ -8,52 +8,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cdb.metrics import TargetQueries, queries_to_target
+from cdb.metrics import Target, TargetQueries, queries_to_target
 from cdb.results import Results
 from cdb.store import Store
 from cdb.sweep.grid import Sweep
 
 #: The fields of a cell's summary (``Cell.summary``) that its record holds too.
 _CELL_FIELDS = ("id", "name", "experiment", "env", "agent", "params", "seeds", "seed_range")
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Queries until ``metric`` first reaches ``value`` (``direction`` ``below`` or ``above``)."""
-
-    metric: str
-    value: float
-    direction: str = "below"
-
-    @classmethod
-    def parse(cls, text: str | Target) -> Target:
-        """``metric<=value``, ``metric>=value``, or ``metric=value`` (below for ``*regret*``, else above)."""
-        if isinstance(text, Target):
-            return text
-        match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|=)\s*([-+0-9.eE]+)\s*", str(text))
-        try:
-            value = float(match.group(3)) if match else None
-        except ValueError:
-            value = None
-        if match is None or value is None:
-            raise ValueError(
-                f"target={text!r} is not allowed; expected METRIC<=VALUE, METRIC>=VALUE or METRIC=VALUE, "
-                "e.g. 'bai_regret<=0.01'"
-            )
-        op = match.group(2)
-        direction = {"<=": "below", ">=": "above"}.get(op, "below" if "regret" in match.group(1) else "above")
-        return cls(match.group(1), value, direction)
-
-    @property
-    def label(self) -> str:
-        return f"queries to {self.metric} {'<=' if self.direction == 'below' else '>='} {self.value:g}"
 
 
 @dataclasses.dataclass

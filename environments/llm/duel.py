@@ -56,7 +56,8 @@ from cdb.models.pretrained import Pretrained
 from cdb.types import Duel, EnvSpec, Feedback, Info, Observation
 from cdb.validation import check_choice, check_float, check_int
 
-from .oracles import LABEL_MODES, RewardOracle, check_probabilities, checked_compare, preference_labels
+from ..feedback import LABEL_MODES, preference_feedback
+from .oracles import RewardOracle, check_probabilities, checked_compare
 from .prompts import PromptSet
 
 Array = jax.Array
@@ -286,8 +287,9 @@ class LLMDuel:
     ) -> tuple[LLMDuelState, Observation, Feedback, Info]:
         """Plays ``duel`` (``arms`` ``[B, 2, L]`` tokens, ``query`` ``[B]``) on the current prompts.
 
-        Only the queried pairs go to the oracle; labels are :func:`preference_labels` of its
-        probabilities with this round's key. See the module docstring for the metrics in ``info``.
+        Only the queried pairs go to the oracle; labels are
+        :func:`~cdb.environments.feedback.preference_feedback` of its probabilities with this
+        round's key, as in tiers 1 and 2. See the module docstring for the metrics in ``info``.
         """
         arms = np.asarray(duel.arms)
         query = np.asarray(duel.query).astype(bool)
@@ -309,8 +311,7 @@ class LLMDuel:
         judged = self._judge(played, prompts, texts_a, texts_b, query, texts_ref)
         seconds_oracle = time.perf_counter() - start
         probability = np.where(query, judged["query"], 0.5).astype(np.float32)
-        labels = preference_labels(k_label, jnp.asarray(probability), self.label_mode, self.label_noise)
-        feedback = Feedback(preference=jnp.where(jnp.asarray(query), labels, 0.0), queried=jnp.asarray(query))
+        feedback = preference_feedback(k_label, jnp.asarray(probability), query, self.label_mode, self.label_noise)
 
         info: dict[str, Any] = {"response_length": self.response_lengths(arms).mean(axis=1)}
         if self.online_win_rate:

@@ -1,9 +1,13 @@
-"""The preference oracle and the exact regrets of a duel, shared by the tier-1 environments.
+"""What the environments with exact rewards (tiers 1 and 2) share about a duel: its parameters,
+its exact truth and its checks.
 
 * :class:`DuelParams` — the numeric parameters of an environment (a pytree, so they can be
-  vmapped like gymnax params).
-* :func:`oracle_feedback` — ``z ~ Bernoulli(P(a1 ≻ a2))`` for the queried rows only.
-* :func:`duel_info` — the metrics-only truth of a batch of duels, from per-arm rewards.
+  vmapped like gymnax params), checked by :func:`check_params`.
+* :func:`duel_info` — the metrics-only truth of a batch of duels (rewards and regrets), from
+  per-arm rewards.
+* :func:`check_duel` — the shape and dtype check of a duel at the API boundary.
+
+The labels of a duel are drawn by :func:`cdb.environments.feedback.preference_feedback`, as in tier 3.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from cdb import rng
-from cdb.types import Feedback, Info
+from cdb.types import Info
 
 Array = jax.Array
 
@@ -43,22 +46,6 @@ def check_params(owner: object, params: DuelParams) -> None:
     value = np.asarray(scale, dtype=np.float64)
     if not (np.all(np.isfinite(value)) and np.all(value >= 0) and np.all(value <= np.finfo(np.float32).max)):
         raise ValueError(f"{type(owner).__name__} params.scale={scale!r} is out of range; {expected}")
-
-
-def oracle_feedback(key: Array, probability: Array, query: Array) -> Feedback:
-    """Draws ``z ~ Bernoulli(probability)`` where ``query`` is True; zero elsewhere.
-
-    One uniform draw per row (all ``B`` rows in one call), so a row's outcome does not depend on
-    which other rows are queried.
-
-    Args:
-      key: PRNG key.
-      probability: ``[B]`` float, ``P(a1 ≻ a2)`` per row.
-      query: ``[B]`` bool, which rows are sent to the oracle.
-    """
-    query = jnp.asarray(query, bool)
-    wins = rng.uniform(key, probability.shape) < probability
-    return Feedback(preference=(wins & query).astype(jnp.float32), queried=query)
 
 
 def duel_info(reward_first: Array, reward_second: Array, best_reward: Array) -> Info:
