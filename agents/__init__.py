@@ -1,4 +1,4 @@
-"""Agents, each assembled from the parts in ``cdb`` (DESIGN §4). Installed as ``cdb.agents``.
+"""Agents, each assembled from the parts in ``cdb`` (docs/design.md §4). Installed as ``cdb.agents``.
 
 Tier 1 (arm features):
 

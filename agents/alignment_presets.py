@@ -1,5 +1,5 @@
 """The named alignment agents of the SEA paper's comparison: :class:`~cdb.agents.alignment.AlignmentAgent`
-configurations (DESIGN §4), one function each.
+configurations (docs/design.md §4), one function each.
 
 Every preset takes the reference policy first (``SequenceDuel.reference`` or a
 :class:`cdb.models.Pretrained`) and passes any other keyword to :class:`AlignmentAgent` (e.g.

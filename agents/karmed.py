@@ -1,4 +1,4 @@
-"""K-armed dueling bandits: Double Thompson Sampling and RUCB (DESIGN §5, "Classical CDB").
+"""K-armed dueling bandits: Double Thompson Sampling and RUCB (docs/design.md §6, "Classical CDB").
 
 No context: the agents read ``K`` from ``spec.num_arms`` and ignore ``obs.features`` (the
 one-hot features of :class:`~cdb.environments.KArmedDuel`). Their state is the **wins matrix**

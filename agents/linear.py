@@ -1,4 +1,4 @@
-"""Classical linear contextual dueling bandits: MaxInP and CoLSTIM (DESIGN §5, "Classical CDB").
+"""Classical linear contextual dueling bandits: MaxInP and CoLSTIM (docs/design.md §6, "Classical CDB").
 
 Both assume a linear Bradley–Terry model ``P(a ≻ b | x) = σ(θ*ᵀ(φ(x, a) − φ(x, b)))`` and share
 one learner (:class:`LinearDuelingAgent`):

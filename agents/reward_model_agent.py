@@ -1,6 +1,6 @@
 """Agents that score a fixed candidate set with an epistemic reward model (tier 1).
 
-Composition (DESIGN §4):
+Composition (docs/design.md §4):
 
 * proposer  — all K arms of each context (their features ``obs.features [B, K, d]``);
 * scorer    — an ensemble reward model, ``r_e(x, a)`` for members e (``cdb.ensemble``);

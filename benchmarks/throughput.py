@@ -11,7 +11,7 @@ member that disagrees, else the first member's second best).
 * JAX: ``cdb.run`` over all seeds at once (``lax.scan`` over rounds, ``vmap`` over seeds), timed
   on later calls that reuse the compiled program; the first call's compile time is printed too.
   With ``--devices N`` (default: 2, the cores of the reference machine) the host CPU is split
-  into N XLA devices and ``cdb.run`` shards the seeds across them (DESIGN §7), one core each.
+  into N XLA devices and ``cdb.run`` shards the seeds across them (docs/design.md §8), one core each.
   Each device runs its seeds in chunks of ``cdb.xla_options.CPU_SEED_CHUNK`` (``seed_chunk="auto"``,
   the default), and XLA compiles with ``cdb.xla_options.CPU_COMPILER_OPTIONS`` (``compiler_options="auto"``).
   Timed alongside, their repeats interleaved with the default's: the same run with all of a

@@ -1,4 +1,4 @@
-"""One experiment across processes with ``jax.distributed`` (DESIGN §7: JAX's own multi-host runtime).
+"""One experiment across processes with ``jax.distributed`` (docs/design.md §8: JAX's own multi-host runtime).
 
 Every process calls :func:`run` with the same arguments after ``jax.distributed.initialize``.
 Process ``p`` of ``n`` runs the contiguous seed slice :func:`seed_slice` ``(seeds, n, p)`` with

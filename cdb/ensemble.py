@@ -1,4 +1,4 @@
-"""Epistemic reward models: E reward heads whose disagreement is the agent's uncertainty (DESIGN §5).
+"""Epistemic reward models: E reward heads whose disagreement is the agent's uncertainty (docs/design.md §6).
 
 A reward model is a frozen dataclass of hyper-parameters with three pure functions::
 

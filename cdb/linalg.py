@@ -1,4 +1,4 @@
-"""Shared linear algebra of the linear dueling agents (DESIGN §5, "Classical CDB").
+"""Shared linear algebra of the linear dueling agents (docs/design.md §6, "Classical CDB").
 
 One home for the small pieces that MaxInP, CoLSTIM, the optimal-design agents
 (:mod:`cdb.agents.linear`, :mod:`cdb.agents.optimal_design`) and the linear ensemble

@@ -3,7 +3,7 @@
 ``bradley_terry_nll`` trains reward models; the direct-alignment (DAP) family trains policies.
 All functions are pure, unbatched in spirit (they act elementwise) and jit-able.
 
-DAP family (DESIGN §5, one code path after GPO, Tang et al., 2024):
+DAP family (docs/design.md §6, one code path after GPO, Tang et al., 2024):
 
 * :class:`DAPLoss` — frozen config; ``loss, info = DAPLoss(kind, beta, ...)(pc, pr, rc, rr)``
   for DPO / cDPO, IPO, SLiC, exponential, truncated quadratic, savage, SimPO, and mDPO / mIPO

@@ -1,6 +1,6 @@
 """A fixed-size ring buffer of preference pairs, as a pytree (jit / vmap / scan friendly).
 
-Reward models train on *real oracle pairs only* (DESIGN §5): the caller adds the pairs of a
+Reward models train on *real oracle pairs only* (docs/design.md §6): the caller adds the pairs of a
 round with ``mask = feedback.queried`` and every unqueried row is dropped::
 
     buffer = init_buffer(capacity=4096, feature_dim=d)

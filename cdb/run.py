@@ -6,7 +6,7 @@ the compiled evaluation) is reused for every block, so a thousand seeds cost abo
 compilation. Between blocks the host records metrics, checks every floating metric and the
 agent state for NaN/inf, updates the progress bar, hands the block to the run's loggers
 (:mod:`cdb.loggers`) and writes checkpoints.
-Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (DESIGN §7). On a
+Seeds can be sharded across devices with ``jax.jit`` and ``NamedSharding`` (docs/design.md §8). On a
 CPU, each device runs its seeds in chunks (``seed_chunk``): all rounds of a block for one chunk,
 then the next, so a round's working set stays in cache; the evaluation runs in the same chunks
 and the block donates its input state, so memory beyond the carried state does not grow with

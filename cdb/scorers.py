@@ -1,4 +1,4 @@
-"""Scorers: how an alignment agent scores its M candidates (DESIGN §4, second part of an agent).
+"""Scorers: how an alignment agent scores its M candidates (docs/design.md §4, second part of an agent).
 
 A scorer turns what the agent knows of each candidate into scores ``[B, E, M]`` (``E`` members
 of an ensemble, or one row), the input of a :mod:`cdb.selection` rule and of a

@@ -1,4 +1,4 @@
-"""Pair-selection rules of a contextual dueling bandit (DESIGN §5).
+"""Pair-selection rules of a contextual dueling bandit (docs/design.md §6).
 
 Every rule acts on the scores of **one** context, ``scores: [E, K]`` (``E`` ensemble members,
 ``K`` candidates), and returns the duel ``[2]`` int32 ``(a1, a2)`` with ``a1 != a2`` whenever

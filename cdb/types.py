@@ -1,4 +1,4 @@
-"""Core data types and the Env / Agent protocols of a contextual dueling bandit (DESIGN §4).
+"""Core data types and the Env / Agent protocols of a contextual dueling bandit (docs/design.md §4).
 
 One round of a CDB, for a batch of ``B`` contexts::
 

@@ -1,4 +1,4 @@
-"""Construction-time checks of hyper-parameters (DESIGN §8).
+"""Construction-time checks of hyper-parameters (docs/design.md §9).
 
 Every error names the field, the value received and what would be accepted, e.g.
 ``ValueError: EETSAgent.num_members=1 is out of range; expected an integer >= 2``.

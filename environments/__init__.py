@@ -1,4 +1,4 @@
-"""Environments of the contextual dueling bandit (DESIGN §2), importable as ``cdb.environments``.
+"""Environments of the contextual dueling bandit (docs/design.md §2), importable as ``cdb.environments``.
 
 Tier 1 (pure JAX, exact regret):
 

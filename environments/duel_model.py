@@ -49,7 +49,7 @@ def check_params(owner: object, params: DuelParams) -> None:
 
 
 def duel_info(reward_first: Array, reward_second: Array, best_reward: Array) -> Info:
-    """Exact per-duel truth: rewards and the average / weak / strong regret (DESIGN §1).
+    """Exact per-duel truth: rewards and the average / weak / strong regret (docs/design.md §1).
 
     ``regret = best − (r1 + r2)/2``, ``weak_regret = best − max(r1, r2)`` (the better arm's regret),
     ``strong_regret = best − min(r1, r2)`` (the worse arm's regret); all ``[B]`` float32.

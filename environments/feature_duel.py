@@ -103,7 +103,7 @@ class FeatureDuel:
       context_pool: ``None`` (default) draws fresh features every round. An integer P makes each
         round's contexts B uniform draws from a fixed pool of P contexts ``[P, K, d]`` (same
         distribution, drawn once from ``pool_seed`` and shared by all seeds, so a round costs B
-        random indices instead of B·K·d normals — DESIGN §9; used by the throughput benchmark).
+        random indices instead of B·K·d normals — docs/design.md §2; used by the throughput benchmark).
         Held-out contexts are always fresh draws, so BAI regret measures generalisation.
       pool_seed: seed of the context pool.
     """

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error that names the field (DESIGN §8).
+"""Bad input gets a clear error that names the field (docs/design.md §9).
 
 One test per bad input. Each asserts the exception type *and* that the message names the field
 (and, where the library promises it, the value received), so a bare ``TypeError`` from deep

@@ -1,4 +1,4 @@
-"""Seeds sharded over 4 forced CPU devices give the single-device results (DESIGN §7), also
+"""Seeds sharded over 4 forced CPU devices give the single-device results (docs/design.md §8), also
 when each device runs its seeds in chunks (``seed_chunk``).
 
 The device count is fixed when JAX starts, so the sharded run happens in a fresh process with

@@ -1,4 +1,4 @@
-"""The notebooks run end to end with tiny settings (DESIGN §3: notebooks are executed by the tests).
+"""The notebooks run end to end with tiny settings (docs/design.md §3: notebooks are executed by the tests).
 
 Each notebook's cell tagged ``parameters`` is replaced by tiny values, the notebook is executed
 with ``nbclient`` in a fresh ``python3`` kernel (working directory: a temporary folder), and the

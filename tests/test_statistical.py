@@ -1,4 +1,4 @@
-"""Statistical claims on a small LinearDuel, with a fixed key and wide margins (DESIGN §8).
+"""Statistical claims on a small LinearDuel, with a fixed key and wide margins (docs/design.md §9).
 
 The problem: K = 8 arms, d = 4, B = 2 contexts per round, link scale 8, 300 rounds, 8 seeds.
 Rewards are ``r = ⟨θ*, φ⟩`` with ``θ*`` a unit vector and ``φ ~ N(0, I/d)``, so every arm's
@@ -9,7 +9,7 @@ form in the normal order statistics ``E[z_(k:8)]`` (computed here by quadrature)
 * the best *distinct* pair, (best, second best):   ``B · σ · (E[z_(8:8)] − E[z_(7:8)]) / 2``.
 
 The second is a floor for every rule that never duels an arm with itself (E&E-TS never does,
-DESIGN §5), so the *average* cumulative regret of E&E-TS is linear in T with that slope; what
+docs/design.md §6), so the *average* cumulative regret of E&E-TS is linear in T with that slope; what
 vanishes is its regret above the floor and its *weak* regret (the better arm's). The tests
 claim exactly that — a log-log slope of the average regret "clearly below 1" cannot hold for a
 rule that always plays two distinct arms.

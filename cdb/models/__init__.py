@@ -1,4 +1,4 @@
-"""Causal language models for tiers 2-3 (DESIGN §6): an NNX decoder (Llama / Qwen2, GPT-2, GPT-NeoX),
+"""Causal language models for tiers 2-3 (docs/design.md §7): an NNX decoder (Llama / Qwen2, GPT-2, GPT-NeoX),
 its samplers, pretrained checkpoints (:func:`load_pretrained`), LoRA adapters (:func:`with_lora`) and
 reward models (:func:`load_reward_model`; DeBERTa-v2/v3 in :mod:`cdb.models.deberta`).
 

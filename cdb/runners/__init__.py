@@ -1,4 +1,4 @@
-"""The two ways ``cdb.run`` plays an experiment (DESIGN §4).
+"""The two ways ``cdb.run`` plays an experiment (docs/design.md §4).
 
 * :class:`~cdb.runners.compiled.CompiledRunner` — pure-JAX environments: blocks of rounds as one
   jitted ``vmap(scan)`` over seeds, in seed chunks, optionally sharded over devices.

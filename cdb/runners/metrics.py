@@ -1,4 +1,4 @@
-"""What one round records, reduced inside the runners' loops (DESIGN §1).
+"""What one round records, reduced inside the runners' loops (docs/design.md §1).
 
 Per round the environment reports, for each of the B contexts, the exact per-duel regrets
 

@@ -1,4 +1,4 @@
-"""Tier 3 (DESIGN §2, §6): a real language model aligned from a host-side oracle's preferences.
+"""Tier 3 (docs/design.md §2, §7): a real language model aligned from a host-side oracle's preferences.
 
 * :class:`LLMDuel` — the environment: a :class:`PromptSet` and an oracle around a pretrained
   reference model (``cdb.models.Pretrained``); not pure JAX, so ``cdb.run`` takes its host loop.

@@ -1,4 +1,4 @@
-"""``LLMDuel``: alignment of a real language model from an oracle's preferences (tier 3, DESIGN §2, §6).
+"""``LLMDuel``: alignment of a real language model from an oracle's preferences (tier 3, docs/design.md §2, §7).
 
 Contexts are prompts from a :class:`~cdb.environments.llm.PromptSet`, tokenised **once** with the
 reference model's chat template to a fixed ``[N, Lp]`` left-padded array; arms are responses of
@@ -12,7 +12,7 @@ reference model's chat template to a fixed ``[N, Lp]`` left-padded array; arms a
 
 The oracle runs on the host (:mod:`cdb.environments.llm.oracles`), so ``pure_jax`` is False and
 ``cdb.run`` takes its host loop. Pairs with ``query=False`` (e.g. SEA's mixed preference
-learning, DESIGN §5) are never shown to the oracle as a pair and get no label.
+learning, docs/design.md §6) are never shown to the oracle as a pair and get no label.
 
 Tier 3 has no exact regret: nobody knows ``r*(x, y*)`` of a real oracle. ``step``'s info
 carries instead (each ``[B]`` unless noted; ``cdb.run`` records batch means per round):

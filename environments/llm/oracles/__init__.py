@@ -1,4 +1,4 @@
-"""Preference oracles of tier 3: host-side objects that judge pairs of texts (DESIGN §2, §6).
+"""Preference oracles of tier 3: host-side objects that judge pairs of texts (docs/design.md §2, §7).
 
 Every oracle has one batched, pairwise method::
 
