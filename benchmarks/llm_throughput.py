@@ -1,9 +1,11 @@
 """Decoding throughput of ``cdb.models.generate`` against Hugging Face ``generate`` (PyTorch), one process.
 
-SmolLM2-135M-Instruct in float32 on the CPU, batches of 8 and 32 prompts, 64 new tokens per row
+SmolLM2-135M-Instruct on the CPU (cdb in float32, or in bfloat16 with ``--dtype bfloat16``: weights,
+activations and KV cache; Hugging Face always in float32), batches of 8 and 32 prompts, 64 new tokens per row
 with EOS stopping off (both sides produce exactly 64 tokens per row), greedy decoding. Both
 sides hold THE SAME WEIGHTS (the cdb parameters converted to a ``LlamaForCausalLM`` state
-dict), so they must emit the same tokens; the script checks it and reports the agreement.
+dict), so in float32 they must emit the same tokens; the script reports the agreement (in
+bfloat16 greedy paths part where two logits are closer than bfloat16's rounding).
 Repeats are interleaved (cdb, HF, cdb, HF, ...) and the best of each is kept, because the
 machine may be shared.
 
@@ -22,7 +24,7 @@ Also reported:
 
 Run (jax and torch in one environment)::
 
-    PYTHONPATH=. /work/torchenv/bin/python benchmarks/llm_throughput.py [--random-weights]
+    PYTHONPATH=. /work/torchenv/bin/python benchmarks/llm_throughput.py [--random-weights] [--dtype bfloat16]
 
 By default the real SmolLM2-135M-Instruct weights are loaded with
 ``cdb.models.load_pretrained("smollm2-135m-instruct")``; when that is unavailable the script
@@ -33,6 +35,7 @@ them directly). Throughput does not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -267,6 +270,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-hf", action="store_true", help="time cdb only")
     parser.add_argument("--no-dpo", action="store_true", help="skip the DPO step")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="cdb's dtype")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
@@ -281,14 +285,20 @@ def main(argv=None):
         except ImportError:
             print("torch is not installed: timing cdb only", file=sys.stderr)
     policy, params, source = load_model(args.random_weights)
-    config = policy.config
+    config = policy.config  # float32: Hugging Face's model is built from these weights
+    hf = hf_model(config, params) if have_torch else None
+    if args.dtype == "bfloat16":
+        low = jnp.bfloat16
+        policy = Policy(dataclasses.replace(config, dtype=low, param_dtype=low))
+        params = jax.tree.map(lambda x: x.astype(low), params)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     length = args.new_tokens
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {platform.node()} | {platform.machine()} | {threads} cores | jax {jax.__version__}")
-    print(f"model: {source}, {n_params / 1e6:.1f}M parameters, float32; {length} new tokens, greedy, no EOS")
-    hf = hf_model(config, params) if have_torch else None
+    print(
+        f"model: {source}, {n_params / 1e6:.1f}M parameters, cdb in {args.dtype}; {length} new tokens, greedy, no EOS"
+    )
     if have_torch:
         print(f"torch {torch.__version__} with {torch.get_num_threads()} threads")
 
@@ -320,6 +330,7 @@ def main(argv=None):
         "command": " ".join(sys.argv),
         "machine": f"{platform.node()} {platform.machine()}, {threads} cores",
         "weights": source,
+        "cdb_dtype": args.dtype,
         "jax": jax.__version__,
         "torch": torch.__version__ if have_torch else None,
         "threads": threads,
@@ -328,12 +339,13 @@ def main(argv=None):
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    stem = "llm_throughput" if args.dtype == "float32" else f"llm_throughput_{args.dtype}"
 
     def save():  # after every stage, so an interrupted run keeps what it measured
-        (args.out / "llm_throughput.json").write_text(json.dumps(figures, indent=2) + "\n")
+        (args.out / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
         cols = list(rows[0]) if rows else []
         lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
-        (args.out / "llm_throughput.csv").write_text("\n".join(lines) + "\n")
+        (args.out / f"{stem}.csv").write_text("\n".join(lines) + "\n")
 
     for batch in args.batches:
         prompts, mask = prompts_for(batch, config.vocab_size)
@@ -380,7 +392,8 @@ def main(argv=None):
     if row8 is not None:
         bandwidth = memory_bandwidth()
         slots = PROMPT_LEN + length
-        kv_bytes = 2 * config.num_layers * 8 * slots * config.num_kv_heads * config.head_dim * 4
+        itemsize = jnp.dtype(policy.config.dtype).itemsize
+        kv_bytes = 2 * config.num_layers * 8 * slots * config.num_kv_heads * config.head_dim * itemsize
         step_bytes = weight_bytes + kv_bytes
         achieved = step_bytes / (row8["cdb_decode_step_ms"] / 1e3) / 1e9
         figures["roofline_batch8"] = {

@@ -329,3 +329,28 @@ def test_llm_alignment_tiny_run_is_paired_and_its_report_is_its_results(tmp_path
     llm_alignment.main(argv + ["--from-saved"])
     rebuilt = (out / "queries_to_target.md").read_text()
     assert rebuilt.split("```")[-1] == text.split("```")[-1]
+
+
+@pytest.mark.slow
+def test_llm_alignment_takes_a_reward_model_as_its_oracle(tmp_path):
+    """``--oracle reward-model PATH``: the run's oracle is Bradley–Terry on that reward model, and a
+    malformed ``--oracle`` is refused before anything runs."""
+    import cdb
+    from benchmarks import llm_alignment
+    from cdb.models import load_reward_model
+
+    path = ROOT / "tests" / "fixtures" / "reward_models" / "llama"
+    out = tmp_path / "rm"
+    argv = ["--tiny", "--agents", "online_dpo", "--seeds", "1", "--rounds", "1", "--eval-every", "1"]
+    llm_alignment.main(argv + ["--oracle", "reward-model", str(path), "--out", str(out)])
+    text = (out / "queries_to_target.md").read_text()
+    assert f"oracle: reward model {path} (temperature 1.0)" in text
+    results = cdb.Results.load(out / "online_dpo.npz")
+    assert results.metrics["queries"].sum() == 2  # B = 2 pairs, every one sent to the oracle
+    assert np.isfinite(results.metrics["oracle_reward"]).all()
+    oracle, name = llm_alignment.make_oracle(str(path), 2.0)
+    assert name == f"reward model {path}"
+    assert oracle.name == f"reward_model({load_reward_model(path).name})" and oracle.scale == 0.5
+    for bad in (["reward-model"], ["vader"], ["sentiment", "x"]):
+        with pytest.raises(SystemExit):
+            llm_alignment.main(["--tiny", "--oracle", *bad, "--out", str(tmp_path / "bad")])

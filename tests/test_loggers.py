@@ -457,6 +457,50 @@ def test_wandb_logger_logs_means_by_round_and_finishes_with_the_runs_outcome(log
     assert "id" not in fake.runs[1].init and fake.runs[1].exit_code == 1
 
 
+def test_wandb_offline_run_writes_its_history(logged, tmp_path, monkeypatch):
+    """The real ``wandb`` (in the test extras) in offline mode: the history it writes is the run's."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results, _, _ = logged
+    cdb.run(AGENT, ENV, loggers=[WandbLogger("cdb-test", name="tiny", dir=tmp_path)], **RUN)
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    history = read_wandb_history(next(run_dir.glob("*.wandb")))
+    assert [step for step, _ in history] == sorted({line["round"] for line in expected_lines(results)[1:]})
+    final = dict(history)[ROUNDS]
+    assert final["regret"] == pytest.approx(float(results.metrics["regret"][:, -1].mean()), rel=1e-6)
+    assert final["eval/bai_regret"] == pytest.approx(float(results.eval_metrics["bai_regret"][:, -1].mean()), rel=1e-6)
+
+
+def read_wandb_history(path) -> list[tuple[int, dict]]:
+    """``(step, {key: value})`` of each history row in an offline run's ``.wandb`` file.
+
+    The file is a 7-byte header (``:W&B``, a magic number, a version) then LevelDB's log format:
+    32 KiB blocks of records (CRC 4 bytes, length 2, type 1: full, first, middle or last piece of
+    a ``Record`` protobuf), a block's tail shorter than a record header left as padding.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", data[:8]
+    at, pieces, rows = 7, b"", []
+    while at + 7 <= len(data):
+        if block - at % block < 7:  # padding at a block's end
+            at += block - at % block
+            continue
+        length, kind = struct.unpack("<HB", data[at + 4 : at + 7])
+        pieces += data[at + 7 : at + 7 + length]
+        at += 7 + length
+        if kind in (1, 4):  # a whole record, or its last piece
+            record = wandb_internal_pb2.Record.FromString(pieces)
+            pieces = b""
+            if record.WhichOneof("record_type") == "history":
+                items = {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item
+                }
+                rows.append((int(items.pop("_step")), {k: v for k, v in items.items() if not k.startswith("_")}))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------
 # a logger per sweep cell
 
