@@ -20,41 +20,31 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
-from cdb.models import Mixture, Policy
-from cdb.sequences import generate_responses, greedy_responses, response_mask
+from cdb.models import Mixture
+from cdb.proposers import ProposerInputs
+from cdb.sequences import greedy_responses, response_mask
 from cdb.validation import check_float, check_int
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class RecommendInputs:
-    """What a recommender may use (a plain container; built inside the agent's traced ``recommend``).
+class RecommendInputs(ProposerInputs):
+    """What a recommender may use: a proposer's inputs (:class:`cdb.proposers.ProposerInputs`, whose
+    ``sample`` draws responses) and the reward model (a plain container; built inside the agent's
+    traced ``recommend``).
 
-    Attributes:
-      policy: the model definition shared by π_θ and π_ref.
+    Attributes (beyond :class:`~cdb.proposers.ProposerInputs`'):
       policy_params: π_θ's parameters (π_ref's when the policy is never trained).
-      reference_params: π_ref's parameters.
-      prompts: ``[N, Lp]`` int32, left-padded; ``prompt_mask`` ``[N, Lp]`` bool or ``None``.
-      length: L, the response length (static).
-      eos_id, pad_id: the responses' end token (``None``: fixed length) and padding.
       reward: ``(prompts [N, Lp], prompt_mask, responses [N, K, L], response_mask [N, K, L]) -> [N, K]``
         the reward model's mean score, or ``None`` when the agent has no reward model.
     """
 
-    policy: Policy
-    policy_params: Any
-    reference_params: Any
-    prompts: Array
-    prompt_mask: Array | None
-    length: int
-    eos_id: int | None = None
-    pad_id: int = 0
     reward: Callable[..., Array] | None = None
 
 
@@ -130,17 +120,7 @@ class BestOfN:
         if inputs.reward is None:
             raise ValueError("BestOfN needs the agent's reward model (RecommendInputs.reward is None)")
         batch, length = inputs.prompts.shape[0], inputs.length
-        samples = generate_responses(
-            key,
-            inputs.policy,
-            inputs.reference_params,
-            inputs.prompts,
-            inputs.prompt_mask,
-            length,
-            num_samples=self.n,
-            eos_id=inputs.eos_id,
-            pad_id=inputs.pad_id,
-        ).tokens.reshape(batch, self.n, length)
+        samples = inputs.sample(key, inputs.reference_params, self.n).tokens.reshape(batch, self.n, length)
         mean = inputs.reward(inputs.prompts, inputs.prompt_mask, samples, response_mask(samples, inputs.eos_id))
         best = jnp.argmax(mean, axis=1)
         return samples[jnp.arange(batch), best]
